@@ -1,0 +1,233 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+/*
+ * TC egress fan-out: one UDP datagram in, one copy per destination out.
+ *
+ * User space (src/kernel.rs) registers a socket by its cookie, writes the
+ * destination list into that socket's slot, arms the slot and sends ONE
+ * datagram to dests[0]. This program sees that datagram on the interface's
+ * egress hook, and in a single run:
+ *
+ *   for i in 0 .. count-1:   (bpf_loop, so 256 destinations pass the verifier)
+ *       readdress the packet to dests[i]; bpf_clone_redirect() it to egress
+ *   readdress the packet to dests[count-1] and let it go on
+ *
+ * Every clone is made at nesting depth 1 (never a clone of a clone), so the
+ * kernel's transmit recursion limit never cuts a broadcast short. N
+ * destinations cost N-1 clones. Every helper's result is checked: failed
+ * clones are recorded per destination for the caller and counted in `stats`.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "elec_broadcast.h"
+
+/* Offsets in an Ethernet + IPv4 (no options) + UDP frame. */
+#define IP_OFF        ETH_HLEN
+#define IP_CSUM_OFF   (IP_OFF + offsetof(struct iphdr, check))
+#define IP_DADDR_OFF  (IP_OFF + offsetof(struct iphdr, daddr))
+#define UDP_OFF       (IP_OFF + sizeof(struct iphdr))
+#define UDP_DPORT_OFF (UDP_OFF + offsetof(struct udphdr, dest))
+#define UDP_CSUM_OFF  (UDP_OFF + offsetof(struct udphdr, check))
+
+#define IP_MF     0x2000 /* more fragments */
+#define IP_OFFSET 0x1fff /* fragment offset */
+
+/* dev_queue_xmit()'s verdict when it dropped the clone (full backlog, qdisc). */
+#define NET_XMIT_DROP 1
+
+/* Let the packet go on. TC_ACT_UNSPEC rather than TC_ACT_OK, so the TC
+ * programs and filters after ours on this interface still see it. */
+#define PASS TC_ACT_UNSPEC
+
+/* Socket cookie -> index of the socket's slot. Filled by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EB_MAX_SOCKETS);
+	__type(key, __u64);
+	__type(value, __u32);
+} sockets SEC(".maps");
+
+/* Per-socket destination lists and results, mmap()ed by user space so that a
+ * broadcast needs no map syscall at all. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, EB_MAX_SOCKETS);
+	__type(key, __u32);
+	__type(value, struct eb_slot);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct eb_stats);
+} stats SEC(".maps");
+
+/* State shared by the loop body (bpf_loop passes it by pointer). */
+struct fan_out {
+	struct __sk_buff *skb;
+	struct eb_slot *slot;
+	struct eb_dest cur; /* the addressing the packet carries right now */
+	__u32 copies;
+	__u32 failures;
+	__u32 lost_from;    /* first destination whose header could not be written */
+};
+
+static __always_inline int same_mac(const struct eb_dest *a, const struct eb_dest *b)
+{
+	/* eb_dest is 4-aligned and mac sits at offset 0: two aligned loads. */
+	return *(const __u32 *)&a->mac[0] == *(const __u32 *)&b->mac[0] &&
+	       *(const __u16 *)&a->mac[4] == *(const __u16 *)&b->mac[4];
+}
+
+/*
+ * Readdress the packet from `from` to `to`, writing only the fields that
+ * differ. Both checksums are updated incrementally: the address is part of
+ * the UDP pseudo-header (BPF_F_PSEUDO_HDR), which keeps the seed of a
+ * CHECKSUM_PARTIAL packet right as well as a full software checksum; the port
+ * is plain UDP header. BPF_F_MARK_MANGLED_0 keeps a "no checksum" 0 as 0.
+ * The first write after a clone un-shares the header (pskb_expand_head).
+ */
+static __always_inline int readdress(struct __sk_buff *skb, const struct eb_dest *from,
+				     const struct eb_dest *to)
+{
+	if (!same_mac(from, to) && bpf_skb_store_bytes(skb, 0, to->mac, ETH_ALEN, 0))
+		return -1;
+	if (from->addr != to->addr) {
+		if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, from->addr, to->addr,
+					BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to->addr)))
+			return -1;
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from->addr, to->addr, sizeof(to->addr)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, IP_DADDR_OFF, &to->addr, sizeof(to->addr), 0))
+			return -1;
+	}
+	if (from->port != to->port) {
+		if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, from->port, to->port,
+					BPF_F_MARK_MANGLED_0 | sizeof(to->port)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, UDP_DPORT_OFF, &to->port, sizeof(to->port), 0))
+			return -1;
+	}
+	return 0;
+}
+
+/* Loop body: copy i goes to dests[i]. Returns 1 to stop the loop. */
+static long clone_to(__u32 i, void *data)
+{
+	struct fan_out *f = data;
+	struct eb_slot *slot = f->slot;
+	long ret;
+
+	if (i >= EB_MAX_DESTS) /* bounds dests[i] for the verifier */
+		return 1;
+	if (readdress(f->skb, &f->cur, &slot->dests[i])) {
+		/* The header may be half-written: no later copy can be trusted. */
+		f->lost_from = i;
+		return 1;
+	}
+	f->cur = slot->dests[i];
+	/* Flags 0 = egress of this same interface. The clone re-enters this
+	 * program, finds the slot disarmed and passes. */
+	ret = bpf_clone_redirect(f->skb, f->skb->ifindex, 0);
+	if (ret < 0 || ret == NET_XMIT_DROP) {
+		slot->failed[i / 64] |= 1ULL << (i % 64);
+		f->failures++;
+	} else {
+		f->copies++;
+	}
+	return 0;
+}
+
+SEC("tcx/egress")
+int fan_out(struct __sk_buff *skb)
+{
+	struct fan_out f = {};
+	struct eb_slot *slot;
+	struct eb_stats *counters;
+	struct iphdr ip;
+	struct udphdr udp;
+	__u32 *index, count, last, zero = 0;
+	__u64 cookie, seq;
+	int verdict = PASS;
+
+	/* Cheapest test first: everything but IPv4 passes at once. */
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PASS;
+	/* Only sockets user space registered (cookie 0 = no socket). */
+	cookie = bpf_get_socket_cookie(skb);
+	index = bpf_map_lookup_elem(&sockets, &cookie);
+	if (!index)
+		return PASS;
+	slot = bpf_map_lookup_elem(&slots, index);
+	if (!slot)
+		return PASS;
+	/* Take the arm: one fan-out per armed send. Ordinary sends on a
+	 * registered socket, and our clones re-entering, find 0 and pass. */
+	seq = __sync_lock_test_and_set(&slot->armed, 0);
+	if (!seq)
+		return PASS;
+
+	counters = bpf_map_lookup_elem(&stats, &zero);
+	if (!counters)
+		goto not_armed_packet;
+
+	/* Make sure this is the datagram user space armed the slot for, in the
+	 * shape the fixed offsets above assume. */
+	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) ||
+	    bpf_skb_load_bytes(skb, UDP_OFF, &udp, sizeof(udp)))
+		goto not_armed_packet;
+	count = slot->count;
+	if (ip.ihl != 5 || ip.protocol != IPPROTO_UDP ||
+	    (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
+	    bpf_ntohs(ip.tot_len) != slot->ip_len || count == 0 || count > EB_MAX_DESTS ||
+	    ip.daddr != slot->dests[0].addr || udp.dest != slot->dests[0].port)
+		goto not_armed_packet;
+
+	for (int w = 0; w < EB_MAX_DESTS / 64; w++)
+		slot->failed[w] = 0;
+	f.skb = skb;
+	f.slot = slot;
+	f.cur = slot->dests[0];
+	f.lost_from = count;
+
+	/* dests[0 .. count-1) get clones ... */
+	if (count > 1 && bpf_loop(count - 1, clone_to, &f, 0) < 0)
+		f.lost_from = 0;
+	/* ... and the original itself goes to the last destination. */
+	last = count - 1;
+	if (f.lost_from == count && last < EB_MAX_DESTS && readdress(skb, &f.cur, &slot->dests[last]))
+		f.lost_from = last;
+	if (f.lost_from < count) {
+		/* The header may be half-written: do not send it anywhere. */
+		verdict = TC_ACT_SHOT;
+		counters->rewrite_failures += count - f.lost_from;
+	}
+
+	counters->fan_outs++;
+	counters->clones += f.copies;
+	counters->clone_failures += f.failures;
+	slot->copies = f.copies;
+	slot->failures = f.failures;
+	slot->lost_from = f.lost_from;
+	/* Published last (atomic, so ordered after the results above). */
+	__sync_lock_test_and_set(&slot->done, seq);
+	return verdict;
+
+not_armed_packet:
+	/* Another datagram of this socket overtook the armed one: give the arm
+	 * back so the armed datagram, which follows, still finds it. */
+	__sync_val_compare_and_swap(&slot->armed, 0, seq);
+	if (counters)
+		counters->mismatches++;
+	return PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

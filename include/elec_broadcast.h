@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT OR Apache-2.0 */
+/*
+ * The ABI between bpf/fan_out.bpf.c and the Rust loader in src/.
+ *
+ * This header is the only definition of the map layout. The Rust side does not
+ * restate it: libbpf-cargo turns the BTF of these structs into Rust types
+ * (`skel::types::eb_slot`, ...) and src/abi.rs asserts at compile time that
+ * sizes and offsets are what the loader expects.
+ */
+#ifndef ELEC_BROADCAST_H
+#define ELEC_BROADCAST_H
+
+#include <linux/types.h>
+
+/* Destinations one packet fans out to. Longer lists are split by user space. */
+#define EB_MAX_DESTS 256
+/* Sockets that can be registered at once (slots in the `slots` map). */
+#define EB_MAX_SOCKETS 1024
+
+/* One destination of a fan-out, already resolved by user space. */
+struct eb_dest {
+	__u8 mac[6];  /* Ethernet address of the next hop */
+	__be16 port;  /* UDP destination port, network byte order */
+	__be32 addr;  /* IPv4 destination address, network byte order */
+};
+
+/*
+ * Per-socket state, one entry of the mmap()ed `slots` array.
+ *
+ * User space fills `dests` and `count`, then stores a non-zero sequence number
+ * in `armed` (release ordering) and sends one datagram to dests[0]. The
+ * program takes the arm with an atomic exchange, so exactly one packet per
+ * arm is fanned out and clones that re-enter the hook see `armed == 0`.
+ * It writes the results and stores the same sequence number in `done` last.
+ */
+struct eb_slot {
+	__u64 armed;     /* sequence number of the armed send; 0 = idle */
+	__u64 done;      /* sequence number the results below belong to */
+	__u32 count;     /* destinations in dests[], 1..=EB_MAX_DESTS */
+	__u32 ip_len;    /* IPv4 total length of the armed datagram (host order) */
+	__u32 copies;    /* result: clones that the interface accepted */
+	__u32 failures;  /* result: clones that bpf_clone_redirect could not deliver */
+	__u32 lost_from; /* result: dests[lost_from..count) got nothing because a
+			  * header rewrite failed (no memory); == count if none */
+	__u32 _pad;
+	__u64 failed[EB_MAX_DESTS / 64]; /* result: bit i set = the clone for dests[i] failed */
+	struct eb_dest dests[EB_MAX_DESTS];
+};
+
+/* Counters kept by the program, one per CPU (index 0 of `stats`). */
+struct eb_stats {
+	__u64 fan_outs;        /* packets fanned out */
+	__u64 clones;          /* clones accepted by the interface */
+	__u64 clone_failures;  /* clones that bpf_clone_redirect could not deliver */
+	__u64 rewrite_failures;/* header rewrites that failed (destinations lost) */
+	__u64 mismatches;      /* armed slot, but the packet was not the armed one */
+};
+
+/* Layout is part of the ABI: catch accidental changes on the C side too. */
+_Static_assert(sizeof(struct eb_dest) == 12, "eb_dest layout changed");
+_Static_assert(sizeof(struct eb_slot) == 40 + EB_MAX_DESTS / 8 + 12 * EB_MAX_DESTS,
+	       "eb_slot layout changed");
+_Static_assert(sizeof(struct eb_stats) == 40, "eb_stats layout changed");
+
+#endif /* ELEC_BROADCAST_H */

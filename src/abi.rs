@@ -1,0 +1,59 @@
+//! The map layout shared with `bpf/fan_out.bpf.c`.
+//!
+//! The structs are defined once, in `include/elec_broadcast.h`; the Rust types
+//! here are generated from the compiled object's BTF by libbpf-cargo. The
+//! asserts below pin the few facts the loader relies on, so a change on the C
+//! side that the Rust side does not follow fails the build.
+
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    unused_imports
+)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/fan_out.skel.rs"));
+}
+
+pub(crate) use skel::types::{eb_dest as Dest, eb_slot as Slot, eb_stats as KernelStats};
+pub(crate) use skel::{FanOutSkel, FanOutSkelBuilder};
+
+use std::mem::{offset_of, size_of};
+
+/// `EB_MAX_DESTS`: destinations one packet fans out to.
+pub(crate) const MAX_DESTS: usize = 256;
+/// `EB_MAX_SOCKETS`: entries of the `slots` and `sockets` maps.
+pub(crate) const MAX_SOCKETS: u32 = 1024;
+
+const _: () = {
+    assert!(size_of::<Dest>() == 12);
+    assert!(offset_of!(Dest, mac) == 0);
+    assert!(offset_of!(Dest, port) == 6);
+    assert!(offset_of!(Dest, addr) == 8);
+    // armed and done are updated atomically by both sides: 8-aligned.
+    assert!(offset_of!(Slot, armed) % 8 == 0);
+    assert!(offset_of!(Slot, done) % 8 == 0);
+    // The failure bitmap and the destination array hold MAX_DESTS entries.
+    assert!(offset_of!(Slot, dests) - offset_of!(Slot, failed) == MAX_DESTS / 8);
+    assert!(size_of::<Slot>() == offset_of!(Slot, dests) + MAX_DESTS * size_of::<Dest>());
+    assert!(size_of::<Slot>() % 8 == 0);
+    assert!(size_of::<KernelStats>() == 40);
+};
+
+impl Dest {
+    pub(crate) fn new(mac: [u8; 6], addr: std::net::SocketAddrV4) -> Dest {
+        Dest {
+            mac,
+            port: addr.port().to_be(),
+            addr: u32::from_ne_bytes(addr.ip().octets()),
+        }
+    }
+}
+
+impl PartialEq for Dest {
+    fn eq(&self, other: &Dest) -> bool {
+        self.mac == other.mac && self.port == other.port && self.addr == other.addr
+    }
+}

@@ -1,0 +1,138 @@
+use std::io;
+use std::net::SocketAddr;
+
+/// Everything that can go wrong, each message saying what to do about it.
+///
+/// Input errors (`NoDestinations`, `Ipv6Destination`, `PayloadTooLarge`, ...)
+/// are detected before anything is sent: a call that returns one of them sent
+/// nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The destination list was empty.
+    #[error("no destinations given: pass at least one destination address")]
+    NoDestinations,
+
+    /// An IPv6 destination was given; only IPv4 is supported so far.
+    #[error(
+        "{destination} is an IPv6 destination, and only IPv4 destinations are supported \
+         so far: send to IPv6 peers with an ordinary send"
+    )]
+    Ipv6Destination {
+        /// The offending destination.
+        destination: SocketAddr,
+    },
+
+    /// A destination no datagram can be sent to (port 0, or an unspecified
+    /// or broadcast address).
+    #[error(
+        "{destination} is not a valid destination: it needs a unicast address and a non-zero port"
+    )]
+    InvalidDestination {
+        /// The offending destination.
+        destination: SocketAddr,
+    },
+
+    /// The payload does not fit one datagram on the interface: copies are
+    /// never fragmented.
+    #[error(
+        "a payload of {len} bytes does not fit one datagram on {interface} (MTU {mtu}): \
+         send at most {max} bytes per broadcast"
+    )]
+    PayloadTooLarge {
+        /// Length of the payload that was given.
+        len: usize,
+        /// Largest payload that fits (MTU minus IPv4 and UDP headers).
+        max: usize,
+        /// The interface's MTU.
+        mtu: u32,
+        /// The interface's name.
+        interface: String,
+    },
+
+    /// The file descriptor is not a UDP socket.
+    #[error("the socket is not a UDP socket ({found}): broadcast needs a datagram socket of protocol UDP")]
+    NotUdp {
+        /// What was found instead.
+        found: String,
+    },
+
+    /// The socket is an IPv6 socket; IPv4 sockets only for now.
+    #[error("the socket is an IPv6 (AF_INET6) socket: broadcast needs an IPv4 UDP socket for now")]
+    Ipv6Socket,
+
+    /// The socket has no local address yet.
+    #[error(
+        "the socket is not bound to a local address: bind it (for example to 0.0.0.0:0) \
+         before broadcasting, so that every copy carries the same source port"
+    )]
+    Unbound,
+
+    /// No interface of that name exists in this network namespace.
+    #[error(
+        "there is no network interface named {name:?} in this network namespace (see `ip link`)"
+    )]
+    UnknownInterface {
+        /// The name that was given.
+        name: String,
+    },
+
+    /// The interface exists but cannot carry a fan-out.
+    #[error("interface {name} cannot carry a kernel fan-out: {why}")]
+    UnsupportedInterface {
+        /// The interface's name.
+        name: String,
+        /// Why not.
+        why: &'static str,
+    },
+
+    /// The process lacks a capability the kernel backend needs.
+    #[error(
+        "missing capability {capability}: the kernel fan-out needs CAP_BPF (or CAP_SYS_ADMIN) \
+         and CAP_NET_ADMIN: run as root, grant them (`setcap cap_bpf,cap_net_admin+ep BINARY`), \
+         or use Mode::UserSpace"
+    )]
+    MissingCapability {
+        /// The missing capability, such as `"CAP_BPF"`.
+        capability: &'static str,
+    },
+
+    /// The kernel refused the eBPF program.
+    #[error(
+        "the kernel refused to load the eBPF fan-out program (it needs Linux 5.17 or newer for \
+         bpf_loop): {reason}; use Mode::UserSpace on this kernel"
+    )]
+    Load {
+        /// What libbpf reported.
+        reason: String,
+    },
+
+    /// The program could not be attached to the interface's egress.
+    #[error("attaching the eBPF fan-out program to the egress of {interface} failed: {source}")]
+    Attach {
+        /// The interface's name.
+        interface: String,
+        /// The kernel's error.
+        source: io::Error,
+    },
+
+    /// The first send of a broadcast failed, so nothing was sent (for a
+    /// non-blocking socket this may be `WouldBlock`: try again).
+    #[error("sending failed, nothing was sent: {0}")]
+    Send(#[source] io::Error),
+
+    /// Another system call failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The kernel's error.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { context, source }
+    }
+}

@@ -1,0 +1,143 @@
+//! The raw system calls that socket2 and libbpf-rs do not cover, each behind
+//! a safe function: `sendmmsg`, `mmap` of a BPF map, and the capability set.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
+
+/// Most messages one `sendmmsg` call takes (the kernel's UIO_MAXIOV).
+const SENDMMSG_MAX: usize = 1024;
+
+fn sockaddr_in(addr: &SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Sends `payload` once to each of `dests` with as few `sendmmsg(2)` calls as
+/// possible. Returns how many leading destinations were sent to, and the
+/// error that stopped it, if any; the rest got nothing.
+pub(crate) fn send_to_each(
+    socket: BorrowedFd<'_>,
+    payload: &[u8],
+    dests: &[SocketAddrV4],
+) -> (usize, Option<io::Error>) {
+    let mut sent = 0;
+    while sent < dests.len() {
+        let batch = &dests[sent..dests.len().min(sent + SENDMMSG_MAX)];
+        let mut names: Vec<libc::sockaddr_in> = batch.iter().map(sockaddr_in).collect();
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        let mut headers: Vec<libc::mmsghdr> = names
+            .iter_mut()
+            .map(|name| {
+                // SAFETY: msghdr and mmsghdr are plain C structs for which
+                // all-zero bytes are a valid (empty) value.
+                let mut header: libc::mmsghdr = unsafe { mem::zeroed() };
+                header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
+                header.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                header.msg_hdr.msg_iov = &mut iov;
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            })
+            .collect();
+        // SAFETY: `headers` holds `headers.len()` initialised mmsghdr whose
+        // name and iovec pointers point into `names` and `iov`, which outlive
+        // the call; the kernel only reads the payload through `iov`.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                headers.len() as libc::c_uint,
+                0,
+            )
+        };
+        if n < 0 {
+            return (sent, Some(io::Error::last_os_error()));
+        }
+        if n == 0 {
+            return (sent, Some(io::Error::from(io::ErrorKind::WriteZero)));
+        }
+        sent += n as usize;
+    }
+    (sent, None)
+}
+
+/// A shared, writable mapping of a `BPF_F_MMAPABLE` array map.
+pub(crate) struct MapMemory {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory shared with the kernel; the types that
+// hand out pointers into it (kernel::Slot) decide how it is accessed.
+unsafe impl Send for MapMemory {}
+// SAFETY: as above: `MapMemory` itself only hands out its base address.
+unsafe impl Sync for MapMemory {}
+
+impl MapMemory {
+    /// Maps `len` bytes of the map behind `fd`.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<MapMemory> {
+        // SAFETY: a fresh shared mapping chosen by the kernel (addr NULL);
+        // no existing memory is affected. The result is checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned NULL"))?;
+        Ok(MapMemory { ptr, len })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for MapMemory {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `map`, and no
+        // pointer into it outlives `self` (kernel::Slot borrows the owner).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Capabilities the kernel backend needs.
+pub(crate) const CAP_NET_ADMIN: u32 = 12;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process, from /proc/self/status.
+pub(crate) fn effective_capabilities() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))
+}
+
+pub(crate) fn has_capability(set: u64, cap: u32) -> bool {
+    set & (1u64 << cap) != 0
+}
