@@ -1,12 +1,16 @@
 //! The kernel backend: loads `bpf/fan_out.bpf.c`, attaches it to one
 //! interface's egress and gives access to the per-socket slots.
 
+use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
 use std::mem::{size_of, MaybeUninit};
 use std::os::fd::AsFd;
 use std::ptr::{self, addr_of, addr_of_mut, NonNull};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+
+use nix::sched::{setns, CloneFlags};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, OpenObject, TcHookBuilder, TC_EGRESS};
@@ -25,6 +29,9 @@ enum Attachment {
         ifindex: i32,
         /// The qdisc did not exist before us, so we remove it again.
         created_qdisc: bool,
+        /// The network namespace the filter lives in: tc requests act on the
+        /// calling thread's namespace, and `ifindex` only means something there.
+        netns: File,
     },
 }
 
@@ -34,26 +41,54 @@ impl Drop for Attachment {
             hook,
             ifindex,
             created_qdisc,
+            netns,
         } = self
         {
-            if let Err(err) = hook.detach() {
-                log::warn!("detaching the fan-out filter failed: {err}");
+            let hook = SendableHook(*hook);
+            let (ifindex, created_qdisc) = (*ifindex, *created_qdisc);
+            // Detach from a thread inside the filter's namespace, whichever
+            // namespace the thread dropping us is in.
+            let detached = thread::scope(|scope| {
+                scope
+                    .spawn(move || {
+                        setns(&*netns, CloneFlags::CLONE_NEWNET)?;
+                        detach_clsact(hook, ifindex, created_qdisc);
+                        Ok::<(), nix::Error>(())
+                    })
+                    .join()
+            });
+            if !matches!(detached, Ok(Ok(()))) {
+                log::warn!("could not enter the namespace of the fan-out filter to detach it");
             }
-            if *created_qdisc {
-                let mut qdisc = tc_hook(
-                    *ifindex,
-                    libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS,
-                );
-                // SAFETY: `qdisc` is a fully initialised bpf_tc_hook (sz set)
-                // that lives across the call.
-                let err = unsafe { libbpf_sys::bpf_tc_hook_destroy(&mut qdisc) };
-                if err != 0 {
-                    log::warn!(
-                        "removing the clsact qdisc failed: {}",
-                        io::Error::from_raw_os_error(-err)
-                    );
-                }
-            }
+        }
+    }
+}
+
+/// A TcHook to hand to the detaching thread.
+struct SendableHook(libbpf_rs::TcHook);
+
+// SAFETY: the only pointer a TcHook holds is the optional qdisc name of its
+// bpf_tc_hook, which we never set (NULL); the rest is plain integers.
+unsafe impl Send for SendableHook {}
+
+fn detach_clsact(hook: SendableHook, ifindex: i32, created_qdisc: bool) {
+    let SendableHook(mut hook) = hook;
+    if let Err(err) = hook.detach() {
+        log::warn!("detaching the fan-out filter failed: {err}");
+    }
+    if created_qdisc {
+        let mut qdisc = tc_hook(
+            ifindex,
+            libbpf_sys::BPF_TC_INGRESS | libbpf_sys::BPF_TC_EGRESS,
+        );
+        // SAFETY: `qdisc` is a fully initialised bpf_tc_hook (sz set) that
+        // lives across the call.
+        let err = unsafe { libbpf_sys::bpf_tc_hook_destroy(&mut qdisc) };
+        if err != 0 {
+            log::warn!(
+                "removing the clsact qdisc failed: {}",
+                io::Error::from_raw_os_error(-err)
+            );
         }
     }
 }
@@ -125,7 +160,8 @@ impl FanOut {
         ifindex: u32,
         force_clsact: bool,
     ) -> Result<FanOut, Error> {
-        let caps = sys::effective_capabilities().map_err(Error::io("reading /proc/self/status"))?;
+        let caps =
+            sys::effective_capabilities().map_err(Error::io("reading /proc/thread-self/status"))?;
         if !sys::has_capability(caps, sys::CAP_BPF)
             && !sys::has_capability(caps, sys::CAP_SYS_ADMIN)
         {
@@ -283,10 +319,12 @@ fn attach_clsact(
     let mut hook = TcHookBuilder::new(skel.progs.fan_out.as_fd())
         .ifindex(ifindex as i32)
         .hook(TC_EGRESS);
+    let netns = File::open("/proc/thread-self/ns/net").map_err(attach_error)?;
     let mut attachment = Attachment::Clsact {
         hook,
         ifindex: ifindex as i32,
         created_qdisc,
+        netns,
     };
     // On failure `attachment` drops and removes the qdisc if we made it.
     hook.attach().map_err(|e| attach_error(to_io(e)))?;

@@ -128,14 +128,20 @@ pub(crate) const CAP_NET_ADMIN: u32 = 12;
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
 pub(crate) const CAP_BPF: u32 = 39;
 
-/// The effective capability set of this process, from /proc/self/status.
+/// The effective capability set of the calling thread (the kernel checks
+/// the thread's credentials on bpf() and netlink calls).
 pub(crate) fn effective_capabilities() -> io::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
+    let status = std::fs::read_to_string("/proc/thread-self/status")?;
     status
         .lines()
         .find_map(|line| line.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no CapEff in /proc/self/status"))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no CapEff in /proc/thread-self/status",
+            )
+        })
 }
 
 pub(crate) fn has_capability(set: u64, cap: u32) -> bool {

@@ -1,0 +1,686 @@
+//! The testbed: a sender namespace and R receiver namespaces joined by a
+//! bridge in a hub namespace.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::cleanup::{self, PREFIX};
+use crate::ethtool::{format_mac, set_tx_csum_here};
+use crate::ip;
+use crate::ns::{for_each_namespace, in_namespace, output_in, spawn_in, spawn_in_namespace};
+use crate::recv::{Counters, Group, Receivers};
+use crate::snmp::read_snmp_here;
+
+/// Name of the sender's interface (and of every receiver's interface).
+pub const IFACE: &str = "eth0";
+/// Name of the bridge in the hub namespace.
+pub const BRIDGE: &str = "br0";
+/// Name of the hub port facing the sender.
+pub const HUB_PORT_SENDER: &str = "s0";
+/// Prefix length of the testbed subnet 10.77.0.0/16.
+pub const PREFIX_LEN: u8 = 16;
+/// The sender's address.
+pub const SENDER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// Most receivers a testbed supports (receiver i uses 10.77.(1 + i).0/24).
+pub const MAX_RECEIVERS: usize = 254;
+/// Most addresses per receiver.
+pub const MAX_ADDRS_PER_RECEIVER: usize = 254;
+
+const SENDER_MAC: [u8; 6] = [0x02, 0xeb, 0x00, 0x00, 0x00, 0x01];
+const HUB_SENDER_PORT_MAC: [u8; 6] = [0x02, 0xeb, 0x01, 0x00, 0x00, 0x01];
+const BRIDGE_MAC: [u8; 6] = [0x02, 0xeb, 0x02, 0x00, 0x00, 0x01];
+
+fn receiver_mac_of(i: usize) -> [u8; 6] {
+    [0x02, 0xeb, 0x00, 0x01, (i >> 8) as u8, i as u8]
+}
+
+fn hub_receiver_port_mac(i: usize) -> [u8; 6] {
+    [0x02, 0xeb, 0x01, 0x01, (i >> 8) as u8, i as u8]
+}
+
+/// Address `k` of receiver `i`: 10.77.(1 + i).(1 + k).
+fn receiver_addr(i: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, (1 + i) as u8, (1 + k) as u8)
+}
+
+/// Configuration of a [`Testbed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestbedConfig {
+    /// Number of receiver namespaces (1..=254). Default 8.
+    pub receivers: usize,
+    /// Addresses per receiver (1..=254): receiver i gets
+    /// 10.77.(1 + i).(1 + k)/16 for k in 0..addrs_per_receiver. Default 1.
+    pub addrs_per_receiver: usize,
+    /// Leave transmit checksum offload on on the sender's `eth0` (default
+    /// true). When false it is turned off, so the sender's stack computes
+    /// full UDP checksums in software.
+    pub sender_tx_checksum_offload: bool,
+    /// Pre-populate the sender's ARP table with permanent entries for every
+    /// receiver address (default true). When false the sender resolves ARP.
+    pub neighbours_prefilled: bool,
+    /// Steer receive processing of the hub port facing the sender to this CPU
+    /// (RPS), for benchmarks. Default None.
+    pub rps_cpu: Option<usize>,
+    /// MTU of every link (None: the default 1500).
+    pub mtu: Option<u32>,
+}
+
+impl Default for TestbedConfig {
+    fn default() -> Self {
+        TestbedConfig {
+            receivers: 8,
+            addrs_per_receiver: 1,
+            sender_tx_checksum_offload: true,
+            neighbours_prefilled: true,
+            rps_cpu: None,
+            mtu: None,
+        }
+    }
+}
+
+impl TestbedConfig {
+    fn validate(&self) -> io::Result<()> {
+        let bad = |m: String| Err(io::Error::new(io::ErrorKind::InvalidInput, m));
+        if !(1..=MAX_RECEIVERS).contains(&self.receivers) {
+            return bad(format!(
+                "testbed receivers must be in 1..={MAX_RECEIVERS}, got {}",
+                self.receivers
+            ));
+        }
+        if !(1..=MAX_ADDRS_PER_RECEIVER).contains(&self.addrs_per_receiver) {
+            return bad(format!(
+                "testbed addrs_per_receiver must be in 1..={MAX_ADDRS_PER_RECEIVER}, got {}",
+                self.addrs_per_receiver
+            ));
+        }
+        if let Some(m) = self.mtu {
+            if !(68..=65535).contains(&m) {
+                return bad(format!("testbed mtu must be in 68..=65535, got {m}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+/// Serializes the first `ip -batch` (namespace creation) within the process:
+/// concurrent first-time `ip netns add` calls race on mounting /run/netns.
+static CREATE_LOCK: Mutex<()> = Mutex::new(());
+
+/// CPU mask for /sys/class/net/*/queues/rx-*/rps_cpus: 32-bit hex groups
+/// separated by commas, most significant first.
+fn rps_mask(cpu: usize) -> String {
+    let groups = cpu / 32 + 1;
+    (0..groups)
+        .rev()
+        .map(|g| {
+            let v: u32 = if g == cpu / 32 { 1 << (cpu % 32) } else { 0 };
+            format!("{v:08x}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Checks CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21) in the effective set.
+fn check_privileges() -> io::Result<()> {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Ok(());
+    };
+    let Some(eff) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    else {
+        return Ok(());
+    };
+    let need = (1u64 << 12) | (1u64 << 21);
+    if eff & need != need {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "testbed needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create network namespaces",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a sysctl of the calling thread's network namespace, ignoring
+/// sysctls that do not exist (e.g. IPv6 disabled at boot).
+fn write_sysctl_here(path: &str, value: &str) -> io::Result<()> {
+    match std::fs::write(path, value) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot write {value} to {path}: {e}"),
+        )),
+    }
+}
+
+/// What to configure inside one namespace.
+struct NsSetup {
+    ns: String,
+    tx_csum_off: Vec<String>,
+    ip_lines: Vec<String>,
+    bridge_lines: Vec<String>,
+    rps: Option<(String, String)>,
+}
+
+impl NsSetup {
+    fn new(ns: &str) -> NsSetup {
+        NsSetup {
+            ns: ns.to_string(),
+            tx_csum_off: Vec::new(),
+            ip_lines: vec!["link set dev lo up".into()],
+            bridge_lines: Vec::new(),
+            rps: None,
+        }
+    }
+
+    /// Runs inside the namespace.
+    fn apply(self) -> io::Result<()> {
+        // No IPv6 in the testbed: keeps the links free of router
+        // solicitations, DAD and MLD noise.
+        for p in [
+            "/proc/sys/net/ipv6/conf/all/disable_ipv6",
+            "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+        ] {
+            write_sysctl_here(p, "1")?;
+        }
+        for iface in &self.tx_csum_off {
+            set_tx_csum_here(iface, false).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "turning off tx checksum offload on {iface} in {}: {e}",
+                        self.ns
+                    ),
+                )
+            })?;
+        }
+        let what = format!("configuring namespace {}", self.ns);
+        ip::batch("ip", &self.ip_lines, false, &what)?;
+        if !self.bridge_lines.is_empty() {
+            ip::batch("bridge", &self.bridge_lines, false, &what)?;
+        }
+        if let Some((port, mask)) = self.rps {
+            // /sys shows the devices of the namespace that mounted it;
+            // `ip netns exec` remounts it for its child.
+            ip::run(
+                Command::new("ip").args([
+                    "netns",
+                    "exec",
+                    &self.ns,
+                    "sh",
+                    "-c",
+                    &format!("echo {mask} > /sys/class/net/{port}/queues/rx-0/rps_cpus"),
+                ]),
+                &what,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A sender namespace and R receiver namespaces, each with a veth `eth0`
+/// whose peer is a port of the bridge `br0` in a hub namespace. Everything is
+/// deleted on drop (also during a panic), and on SIGINT/SIGTERM/SIGHUP.
+///
+/// Addresses: the sender is 10.77.0.1/16, receiver i has
+/// 10.77.(1 + i).(1 + k)/16. Hub ports: `s0` faces the sender, `r<i>` faces
+/// receiver i; transmit checksum offload is off on every `r<i>`, so the
+/// receivers' stacks verify UDP checksums.
+#[derive(Debug)]
+pub struct Testbed {
+    id: u64,
+    cfg: TestbedConfig,
+    sender_ns: String,
+    hub_ns: String,
+    receiver_ns: Vec<String>,
+    receiver_addrs: Vec<Vec<Ipv4Addr>>,
+    all_addrs: Vec<Ipv4Addr>,
+    owner: HashMap<Ipv4Addr, usize>,
+}
+
+impl Testbed {
+    /// Creates the namespaces, links and addresses described by `cfg`.
+    ///
+    /// Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2 (`ip`,
+    /// `bridge`). Also removes namespaces left behind by testbeds of processes
+    /// that no longer exist, and installs (once per process, unless the
+    /// program has its own) signal handlers that delete live testbeds on
+    /// Ctrl-C and exit with status 130.
+    pub fn new(cfg: TestbedConfig) -> io::Result<Testbed> {
+        cfg.validate()?;
+        check_privileges()?;
+        cleanup::install_signal_handlers();
+        cleanup::remove_stale();
+
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let base = format!("{PREFIX}{}-{id}", std::process::id());
+        let r = cfg.receivers;
+        let receiver_addrs: Vec<Vec<Ipv4Addr>> = (0..r)
+            .map(|i| {
+                (0..cfg.addrs_per_receiver)
+                    .map(|k| receiver_addr(i, k))
+                    .collect()
+            })
+            .collect();
+        let all_addrs: Vec<Ipv4Addr> = receiver_addrs.iter().flatten().copied().collect();
+        let owner = receiver_addrs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| a.iter().map(move |x| (*x, i)))
+            .collect();
+        let tb = Testbed {
+            id,
+            sender_ns: format!("{base}-s"),
+            hub_ns: format!("{base}-h"),
+            receiver_ns: (0..r).map(|i| format!("{base}-r{i}")).collect(),
+            cfg,
+            receiver_addrs,
+            all_addrs,
+            owner,
+        };
+        // Registered before anything exists, so that a signal during setup
+        // and an error (through Drop) both clean up.
+        cleanup::register(id, tb.namespaces());
+        tb.create()?;
+        Ok(tb)
+    }
+
+    fn create(&self) -> io::Result<()> {
+        let mtu = self
+            .cfg
+            .mtu
+            .map(|m| format!(" mtu {m}"))
+            .unwrap_or_default();
+        let (s, h) = (&self.sender_ns, &self.hub_ns);
+
+        // Phase 1, from the caller's namespace: namespaces and links, each
+        // link created directly in its target namespace.
+        let mut lines: Vec<String> = self
+            .namespaces()
+            .iter()
+            .map(|n| format!("netns add {n}"))
+            .collect();
+        lines.push(format!(
+            "link add name {BRIDGE} netns {h} address {}{mtu} type bridge mcast_snooping 0",
+            format_mac(&BRIDGE_MAC)
+        ));
+        lines.push(format!(
+            "link add name {HUB_PORT_SENDER} netns {h} address {}{mtu} type veth peer name {IFACE} netns {s} address {}{mtu}",
+            format_mac(&HUB_SENDER_PORT_MAC),
+            format_mac(&SENDER_MAC)
+        ));
+        for (i, rns) in self.receiver_ns.iter().enumerate() {
+            lines.push(format!(
+                "link add name r{i} netns {h} address {}{mtu} type veth peer name {IFACE} netns {rns} address {}{mtu}",
+                format_mac(&hub_receiver_port_mac(i)),
+                format_mac(&receiver_mac_of(i))
+            ));
+        }
+        {
+            let _guard = CREATE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            ip::batch("ip", &lines, false, "creating testbed namespaces and links")?;
+        }
+
+        // Phase 2, inside every namespace in parallel: sysctls, offloads,
+        // addresses, links up, neighbours, bridge FDB.
+        let mut setups = Vec::new();
+
+        let mut hub = NsSetup::new(h);
+        hub.ip_lines.push(format!("link set dev {BRIDGE} up"));
+        hub.ip_lines
+            .push(format!("link set dev {HUB_PORT_SENDER} master {BRIDGE} up"));
+        for i in 0..self.num_receivers() {
+            let port = self.receiver_port(i);
+            hub.ip_lines
+                .push(format!("link set dev {port} master {BRIDGE} up"));
+            // Static FDB entries: the receivers never talk, so without them
+            // the bridge would flood every frame to every receiver.
+            hub.bridge_lines.push(format!(
+                "fdb replace {} dev {port} master static",
+                format_mac(&receiver_mac_of(i))
+            ));
+            hub.tx_csum_off.push(port);
+        }
+        hub.rps = self
+            .cfg
+            .rps_cpu
+            .map(|c| (HUB_PORT_SENDER.to_string(), rps_mask(c)));
+        setups.push(hub);
+
+        let mut snd = NsSetup::new(s);
+        snd.ip_lines
+            .push(format!("addr add {SENDER_ADDR}/{PREFIX_LEN} dev {IFACE}"));
+        snd.ip_lines.push(format!("link set dev {IFACE} up"));
+        if self.cfg.neighbours_prefilled {
+            for (i, addrs) in self.receiver_addrs.iter().enumerate() {
+                for a in addrs {
+                    snd.ip_lines.push(format!(
+                        "neigh replace {a} lladdr {} dev {IFACE} nud permanent",
+                        format_mac(&receiver_mac_of(i))
+                    ));
+                }
+            }
+        }
+        if !self.cfg.sender_tx_checksum_offload {
+            snd.tx_csum_off.push(IFACE.to_string());
+        }
+        setups.push(snd);
+
+        for (i, rns) in self.receiver_ns.iter().enumerate() {
+            let mut rcv = NsSetup::new(rns);
+            for a in &self.receiver_addrs[i] {
+                rcv.ip_lines
+                    .push(format!("addr add {a}/{PREFIX_LEN} dev {IFACE}"));
+            }
+            rcv.ip_lines.push(format!("link set dev {IFACE} up"));
+            setups.push(rcv);
+        }
+
+        let mut threads = Vec::new();
+        let mut first_err = None;
+        for setup in setups {
+            let ns = setup.ns.clone();
+            match spawn_in_namespace(&ns, "ebtb-setup", move || setup.apply()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for t in threads {
+            if let Err(e) = t.join() {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The configuration this testbed was built from.
+    pub fn config(&self) -> &TestbedConfig {
+        &self.cfg
+    }
+
+    /// All namespaces of this testbed: sender, hub, receivers.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.sender_ns.clone(), self.hub_ns.clone()];
+        v.extend(self.receiver_ns.iter().cloned());
+        v
+    }
+
+    /// Name of the sender namespace (`ebtb-<pid>-<n>-s`).
+    pub fn sender_ns(&self) -> &str {
+        &self.sender_ns
+    }
+
+    /// Name of the hub namespace holding the bridge (`ebtb-<pid>-<n>-h`).
+    pub fn hub_ns(&self) -> &str {
+        &self.hub_ns
+    }
+
+    /// Name of receiver namespace `i` (`ebtb-<pid>-<n>-r<i>`).
+    ///
+    /// # Panics
+    /// When `i >= num_receivers()`.
+    pub fn receiver_ns(&self, i: usize) -> &str {
+        &self.receiver_ns[i]
+    }
+
+    /// Number of receiver namespaces.
+    pub fn num_receivers(&self) -> usize {
+        self.receiver_ns.len()
+    }
+
+    /// The sender's interface: `eth0`.
+    pub fn sender_iface(&self) -> &'static str {
+        IFACE
+    }
+
+    /// The sender's address, 10.77.0.1.
+    pub fn sender_addr(&self) -> Ipv4Addr {
+        SENDER_ADDR
+    }
+
+    /// MAC address of the sender's `eth0`.
+    pub fn sender_mac(&self) -> [u8; 6] {
+        SENDER_MAC
+    }
+
+    /// Addresses of receiver `i` (the first is primary).
+    ///
+    /// # Panics
+    /// When `i >= num_receivers()`.
+    pub fn receiver_addrs(&self, i: usize) -> &[Ipv4Addr] {
+        &self.receiver_addrs[i]
+    }
+
+    /// Every receiver address, receiver by receiver.
+    pub fn all_receiver_addrs(&self) -> &[Ipv4Addr] {
+        &self.all_addrs
+    }
+
+    /// The receiver that owns `addr`, if any.
+    pub fn receiver_of(&self, addr: Ipv4Addr) -> Option<usize> {
+        self.owner.get(&addr).copied()
+    }
+
+    /// MAC address of receiver `i`'s `eth0`.
+    ///
+    /// # Panics
+    /// When `i >= num_receivers()`.
+    pub fn receiver_mac(&self, i: usize) -> [u8; 6] {
+        assert!(i < self.num_receivers(), "no receiver {i}");
+        receiver_mac_of(i)
+    }
+
+    /// The hub port facing the sender: `s0`.
+    pub fn hub_port_facing_sender(&self) -> &'static str {
+        HUB_PORT_SENDER
+    }
+
+    /// The hub port facing receiver `i`: `r<i>`.
+    pub fn receiver_port(&self, i: usize) -> String {
+        format!("r{i}")
+    }
+
+    /// `n` distinct destinations spread round-robin first over the receivers,
+    /// then over each receiver's addresses, then over ports `base_port`,
+    /// `base_port + 1`, ...
+    ///
+    /// # Panics
+    /// When the ports would run past 65535.
+    pub fn destinations(&self, n: usize, base_port: u16) -> Vec<SocketAddrV4> {
+        let r = self.num_receivers();
+        let slots = r * self.cfg.addrs_per_receiver;
+        (0..n)
+            .map(|j| {
+                let slot = j % slots;
+                let port = u16::try_from(j / slots)
+                    .ok()
+                    .and_then(|p| base_port.checked_add(p))
+                    .unwrap_or_else(|| {
+                        panic!("{n} destinations from port {base_port} run past port 65535")
+                    });
+                SocketAddrV4::new(self.receiver_addrs[slot % r][slot / r], port)
+            })
+            .collect()
+    }
+
+    fn groups(&self, dests: &[SocketAddrV4]) -> io::Result<Vec<Group>> {
+        let mut seen = HashSet::new();
+        let mut per: Vec<Vec<(usize, SocketAddrV4)>> = vec![Vec::new(); self.num_receivers()];
+        for (k, d) in dests.iter().enumerate() {
+            let Some(i) = self.receiver_of(*d.ip()) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("destination {d} is not an address of any receiver of this testbed"),
+                ));
+            };
+            if !seen.insert(*d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("destination {d} listed twice"),
+                ));
+            }
+            per[i].push((k, *d));
+        }
+        Ok(per
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, dests)| Group {
+                ns: self.receiver_ns[i].clone(),
+                dests,
+            })
+            .collect())
+    }
+
+    /// Binds a UDP socket for every destination (each must be an address of
+    /// some receiver; several ports per address are fine) in its receiver's
+    /// namespace and records every datagram. The sockets are bound when this
+    /// returns. One thread per receiver namespace.
+    pub fn receivers(&self, dests: &[SocketAddrV4]) -> io::Result<Receivers> {
+        Receivers::start(dests.to_vec(), self.groups(dests)?)
+    }
+
+    /// Like [`Testbed::receivers`], but only counts datagrams per destination
+    /// and checks each payload against the message pattern
+    /// ([`crate::is_pattern`]). With `pin_cpu`, the receiver threads are
+    /// pinned to that CPU.
+    pub fn counting_receivers(
+        &self,
+        dests: &[SocketAddrV4],
+        pin_cpu: Option<usize>,
+    ) -> io::Result<Counters> {
+        Counters::start(dests.to_vec(), self.groups(dests)?, pin_cpu)
+    }
+
+    /// A UDP socket bound to the sender's address (port chosen by the
+    /// kernel), created inside the sender namespace.
+    pub fn sender_socket(&self) -> io::Result<UdpSocket> {
+        in_namespace(&self.sender_ns, || {
+            UdpSocket::bind(SocketAddrV4::new(SENDER_ADDR, 0))
+        })?
+    }
+
+    /// Runs `f` on a helper thread inside the sender namespace; see
+    /// [`crate::in_namespace`].
+    pub fn in_sender<R: Send>(&self, f: impl FnOnce() -> R + Send) -> io::Result<R> {
+        in_namespace(&self.sender_ns, f)
+    }
+
+    /// Runs `cmd` inside the sender namespace and waits for it, capturing its
+    /// output.
+    pub fn run_in_sender(&self, cmd: &mut Command) -> io::Result<Output> {
+        output_in(&self.sender_ns, cmd)
+    }
+
+    /// Spawns `cmd` inside the namespace `ns` (any namespace name, e.g.
+    /// [`Testbed::receiver_ns`]).
+    pub fn spawn_in(&self, ns: &str, cmd: &mut Command) -> io::Result<Child> {
+        spawn_in(ns, cmd)
+    }
+
+    /// A field of the `Udp:` lines of each receiver namespace's
+    /// `/proc/net/snmp` (e.g. `"InDatagrams"`, `"InCsumErrors"`,
+    /// `"RcvbufErrors"`, `"NoPorts"`), indexed by receiver.
+    pub fn udp_counter(&self, field: &str) -> io::Result<Vec<u64>> {
+        let names: Vec<&str> = self.receiver_ns.iter().map(String::as_str).collect();
+        for_each_namespace(&names, |_| read_snmp_here("Udp", field))
+    }
+
+    /// `InCsumErrors` of UDP per receiver namespace: datagrams dropped for a
+    /// bad checksum.
+    pub fn udp_in_csum_errors(&self) -> io::Result<Vec<u64>> {
+        self.udp_counter("InCsumErrors")
+    }
+
+    /// `InDatagrams` of UDP per receiver namespace.
+    pub fn udp_in_datagrams(&self) -> io::Result<Vec<u64>> {
+        self.udp_counter("InDatagrams")
+    }
+
+    /// `RcvbufErrors` of UDP per receiver namespace (drops on full socket
+    /// buffers).
+    pub fn udp_rcvbuf_errors(&self) -> io::Result<Vec<u64>> {
+        self.udp_counter("RcvbufErrors")
+    }
+
+    /// Waits at most `timeout` until no receiver namespace's UDP
+    /// `InDatagrams` changes for `quiet` (useful before reading counters).
+    pub fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> io::Result<()> {
+        let start = std::time::Instant::now();
+        let mut last = self.udp_in_datagrams()?;
+        let mut since = std::time::Instant::now();
+        while start.elapsed() < timeout {
+            std::thread::sleep(quiet / 4);
+            let now = self.udp_in_datagrams()?;
+            if now != last {
+                last = now;
+                since = std::time::Instant::now();
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        cleanup::delete_namespaces(&self.namespaces());
+        cleanup::unregister(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks() {
+        assert_eq!(rps_mask(0), "00000001");
+        assert_eq!(rps_mask(1), "00000002");
+        assert_eq!(rps_mask(31), "80000000");
+        assert_eq!(rps_mask(33), "00000002,00000000");
+    }
+
+    #[test]
+    fn config_validation() {
+        let ok = TestbedConfig::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            TestbedConfig {
+                receivers: 0,
+                ..ok.clone()
+            },
+            TestbedConfig {
+                receivers: 255,
+                ..ok.clone()
+            },
+            TestbedConfig {
+                addrs_per_receiver: 0,
+                ..ok.clone()
+            },
+            TestbedConfig {
+                mtu: Some(10),
+                ..ok.clone()
+            },
+        ] {
+            assert_eq!(
+                bad.validate().unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+        }
+    }
+}

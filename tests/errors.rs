@@ -1,0 +1,200 @@
+//! Bad input gets a typed error, and a call that returns one sent nothing.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::thread;
+
+use common::*;
+use elec_broadcast::{Broadcaster, Error, Mode};
+use elec_testbed::{in_namespace, pattern, Testbed, TestbedConfig};
+
+fn small_testbed() -> Testbed {
+    testbed(TestbedConfig {
+        receivers: 2,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn bad_input_is_rejected_before_anything_is_sent() {
+    if !root_available() {
+        return;
+    }
+    let tb = small_testbed();
+    for mode in [Mode::Kernel, Mode::UserSpace] {
+        let broadcaster = broadcaster(&tb, mode);
+        let socket = sender_socket(&tb, 0);
+        let dests = tb.destinations(2, 7000);
+        let good = addrs(&dests);
+        let rx = tb.receivers(&dests).unwrap();
+        let message = pattern(0, 10);
+        let with = |extra: &str| {
+            let mut list = good.clone();
+            list.push(extra.parse::<SocketAddr>().unwrap());
+            list
+        };
+
+        let err = broadcaster.broadcast(&socket, &message, &[]).unwrap_err();
+        assert!(matches!(err, Error::NoDestinations), "{err}");
+
+        let err = broadcaster
+            .broadcast(&socket, &message, &with("[fd00::1]:7000"))
+            .unwrap_err();
+        assert!(matches!(err, Error::Ipv6Destination { .. }), "{err}");
+        assert!(err.to_string().contains("IPv6"), "{err}");
+
+        for bad in ["10.77.1.1:0", "0.0.0.0:7000", "255.255.255.255:7000"] {
+            let err = broadcaster
+                .broadcast(&socket, &message, &with(bad))
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidDestination { .. }),
+                "{bad}: {err}"
+            );
+        }
+
+        let too_big = vec![7u8; broadcaster.max_payload() + 1];
+        let err = broadcaster.broadcast(&socket, &too_big, &good).unwrap_err();
+        match err {
+            Error::PayloadTooLarge { len, max, mtu, .. } => {
+                assert_eq!((len, max, mtu), (1473, 1472, 1500));
+            }
+            other => panic!("{other}"),
+        }
+
+        let tcp = in_namespace(tb.sender_ns(), || TcpListener::bind("10.77.0.1:0"))
+            .unwrap()
+            .unwrap();
+        let err = broadcaster.broadcast(&tcp, &message, &good).unwrap_err();
+        assert!(matches!(err, Error::NotUdp { .. }), "{err}");
+
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = broadcaster.broadcast(&file, &message, &good).unwrap_err();
+        assert!(matches!(err, Error::NotUdp { .. }), "{err}");
+
+        let unbound = in_namespace(tb.sender_ns(), || {
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        })
+        .unwrap()
+        .unwrap();
+        let err = broadcaster
+            .broadcast(&unbound, &message, &good)
+            .unwrap_err();
+        assert!(matches!(err, Error::Unbound), "{err}");
+        assert!(err.to_string().contains("bind it"), "{err}");
+
+        let v6 = in_namespace(tb.sender_ns(), || UdpSocket::bind("[::]:0"))
+            .unwrap()
+            .unwrap();
+        let err = broadcaster.broadcast(&v6, &message, &good).unwrap_err();
+        assert!(matches!(err, Error::Ipv6Socket), "{err}");
+
+        // None of the calls above sent a thing.
+        let got = rx.finish(SETTLE);
+        got.check_silent(&dests).unwrap();
+        assert_eq!(broadcaster.stats().broadcasts, 0);
+        drop(socket);
+    }
+}
+
+#[test]
+fn unknown_interface_is_named_in_the_error() {
+    // Needs no privileges: the lookup fails before anything is loaded.
+    for mode in [Mode::Auto, Mode::Kernel, Mode::UserSpace] {
+        let err = Broadcaster::with_mode("no-such-if0", mode).unwrap_err();
+        assert!(matches!(err, Error::UnknownInterface { .. }), "{err}");
+        assert!(err.to_string().contains("no-such-if0"), "{err}");
+    }
+    let err = Broadcaster::new("this-name-is-far-too-long-for-linux").unwrap_err();
+    assert!(matches!(err, Error::UnknownInterface { .. }), "{err}");
+}
+
+/// Drops every effective capability of the calling thread only.
+fn drop_effective_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a v3 header read/write exactly two Data.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective = 0;
+        data[1].effective = 0;
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+#[test]
+fn missing_capabilities_are_named_and_auto_mode_falls_back() {
+    if !root_available() {
+        return;
+    }
+    let tb = small_testbed();
+    let dests = tb.destinations(2, 7000);
+    let rx = tb.receivers(&dests).unwrap();
+    let socket = sender_socket(&tb, 0);
+    let raw = socket.as_raw_fd();
+    let sender_ns = tb.sender_ns().to_string();
+    let message = pattern(3, 30);
+    let targets = addrs(&dests);
+    // Capabilities are per thread: this thread gives its up, the test's
+    // other threads keep theirs.
+    let report = thread::scope(|s| {
+        s.spawn(|| {
+            in_namespace(&sender_ns, || {
+                drop_effective_capabilities();
+                let err = Broadcaster::with_mode("eth0", Mode::Kernel).unwrap_err();
+                assert!(
+                    matches!(
+                        err,
+                        Error::MissingCapability {
+                            capability: "CAP_BPF"
+                        }
+                    ),
+                    "{err}"
+                );
+                assert!(err.to_string().contains("Mode::UserSpace"), "{err}");
+
+                let auto = Broadcaster::new("eth0").unwrap();
+                assert_eq!(auto.mode(), Mode::UserSpace);
+                assert!(matches!(
+                    auto.fallback_reason(),
+                    Some(Error::MissingCapability { .. })
+                ));
+                // SAFETY: `raw` is the fd of `socket`, which outlives this scope.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+                auto.broadcast(&fd, &message, &targets).unwrap()
+            })
+            .unwrap()
+        })
+        .join()
+        .unwrap()
+    });
+    assert_complete(&report, 2);
+    rx.wait_for_total(2, WAIT);
+    rx.finish(SETTLE)
+        .check_exactly_once(&dests, &[message])
+        .unwrap();
+}
