@@ -1,0 +1,2 @@
+//! Placeholder until the gossip example lands.
+fn main() {}

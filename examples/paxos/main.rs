@@ -1,0 +1,2 @@
+//! Placeholder until the paxos example lands.
+fn main() {}
