@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The test suite: formatting, lints, unit and integration tests (the
+# integration tests build network namespaces and load eBPF programs: run as
+# root; set ELEC_BROADCAST_SKIP_ROOT_TESTS=1 to skip them explicitly instead).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# Benchmarks run once each in test mode, on a quick setting.
+ELEC_BENCH_QUICK=1 cargo test --workspace --all-targets
+cargo test --workspace --doc
