@@ -454,3 +454,65 @@ fn a_closed_sockets_fd_reused_by_a_new_socket_still_delivers_exactly_once() {
     }
     rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
 }
+
+#[test]
+fn destinations_routed_through_another_interface_take_the_ordinary_path() {
+    if !root_available() {
+        return;
+    }
+    let tb = testbed(TestbedConfig {
+        receivers: 2,
+        ..Default::default()
+    });
+    // A second link, sender eth1 (10.88.0.1/24) <-> receiver 0's eth1
+    // (10.88.0.2/24), beside the bridged eth0 the program is attached to.
+    let ip = |ns: &str, args: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", ns])
+            .args(args.split(' '))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (sender, r0) = (tb.sender_ns(), tb.receiver_ns(0));
+    ip(
+        sender,
+        &format!("link add eth1 type veth peer name eth1 netns {r0}"),
+    );
+    ip(sender, "addr add 10.88.0.1/24 dev eth1");
+    ip(sender, "link set eth1 up");
+    ip(r0, "addr add 10.88.0.2/24 dev eth1");
+    ip(r0, "link set eth1 up");
+
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let socket = sender_socket(&tb, 6100);
+    let remote = tb.destinations(4, 7000);
+    let rx = tb.receivers(&remote).unwrap();
+    let side = elec_testbed::udp_socket_in(r0, "10.88.0.2:7200".parse().unwrap()).unwrap();
+    side.set_read_timeout(Some(WAIT)).unwrap();
+    let mut targets = addrs(&remote);
+    targets.insert(2, side.local_addr().unwrap());
+
+    let message = pattern(5, 900);
+    let report = broadcaster.broadcast(&socket, &message, &targets).unwrap();
+    assert_complete(&report, targets.len());
+    assert_eq!(
+        (report.kernel_copies, report.fallback_copies),
+        (4, 1),
+        "{report:?}"
+    );
+    let mut buf = [0u8; 2048];
+    let (len, from) = side.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..len], from),
+        (&message[..], socket.local_addr().unwrap())
+    );
+    rx.wait_for_total(remote.len(), WAIT);
+    rx.finish(SETTLE)
+        .check_exactly_once(&remote, &[message])
+        .unwrap();
+}
