@@ -70,6 +70,16 @@ struct {
 	__type(value, struct eb_stats);
 } stats SEC(".maps");
 
+/* Non-zero while this CPU runs a fan-out. Clones are transmitted inside the
+ * fan-out, on the same CPU with bottom halves off, so a clone re-entering
+ * the hook finds it set and passes at once, before any lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fanning_out SEC(".maps");
+
 /* State shared by the loop body (bpf_loop passes it by pointer). */
 struct fan_out {
 	struct __sk_buff *skb;
@@ -152,13 +162,17 @@ int fan_out(struct __sk_buff *skb)
 	struct fan_out f = {};
 	struct eb_slot *slot;
 	struct eb_stats *counters;
+	__u32 *busy;
 	struct iphdr ip;
 	struct udphdr udp;
 	__u32 *index, count, last, zero = 0;
 	__u64 cookie, seq;
 	int verdict = PASS;
 
-	/* Cheapest test first: everything but IPv4 passes at once. */
+	/* Cheapest tests first: our own clones and everything but IPv4 pass. */
+	busy = bpf_map_lookup_elem(&fanning_out, &zero);
+	if (!busy || *busy)
+		return PASS;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
 		return PASS;
 	/* Only sockets user space registered (cookie 0 = no socket). */
@@ -198,9 +212,14 @@ int fan_out(struct __sk_buff *skb)
 	f.cur = slot->dests[0];
 	f.lost_from = count;
 
+	/* Hash the flow once here, so that clones inherit the hash instead of
+	 * each being dissected again on its way (RPS, qdiscs). */
+	bpf_get_hash_recalc(skb);
 	/* dests[0 .. count-1) get clones ... */
+	*busy = 1;
 	if (count > 1 && bpf_loop(count - 1, clone_to, &f, 0) < 0)
 		f.lost_from = 0;
+	*busy = 0;
 	/* ... and the original itself goes to the last destination. */
 	last = count - 1;
 	if (f.lost_from == count && last < EB_MAX_DESTS && readdress(skb, &f.cur, &slot->dests[last]))

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! broadcast --iface IFACE --bind IP:PORT --count K --size BYTES \
-//!           --mode kernel|sendmmsg|sendto [--pace-us N] DEST...
+//!           --mode kernel|sendmmsg|sendto [--pace-us N [--pace-every K]] DEST...
 //! ```
 //!
 //! Message number s (from 0) of size S has byte j equal to (s + j) % 251, so a
@@ -12,6 +12,7 @@
 //! plain loop of one `sendto(2)` per destination that the others are
 //! measured against. CPU time is `getrusage(RUSAGE_SELF)` over the send loop
 //! only (set-up such as loading the eBPF program is not counted).
+//! `--pace-every K` sleeps after every K broadcasts instead of each one.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
@@ -42,6 +43,11 @@ struct Args {
     /// Pause between broadcasts, in microseconds.
     #[arg(long)]
     pace_us: Option<u64>,
+    /// With --pace-us: sleep K times the pause after every K broadcasts
+    /// instead of after each one (each sleep costs sender CPU too, the same
+    /// in every mode; K bounds the bursts the receivers see).
+    #[arg(long, default_value_t = 1, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    pace_every: u64,
     /// Destinations, IP:PORT.
     #[arg(required = true)]
     dests: Vec<SocketAddr>,
@@ -101,6 +107,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let (mut copies_sent, mut copies_failed) = (0u64, 0u64);
     let (user0, sys0) = cpu_times_us();
     let start = Instant::now();
+    let mut deadline = start;
     for seq in 0..args.count {
         let payload = &messages[(seq % 251) as usize];
         match &broadcaster {
@@ -119,7 +126,11 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         if let Some(pace) = pace {
-            thread::sleep(pace);
+            // Sleep to a deadline, so the average rate is exact.
+            deadline += pace;
+            if (seq + 1) % args.pace_every == 0 {
+                thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            }
         }
     }
     let wall_us = start.elapsed().as_micros();

@@ -113,6 +113,9 @@ fn demo(args: &Args) -> Result<(), String> {
             mode,
             "--pace-us",
             &args.pace_us.to_string(),
+            // Sleep after bursts of about 128 copies, not after every broadcast.
+            "--pace-every",
+            &(128 / dests.len()).max(1).to_string(),
         ]);
         cmd.args(dests.iter().map(|d| SocketAddr::V4(*d).to_string()));
         let out = tb

@@ -16,6 +16,9 @@ use crate::{sys, Error};
 
 /// IPv4 header plus UDP header: what a datagram adds to the payload.
 const HEADERS: usize = 20 + 8;
+/// From this payload size on, fanned-out datagrams are sent with their
+/// payload in page fragments (see `sys::send_to_paged`).
+const PAGED_FROM: usize = 512;
 
 /// Which backend sends the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -367,6 +370,7 @@ impl Broadcaster {
             slot,
             plan: None,
             slot_holds: None,
+            paged_sends: true,
         }));
         table.by_fd.insert(
             socket.as_raw_fd(),
@@ -411,8 +415,7 @@ impl Broadcaster {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             slot.arm(seq, chunk.dests.len() as u32, ip_len);
             let carrier = sender.v4(chunk.indices[0]);
-            if let Err(err) = SockRef::from(&sender.socket).send_to(sender.payload, &carrier.into())
-            {
+            if let Err(err) = send_carrier(state, sender, &carrier) {
                 slot.disarm();
                 sender.failed(&chunk.indices, err);
                 continue;
@@ -548,6 +551,31 @@ impl std::fmt::Debug for Broadcaster {
     }
 }
 
+/// Sends the datagram the program fans out, with its payload paged where
+/// the socket allows it (a socket with UDP checksums off, for one, does not).
+fn send_carrier(
+    state: &mut SocketState,
+    sender: &Sender<'_>,
+    carrier: &SocketAddrV4,
+) -> io::Result<usize> {
+    if state.paged_sends && sender.payload.len() >= PAGED_FROM {
+        match sys::send_to_paged(sender.socket, sender.payload, carrier) {
+            Ok(sent) => return Ok(sent),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+                ) =>
+            {
+                // Refused before anything was sent: plain sends from now on.
+                state.paged_sends = false;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    SockRef::from(&sender.socket).send_to(sender.payload, &(*carrier).into())
+}
+
 /// Checks that `socket` is a bound IPv4 UDP socket; returns its cookie.
 fn inspect(socket: BorrowedFd<'_>) -> Result<u64, Error> {
     let sock = SockRef::from(&socket);
@@ -648,6 +676,8 @@ struct SocketState {
     plan: Option<Plan>,
     /// Which chunk of `plan` the slot's destination array holds.
     slot_holds: Option<usize>,
+    /// Whether the socket accepts `UDP_SEGMENT` sends (see `send_carrier`).
+    paged_sends: bool,
 }
 
 struct Plan {

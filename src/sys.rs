@@ -72,6 +72,57 @@ pub(crate) fn send_to_each(
     (sent, None)
 }
 
+/// Sends one datagram with a `UDP_SEGMENT` control message whose segment
+/// size is the whole payload: nothing is segmented, but the kernel then
+/// builds the datagram with its payload in page fragments and only the
+/// headers in the linear part, so the kernel fan-out un-shares (copies) just
+/// the headers for each clone instead of the whole datagram.
+pub(crate) fn send_to_paged(
+    socket: BorrowedFd<'_>,
+    payload: &[u8],
+    dest: &SocketAddrV4,
+) -> io::Result<usize> {
+    let segment =
+        u16::try_from(payload.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut name = sockaddr_in(dest);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // Room for one cmsghdr and a u16, 8-aligned as cmsghdr requires.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(2), libc::CMSG_LEN(2)) };
+    debug_assert!(space as usize <= mem::size_of_val(&control));
+    // SAFETY: all-zero bytes are a valid msghdr.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: msg_control points at `control`, which is large enough and
+    // aligned for one cmsghdr followed by a u16 (checked above), so
+    // CMSG_FIRSTHDR is non-null and CMSG_DATA stays inside the buffer; the
+    // u16 is written unaligned-safe.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = len as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+    }
+    // SAFETY: `msg` and everything it points to (name, iov, payload,
+    // control) are valid for the duration of the call.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
 /// A shared, writable mapping of a `BPF_F_MMAPABLE` array map.
 pub(crate) struct MapMemory {
     ptr: NonNull<u8>,
