@@ -1,2 +1,315 @@
-//! Placeholder until the gossip example lands.
-fn main() {}
+//! A gossip membership and metadata node on top of elec-broadcast, after
+//! pekonode / eGossip, and the local cluster demo.
+//!
+//! ```text
+//! gossip node --listen 10.0.0.1:7946 --seed 10.0.0.2:7946 --key-file KEY [--mode kernel]
+//! gossip demo --nodes 16          # as root: a cluster in network namespaces
+//! ```
+//!
+//! Layout: `codec.rs` is the wire format (HMAC-sealed binary packets),
+//! `protocol.rs` the protocol core that does no I/O, `sim.rs` its
+//! deterministic simulation tests, `shell.rs` the sockets and threads around
+//! the core, `control.rs` the local HTTP control interface, `demo.rs` the
+//! cluster demo.
+
+mod codec;
+mod control;
+mod demo;
+mod protocol;
+mod shell;
+#[cfg(test)]
+mod sim;
+
+use std::net::SocketAddrV4;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::builder::TypedValueParser as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use elec_broadcast::Mode;
+
+/// Used when no key is given: fine for a demo, useless as a secret.
+const DEMO_KEY: &str = "elec-broadcast gossip demo key";
+
+#[derive(Parser)]
+#[command(about = "Gossip membership and metadata over elec-broadcast's kernel fan-out")]
+struct Cli {
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs one node until Ctrl-C.
+    Node(NodeArgs),
+    /// Runs a local cluster in network namespaces, in kernel then in
+    /// user-space mode, and prints what it measured (needs root).
+    Demo(demo::DemoArgs),
+}
+
+/// How copies of a datagram are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BroadcastMode {
+    /// The kernel fan-out (TC egress eBPF); needs root.
+    Kernel,
+    /// One sendmmsg(2) per broadcast.
+    User,
+    /// Kernel where it can be used, else user space.
+    Auto,
+}
+
+impl BroadcastMode {
+    fn mode(self) -> Mode {
+        match self {
+            BroadcastMode::Kernel => Mode::Kernel,
+            BroadcastMode::User => Mode::UserSpace,
+            BroadcastMode::Auto => Mode::Auto,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct NodeArgs {
+    /// UDP and TCP address of this node, also its name in the cluster.
+    #[arg(long, default_value = "127.0.0.1:7946")]
+    listen: SocketAddrV4,
+    /// A peer to contact first (repeatable).
+    #[arg(long = "seed", value_name = "IP:PORT")]
+    seeds: Vec<SocketAddrV4>,
+    /// Peers each rumour is passed to by each node.
+    #[arg(long, default_value_t = protocol::DEFAULT_FAN_OUT)]
+    fan_out: usize,
+    /// Heartbeat and anti-entropy period, e.g. 6s, 500ms.
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    cycle: Duration,
+    /// Silence after which a member is removed [default: 3 x cycle + 2s].
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Largest datagram sent or accepted, in bytes.
+    #[arg(long, default_value_t = codec::DEFAULT_MAX_PACKET,
+          value_parser = clap::value_parser!(u32).range(256..=65507).map(|v| v as usize))]
+    max_packet: usize,
+    /// Largest metadata, in bytes (metadata that does not fit a datagram
+    /// goes over TCP).
+    #[arg(long, default_value_t = protocol::DEFAULT_MAX_METADATA)]
+    max_metadata: usize,
+    /// Cluster key (visible in `ps`: prefer --key-file).
+    #[arg(long, conflicts_with = "key_file")]
+    key: Option<String>,
+    /// File holding the cluster key.
+    #[arg(long)]
+    key_file: Option<std::path::PathBuf>,
+    /// How broadcasts are sent.
+    #[arg(long, value_enum, default_value_t = BroadcastMode::Auto)]
+    mode: BroadcastMode,
+    /// Interface the peers are reached through [default: the one that owns
+    /// the listen address].
+    #[arg(long)]
+    iface: Option<String>,
+    /// Port of the HTTP control interface on 127.0.0.1 (0: none).
+    #[arg(long, default_value_t = 8946)]
+    control_port: u16,
+    /// Wait for POST /start on the control interface before joining.
+    #[arg(long)]
+    no_join: bool,
+    /// Exit when standard input closes (for nodes started by the demo).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
+}
+
+/// Parses "500ms", "6s", "1.5s", "2m".
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 500ms or 6s"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Logs to standard error with the time since start.
+struct Logger {
+    level: log::LevelFilter,
+    start: Instant,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!(
+                "{:9.3} {:5} {}",
+                self.start.elapsed().as_secs_f64(),
+                record.level(),
+                record.args()
+            );
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_logging(verbose: u8, quiet: u8) {
+    let levels = [
+        log::LevelFilter::Error,
+        log::LevelFilter::Warn,
+        log::LevelFilter::Info,
+        log::LevelFilter::Debug,
+        log::LevelFilter::Trace,
+    ];
+    let index = (2 + i32::from(verbose) - i32::from(quiet)).clamp(0, 4) as usize;
+    let level = levels[index];
+    let logger = Box::leak(Box::new(Logger {
+        level,
+        start: Instant::now(),
+    }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("gossip: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn run_node(args: NodeArgs) -> Result<(), BoxError> {
+    let key = match (&args.key, &args.key_file) {
+        (Some(key), _) => key.as_bytes().to_vec(),
+        (None, Some(path)) => {
+            let key = std::fs::read(path)
+                .map_err(|e| format!("reading the key file {}: {e}", path.display()))?;
+            key.trim_ascii_end().to_vec()
+        }
+        (None, None) => {
+            log::warn!("no --key or --key-file: using the public demo key, anyone can join");
+            DEMO_KEY.as_bytes().to_vec()
+        }
+    };
+    if key.is_empty() {
+        return Err("the cluster key is empty".into());
+    }
+    if args.fan_out == 0 {
+        return Err("--fan-out must be at least 1".into());
+    }
+    if args.cycle.is_zero() {
+        return Err("--cycle must be longer than zero".into());
+    }
+    let mut protocol = protocol::Config::new(&key).with_cycle(args.cycle);
+    protocol.fan_out = args.fan_out;
+    protocol.max_packet = args.max_packet;
+    protocol.max_metadata = args.max_metadata;
+    if let Some(timeout) = args.timeout {
+        protocol.timeout = timeout;
+    }
+    log::debug!("{protocol:?}");
+
+    let stopping = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stopping);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
+    if args.exit_on_stdin_eof {
+        let flag = Arc::clone(&stopping);
+        std::thread::Builder::new()
+            .name("stdin-watch".into())
+            .spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                flag.store(true, Ordering::SeqCst);
+            })?;
+    }
+
+    let gossip = shell::Gossip::new(shell::ShellConfig {
+        listen: args.listen,
+        seeds: args.seeds.clone(),
+        protocol,
+        mode: args.mode.mode(),
+        interface: args.iface.clone(),
+        rng_seed: None,
+    })?;
+    let control = match args.control_port {
+        0 => None,
+        port => Some(
+            control::Control::start(port, gossip.handle())
+                .map_err(|e| format!("control interface on 127.0.0.1:{port}: {e}"))?,
+        ),
+    };
+    if let Some(control) = &control {
+        log::info!("control interface on http://{}/", control.addr());
+    }
+    if args.no_join {
+        log::info!("waiting for POST /start before joining");
+    } else {
+        gossip.join();
+    }
+    while !stopping.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    log::info!("stopping");
+    drop(control);
+    gossip.shutdown();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("6s"), Ok(Duration::from_secs(6)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn cli_defaults_are_pekonodes() {
+        let cli = Cli::try_parse_from(["gossip", "node"]).unwrap();
+        let Command::Node(args) = cli.command else {
+            panic!("node")
+        };
+        assert_eq!(args.fan_out, 3);
+        assert_eq!(args.cycle, Duration::from_secs(6));
+        assert_eq!(args.max_packet, 16 * 1024);
+        assert_eq!(args.mode, BroadcastMode::Auto);
+        Cli::command().debug_assert();
+    }
+
+    use clap::CommandFactory;
+}
