@@ -1,10 +1,35 @@
 #!/usr/bin/env bash
-# The demo: builds everything, brings up a local testbed (a sender and 8
-# receiver network namespaces behind a bridge), broadcasts in kernel and
-# user-space modes, prints delivery and sender CPU side by side, tears down.
-# Run as root. Arguments go to the demo (try --help).
+# The demos, as root. Installs what is missing, builds, then runs:
+#  1. the gossip cluster: 16 gossip nodes, each in its own network namespace
+#     behind a bridge, with the kernel fan-out and then with user-space sends:
+#     membership, update and eviction times, CPU and packets side by side;
+#  2. the fan-out itself: a sender and 8 receiver namespaces, the same
+#     broadcasts in kernel, sendmmsg and sendto modes, every copy counted and
+#     checked at the receivers, sender CPU side by side.
+# Everything they create is removed at the end, also on Ctrl-C.
+#
+#   scripts/demo.sh                 both
+#   scripts/demo.sh gossip [ARGS]   the gossip cluster only (ARGS: --help)
+#   scripts/demo.sh fanout [ARGS]   the fan-out demo only (ARGS: --help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --examples
-exec target/release/examples/demo "$@"
+bin=target/release/examples
+what=${1:-all}
+[ $# -gt 0 ] && shift
+case "$what" in
+    gossip) exec "$bin/gossip" demo "$@" ;;
+    fanout) exec "$bin/demo" "$@" ;;
+    all)
+        echo "=== 1. gossip cluster ==="
+        "$bin/gossip" demo
+        echo
+        echo "=== 2. the fan-out: kernel vs user space ==="
+        "$bin/demo"
+        ;;
+    *)
+        echo "usage: scripts/demo.sh [all|gossip|fanout] [ARGS...]" >&2
+        exit 2
+        ;;
+esac
