@@ -172,10 +172,13 @@ impl Broadcaster {
         let kernel = match mode {
             Mode::UserSpace => Err(None),
             Mode::Auto | Mode::Kernel => {
-                let attached = if link.mac.is_none() {
+                let attached = if link.mac.is_none_or(|mac| mac == [0; 6]) {
+                    // Layer-3 devices have no MAC; loopback's is all zeros and
+                    // everything it carries is local, so nothing could be cloned.
                     Err(Error::UnsupportedInterface {
                         name: interface.to_string(),
-                        why: "it has no Ethernet header (no MAC address)",
+                        why: "it has no Ethernet address (a loopback or layer-3 device): \
+                              use Mode::UserSpace there",
                     })
                 } else {
                     FanOut::attach(interface, link.index, force_clsact)

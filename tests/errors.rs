@@ -111,6 +111,21 @@ fn unknown_interface_is_named_in_the_error() {
     assert!(matches!(err, Error::UnknownInterface { .. }), "{err}");
 }
 
+#[test]
+fn loopback_cannot_carry_a_kernel_fan_out() {
+    if !root_available() {
+        return;
+    }
+    let err = Broadcaster::with_mode("lo", Mode::Kernel).unwrap_err();
+    assert!(matches!(err, Error::UnsupportedInterface { .. }), "{err}");
+    let auto = Broadcaster::new("lo").unwrap();
+    assert_eq!(auto.mode(), Mode::UserSpace);
+    assert!(matches!(
+        auto.fallback_reason(),
+        Some(Error::UnsupportedInterface { .. })
+    ));
+}
+
 /// Drops every effective capability of the calling thread only.
 fn drop_effective_capabilities() {
     #[repr(C)]

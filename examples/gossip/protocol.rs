@@ -931,10 +931,4 @@ impl Node {
             }
         }
     }
-
-    /// Members that are known, including seeds not heard from yet (tests).
-    #[cfg(test)]
-    pub fn known(&self) -> std::collections::HashSet<NodeId> {
-        self.members.keys().copied().collect()
-    }
 }

@@ -597,7 +597,8 @@ fn forged_foreign_and_malformed_packets_are_dropped_and_counted() {
     flipped[12] ^= 0x40;
     let mut junk = vec![0u8; 300];
     sim.rng.fill(&mut junk[..]);
-    let cases: Vec<(Vec<u8>, fn(&crate::protocol::Stats) -> u64)> = vec![
+    type Counter = fn(&crate::protocol::Stats) -> u64;
+    let cases: Vec<(Vec<u8>, Counter)> = vec![
         (vec![], |s| s.dropped_truncated),
         (honest[..20].to_vec(), |s| s.dropped_truncated),
         (honest[..honest.len() - 1].to_vec(), |s| s.dropped_bad_mac),

@@ -1,2 +1,375 @@
-//! Placeholder until the paxos example lands.
-fn main() {}
+//! Multi-Paxos (Viewstamped Replication) with the leader's `Prepare` and
+//! `Commit` broadcasts sent through elec-broadcast, in the spirit of
+//! Electrode (NSDI 2023), but at any cluster size and under faults.
+//!
+//! ```text
+//! paxos replica --config cluster.conf --index 0 --broadcast kernel --iface eth0
+//! paxos client  --config cluster.conf -n 10000 -w 1000 -t 8
+//! paxos cluster --replicas 7 --broadcast kernel -n 20000 -w 2000 -t 16   (root)
+//! paxos report results.jsonl --svg paxos.svg
+//! ```
+//!
+//! The configuration file has Electrode's format: `f <failures tolerated>`
+//! and 2f + 1 lines `replica <host>:<port>`. See docs/paxos.md.
+//!
+//! Layout: `replica.rs` (the protocol) and `client.rs` are cores without
+//! I/O, tested by `sim.rs` over a simulated faulty network with the
+//! linearizability checker of `history.rs`; `shell.rs` runs them over UDP,
+//! `cluster.rs` runs a whole cluster in network namespaces and `report.rs`
+//! summarizes measurements.
+
+mod client;
+mod cluster;
+mod config;
+mod history;
+mod kv;
+mod replica;
+mod report;
+mod shell;
+#[cfg(test)]
+mod sim;
+mod wire;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use elec_broadcast::Mode;
+
+use crate::config::Config;
+use crate::replica::Timing;
+use crate::shell::{ClientOptions, ClientReport, ReplicaOptions};
+
+#[derive(Parser)]
+#[command(about = "Multi-Paxos (Viewstamped Replication) over elec-broadcast")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one replica.
+    Replica(ReplicaArgs),
+    /// Run closed-loop clients against a cluster and report throughput and latency.
+    Client(ClientArgs),
+    /// Run a whole cluster in network namespaces and measure it (root).
+    Cluster(ClusterArgs),
+    /// Summarize `cluster` results (JSON lines) as a markdown table and an SVG plot.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// File of JSON lines printed by `paxos cluster` (other lines are skipped).
+    results: PathBuf,
+    /// Also write an SVG plot of the fault-free runs here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+/// How the leader sends its broadcasts.
+#[derive(Clone, Copy, ValueEnum)]
+enum BroadcastArg {
+    /// One send, copies cloned by the TC egress eBPF program (root).
+    Kernel,
+    /// One sendmmsg(2) with one datagram per follower.
+    User,
+}
+
+impl From<BroadcastArg> for Mode {
+    fn from(b: BroadcastArg) -> Mode {
+        match b {
+            BroadcastArg::Kernel => Mode::Kernel,
+            BroadcastArg::User => Mode::UserSpace,
+        }
+    }
+}
+
+#[derive(Args)]
+struct ReplicaArgs {
+    /// Configuration file (`f N` and 2f+1 `replica host:port` lines).
+    #[arg(long)]
+    config: PathBuf,
+    /// This replica's index (its line among the `replica` lines, from 0).
+    #[arg(long)]
+    index: usize,
+    /// Broadcast backend.
+    #[arg(long, value_enum, default_value = "kernel")]
+    broadcast: BroadcastArg,
+    /// Interface the other replicas are reached through.
+    #[arg(long, default_value = "eth0")]
+    iface: String,
+    /// Print the final statistics as one JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Exit when the parent process exits.
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
+}
+
+#[derive(Args, Clone)]
+struct Workload {
+    /// Measured requests (all clients together).
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    requests: usize,
+    /// Warm-up requests before the measurement (all clients together).
+    #[arg(short = 'w', long, default_value_t = 1_000)]
+    warmup: usize,
+    /// Concurrent clients (threads), one request in flight each.
+    #[arg(short = 't', long, default_value_t = 8)]
+    threads: usize,
+    /// Keys the requests spread over.
+    #[arg(long, default_value_t = 1_000)]
+    keys: usize,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 16)]
+    value_size: usize,
+    /// Percentage of GETs; the rest are PUTs and (one in five) CAS.
+    #[arg(long, default_value_t = 50)]
+    reads: u32,
+    /// Milliseconds without a reply before a request is retried (to every replica).
+    #[arg(long, default_value_t = 10)]
+    retry_ms: u64,
+    /// Seconds after which a request is given up.
+    #[arg(long, default_value_t = 30)]
+    give_up_s: u64,
+}
+
+impl Workload {
+    fn options(&self, config: Config, bind: SocketAddrV4) -> Result<ClientOptions, String> {
+        if self.threads == 0 || self.keys == 0 {
+            return Err("-t and --keys must be at least 1".into());
+        }
+        if self.reads > 100 {
+            return Err("--reads is a percentage (0-100)".into());
+        }
+        if self.value_size > kv::MAX_VALUE_LEN {
+            return Err(format!(
+                "--value-size must be at most {}",
+                kv::MAX_VALUE_LEN
+            ));
+        }
+        Ok(ClientOptions {
+            config,
+            requests: self.requests,
+            warmup: self.warmup,
+            threads: self.threads,
+            keys: self.keys,
+            value_size: self.value_size,
+            read_percent: self.reads,
+            retry: Duration::from_millis(self.retry_ms.max(1)),
+            give_up: Duration::from_secs(self.give_up_s.max(1)),
+            bind,
+        })
+    }
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Configuration file of the cluster.
+    #[arg(long)]
+    config: PathBuf,
+    #[command(flatten)]
+    workload: Workload,
+    /// Local IPv4 address for the client sockets.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: Ipv4Addr,
+    /// Check the history for linearizability.
+    #[arg(long)]
+    check: bool,
+    /// Print one JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Number of replicas (odd: 2f+1).
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+    /// Broadcast backend of the replicas.
+    #[arg(long, value_enum, default_value = "kernel")]
+    broadcast: BroadcastArg,
+    #[command(flatten)]
+    workload: Workload,
+    /// Kill (SIGKILL) the last follower after this many measured requests.
+    #[arg(long)]
+    kill_follower_after: Option<usize>,
+    /// Drop this percentage of the frames on every bridge port (nftables).
+    #[arg(long, default_value_t = 0)]
+    loss: u32,
+    /// UDP port of the replicas.
+    #[arg(long, default_value_t = 7000)]
+    port: u16,
+    /// Skip the linearizability check.
+    #[arg(long)]
+    no_check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Replica(args) => replica(args),
+        Command::Client(args) => client(args),
+        Command::Cluster(args) => cluster(args),
+        Command::Report(args) => std::fs::read_to_string(&args.results)
+            .map_err(|e| format!("reading {}: {e}", args.results.display()))
+            .and_then(|text| report::report(&text, args.svg.as_deref()))
+            .map(|table| {
+                println!("{table}");
+                ExitCode::SUCCESS
+            }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("paxos: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
+    let config = Config::load(&args.config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
+        .map_err(|e| format!("installing the signal handler: {e}"))?;
+    let opts = ReplicaOptions {
+        config,
+        index: args.index,
+        mode: args.broadcast.into(),
+        iface: args.iface,
+        timing: Timing::lan(),
+        exit_with_parent: args.exit_with_parent,
+    };
+    let report = shell::run_replica(&opts, &stop)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        eprintln!(
+            "replica {} stopped in view {} ({}), commit number {}, {} broadcasts ({} copies in the kernel, {} from user space)",
+            report.index,
+            report.view,
+            if report.leader { "leader" } else { "follower" },
+            report.commit_number,
+            report.broadcast.broadcasts,
+            report.broadcast.kernel_copies,
+            report.broadcast.fallback_sends
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn client(args: ClientArgs) -> Result<ExitCode, String> {
+    let config = Config::load(&args.config)?;
+    let opts = args
+        .workload
+        .options(config, SocketAddrV4::new(args.bind, 0))?;
+    let report = shell::run_clients(&opts, &()).map_err(|e| format!("running the clients: {e}"))?;
+    let linearizable = if args.check {
+        match history::check(&report.history) {
+            Ok(_) => Some(true),
+            Err(e) => {
+                eprintln!("{e}");
+                Some(false)
+            }
+        }
+    } else {
+        None
+    };
+    print_client_report(&report, &opts, linearizable, args.json);
+    Ok(if linearizable == Some(false) || report.gave_up > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_client_report(
+    r: &ClientReport,
+    opts: &ClientOptions,
+    linearizable: Option<bool>,
+    json: bool,
+) {
+    let lin = match linearizable {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "null",
+    };
+    if json {
+        println!(
+            "{{\"threads\":{},\"completed\":{},\"gave_up\":{},\"elapsed_s\":{:.3},\"throughput\":{:.0},\"mean_us\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p95_us\":{},\"p99_us\":{},\"retries\":{},\"linearizable\":{lin}}}",
+            opts.threads,
+            r.completed,
+            r.gave_up,
+            r.elapsed.as_secs_f64(),
+            r.throughput(),
+            r.mean_us(),
+            r.percentile(0.5),
+            r.percentile(0.9),
+            r.percentile(0.95),
+            r.percentile(0.99),
+            r.retries
+        );
+        return;
+    }
+    println!(
+        "Completed {} requests in {:.3} s with {} clients: {:.0} requests/s",
+        r.completed,
+        r.elapsed.as_secs_f64(),
+        opts.threads,
+        r.throughput()
+    );
+    println!(
+        "Latency (us): mean {:.0}  p50 {}  p90 {}  p95 {}  p99 {}  max {}",
+        r.mean_us(),
+        r.percentile(0.5),
+        r.percentile(0.9),
+        r.percentile(0.95),
+        r.percentile(0.99),
+        r.latencies_us.last().copied().unwrap_or(0)
+    );
+    println!(
+        "Retries: {}  given up: {}  linearizable: {lin}",
+        r.retries, r.gave_up
+    );
+}
+
+fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
+    ctrlc::set_handler(|| {
+        cluster::emergency_cleanup();
+        std::process::exit(130);
+    })
+    .map_err(|e| format!("installing the signal handler: {e}"))?;
+    let placeholder = Config {
+        f: 1,
+        replicas: Vec::new(),
+    };
+    let client = args
+        .workload
+        .options(placeholder, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    let opts = cluster::ClusterOptions {
+        replicas: args.replicas,
+        mode: args.broadcast.into(),
+        client,
+        kill_follower_after: args.kill_follower_after,
+        loss_percent: args.loss,
+        port: args.port,
+        check: !args.no_check,
+    };
+    let line = cluster::run_cluster(&opts)?;
+    println!("{line}");
+    Ok(
+        if line.contains("\"linearizable\":false") || line.contains("\"completed\":0,") {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
+}

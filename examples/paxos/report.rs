@@ -1,0 +1,372 @@
+//! `paxos report`: medians of repeated `paxos cluster` runs (one JSON line
+//! each) as a markdown table, and an SVG plot of throughput and leader CPU
+//! per request against the number of replicas.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The fields of one run used here.
+#[derive(Clone, Debug)]
+struct Run {
+    replicas: u64,
+    kernel: bool,
+    loss: u64,
+    killed: bool,
+    threads: u64,
+    throughput: f64,
+    p50: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    leader_cpu: f64,
+    machine_cpu: f64,
+    linearizable: bool,
+    completed: bool,
+}
+
+/// The value text of top-level `"key":` in a line of `paxos cluster` output
+/// (the nested replica statistics come last and use other names).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &line[start..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"'))
+}
+
+fn number(line: &str, key: &str) -> Result<f64, String> {
+    field(line, key)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no number `{key}` in: {}", &line[..line.len().min(80)]))
+}
+
+fn parse(line: &str) -> Result<Run, String> {
+    Ok(Run {
+        replicas: number(line, "replicas")? as u64,
+        kernel: field(line, "broadcast") == Some("kernel"),
+        loss: number(line, "loss_percent")? as u64,
+        killed: field(line, "killed_follower") == Some("true"),
+        threads: number(line, "threads")? as u64,
+        throughput: number(line, "throughput")?,
+        p50: number(line, "p50_us")?,
+        p90: number(line, "p90_us")?,
+        p95: number(line, "p95_us")?,
+        p99: number(line, "p99_us")?,
+        leader_cpu: number(line, "leader_cpu_us_per_request")?,
+        machine_cpu: number(line, "machine_cpu_us_per_request")?,
+        linearizable: field(line, "linearizable") == Some("true"),
+        completed: number(line, "gave_up")? == 0.0
+            && number(line, "completed")? == number(line, "requests")?,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Median of each measure over the runs of one configuration.
+#[derive(Clone, Debug)]
+struct Summary {
+    runs: usize,
+    throughput: f64,
+    p50: f64,
+    p90: f64,
+    p95: f64,
+    p99: f64,
+    leader_cpu: f64,
+    machine_cpu: f64,
+    all_good: bool,
+    /// Throughputs in file order, for pairing kernel and user runs.
+    throughputs: Vec<f64>,
+}
+
+fn summarize(runs: &[&Run]) -> Summary {
+    let m = |f: fn(&Run) -> f64| median(runs.iter().map(|r| f(r)).collect());
+    Summary {
+        runs: runs.len(),
+        throughput: m(|r| r.throughput),
+        p50: m(|r| r.p50),
+        p90: m(|r| r.p90),
+        p95: m(|r| r.p95),
+        p99: m(|r| r.p99),
+        leader_cpu: m(|r| r.leader_cpu),
+        machine_cpu: m(|r| r.machine_cpu),
+        all_good: runs.iter().all(|r| r.linearizable && r.completed),
+        throughputs: runs.iter().map(|r| r.throughput).collect(),
+    }
+}
+
+/// Loss percentage, follower killed, clients.
+type Scenario = (u64, bool, u64);
+
+fn scenario_name((loss, killed, threads): Scenario) -> String {
+    let faults = match (loss, killed) {
+        (0, false) => "no faults".into(),
+        (0, true) => "a follower killed mid-run".into(),
+        (l, false) => format!("{l}% loss on the bridge"),
+        (l, true) => format!("{l}% loss and a follower killed"),
+    };
+    let s = if threads == 1 { "" } else { "s" };
+    format!("{faults}, {threads} client{s}")
+}
+
+/// scenario -> replicas -> (kernel, user) summaries.
+type Table = BTreeMap<Scenario, BTreeMap<u64, [Option<Summary>; 2]>>;
+
+fn table(runs: &[Run]) -> Table {
+    let mut groups: BTreeMap<(Scenario, u64, bool), Vec<&Run>> = BTreeMap::new();
+    for r in runs {
+        groups
+            .entry(((r.loss, r.killed, r.threads), r.replicas, r.kernel))
+            .or_default()
+            .push(r);
+    }
+    let mut table = Table::new();
+    for ((scenario, replicas, kernel), group) in groups {
+        let row = table
+            .entry(scenario)
+            .or_default()
+            .entry(replicas)
+            .or_default();
+        row[usize::from(!kernel)] = Some(summarize(&group));
+    }
+    table
+}
+
+/// Reads JSON lines (other lines are skipped) and renders the markdown
+/// table; writes the SVG plot of the fault-free runs to `svg` if given.
+pub fn report(text: &str, svg: Option<&std::path::Path>) -> Result<String, String> {
+    let runs = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(parse)
+        .collect::<Result<Vec<_>, _>>()?;
+    if runs.is_empty() {
+        return Err("no results (JSON lines of `paxos cluster`) in the input".into());
+    }
+    let table = table(&runs);
+    let mut out = String::new();
+    for (scenario, rows) in &table {
+        let _ = writeln!(out, "\n#### {}\n", scenario_name(*scenario));
+        out.push_str(
+            "| replicas | broadcast | runs | throughput (req/s) | p50 (us) | p90 (us) | p95 (us) | p99 (us) | leader CPU (us/req) | machine CPU (us/req) | linearizable, complete |\n",
+        );
+        out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for (replicas, pair) in rows {
+            for (summary, mode) in pair.iter().zip(["kernel", "user"]) {
+                let Some(s) = summary else { continue };
+                let _ = writeln!(
+                    out,
+                    "| {replicas} | {mode} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {} |",
+                    s.runs,
+                    s.throughput,
+                    s.p50,
+                    s.p90,
+                    s.p95,
+                    s.p99,
+                    s.leader_cpu,
+                    s.machine_cpu,
+                    if s.all_good { "yes" } else { "NO" }
+                );
+            }
+        }
+        let gains: Vec<String> = rows
+            .iter()
+            .filter_map(|(replicas, [k, u])| {
+                let (k, u) = (k.as_ref()?, u.as_ref()?);
+                // The i-th kernel run against the i-th user run: neighbours
+                // in time, so a drift in the machine's load cancels out.
+                let paired = median(
+                    k.throughputs
+                        .iter()
+                        .zip(&u.throughputs)
+                        .map(|(k, u)| k / u)
+                        .collect(),
+                );
+                Some(format!(
+                    "{replicas} replicas: throughput {:+.0}% (paired runs {:+.0}%), leader CPU per request {:+.0}%",
+                    100.0 * (k.throughput / u.throughput - 1.0),
+                    100.0 * (paired - 1.0),
+                    100.0 * (k.leader_cpu / u.leader_cpu - 1.0)
+                ))
+            })
+            .collect();
+        if !gains.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nKernel fan-out against user space: {}.",
+                gains.join("; ")
+            );
+        }
+    }
+    if let Some(path) = svg {
+        // The fault-free runs with the most clients.
+        let fault_free = table
+            .iter()
+            .filter(|((loss, killed, _), _)| *loss == 0 && !killed)
+            .max_by_key(|((_, _, threads), _)| *threads);
+        if let Some((_, rows)) = fault_free {
+            std::fs::write(path, plot(rows))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+    }
+    Ok(out)
+}
+
+/// A chart: title, the measure plotted, left edge.
+type Panel = (&'static str, fn(&Summary) -> f64, f64);
+
+/// Two line charts side by side: throughput and leader CPU per request.
+fn plot(rows: &BTreeMap<u64, [Option<Summary>; 2]>) -> String {
+    let xs: Vec<u64> = rows.keys().copied().collect();
+    let series = |f: fn(&Summary) -> f64, mode: usize| -> Vec<(u64, f64)> {
+        rows.iter()
+            .filter_map(|(x, pair)| pair[mode].as_ref().map(|s| (*x, f(s))))
+            .collect()
+    };
+    let mut svg = String::from(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"360\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"900\" height=\"360\" fill=\"white\"/>\n",
+    );
+    let panels: [Panel; 2] = [
+        ("Throughput (requests/s)", |s| s.throughput, 30.0),
+        ("Leader CPU per request (us)", |s| s.leader_cpu, 480.0),
+    ];
+    for (title, f, left) in panels {
+        let kernel = series(f, 0);
+        let user = series(f, 1);
+        let max = kernel
+            .iter()
+            .chain(&user)
+            .map(|p| p.1)
+            .fold(0.0_f64, f64::max)
+            .max(1e-9)
+            * 1.15;
+        let (w, h, top) = (380.0, 250.0, 50.0);
+        let x_of = |x: u64| {
+            let (lo, hi) = (xs[0] as f64, *xs.last().unwrap_or(&xs[0]) as f64);
+            left + 40.0 + (x as f64 - lo) / (hi - lo).max(1.0) * (w - 60.0)
+        };
+        let y_of = |y: f64| top + h - y / max * h;
+        let _ = writeln!(
+            svg,
+            "<text x=\"{}\" y=\"30\" font-size=\"14\" font-weight=\"bold\">{title}</text>",
+            left + 40.0
+        );
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{0}\" y1=\"{1}\" x2=\"{0}\" y2=\"{2}\" stroke=\"black\"/><line x1=\"{0}\" y1=\"{2}\" x2=\"{3}\" y2=\"{2}\" stroke=\"black\"/>",
+            left + 30.0,
+            top,
+            top + h,
+            left + w
+        );
+        for k in 0..=4 {
+            let v = max / 1.15 * f64::from(k) / 4.0;
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text><line x1=\"{}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#ddd\"/>",
+                left + 26.0,
+                y_of(v) + 4.0,
+                left + 30.0,
+                y_of(v),
+                left + w,
+                y_of(v)
+            );
+        }
+        for &x in &xs {
+            let _ = writeln!(
+                svg,
+                "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x}</text>",
+                x_of(x),
+                top + h + 18.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">replicas</text>",
+            left + w / 2.0 + 20.0,
+            top + h + 36.0
+        );
+        for (points, color, name, dy) in [
+            (&kernel, "#d62728", "kernel fan-out", 0.0),
+            (&user, "#1f77b4", "user space (sendmmsg)", 16.0),
+        ] {
+            let path: Vec<String> = points
+                .iter()
+                .map(|&(x, y)| format!("{:.1},{:.1}", x_of(x), y_of(y)))
+                .collect();
+            let _ = writeln!(
+                svg,
+                "<polyline points=\"{}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"/>",
+                path.join(" ")
+            );
+            for &(x, y) in points.iter() {
+                let _ = writeln!(
+                    svg,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{color}\"/>",
+                    x_of(x),
+                    y_of(y)
+                );
+            }
+            let _ = writeln!(
+                svg,
+                "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
+                left + w - 150.0,
+                top + 10.0 + dy
+            );
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(replicas: u64, mode: &str, throughput: f64, cpu: f64) -> String {
+        format!(
+            "{{\"replicas\":{replicas},\"broadcast\":\"{mode}\",\"loss_percent\":0,\"killed_follower\":false,\"threads\":4,\"requests\":10,\"completed\":10,\"gave_up\":0,\"throughput\":{throughput},\"p50_us\":1,\"p90_us\":2,\"p95_us\":3,\"p99_us\":4,\"leader_cpu_us_per_request\":{cpu},\"machine_cpu_us_per_request\":9,\"linearizable\":true,\"replica_stats\":[{{\"mode\":\"user\",\"broadcasts\":5}}]}}"
+        )
+    }
+
+    #[test]
+    fn medians_and_gains_are_reported() {
+        let text = [
+            line(3, "kernel", 100.0, 10.0),
+            line(3, "kernel", 300.0, 10.0),
+            line(3, "kernel", 200.0, 10.0),
+            line(3, "user", 100.0, 20.0),
+            "not json".into(),
+        ]
+        .join("\n");
+        let table = report(&text, None).unwrap();
+        assert!(table.contains("| 3 | kernel | 3 | 200 |"), "{table}");
+        assert!(table.contains("| 3 | user | 1 | 100 |"), "{table}");
+        assert!(
+            table.contains("throughput +100% (paired runs +0%), leader CPU per request -50%"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(report("", None).is_err());
+        assert!(report("{\"replicas\":3}", None).is_err());
+    }
+
+    #[test]
+    fn plot_has_both_series() {
+        let runs: Vec<Run> = [line(3, "kernel", 1.0, 1.0), line(5, "user", 2.0, 2.0)]
+            .iter()
+            .map(|l| parse(l).unwrap())
+            .collect();
+        let svg = plot(&table(&runs)[&(0, false, 4)]);
+        assert!(svg.contains("kernel fan-out") && svg.contains("user space"));
+        assert_eq!(svg.matches("<polyline").count(), 4);
+    }
+}

@@ -1,0 +1,615 @@
+//! The I/O shell: UDP sockets and timers around the protocol cores.
+//!
+//! A replica is one thread with one UDP socket. It waits up to a
+//! millisecond for a datagram, then drains the socket without blocking,
+//! hands every message to the [`Replica`] core and sends what it returns
+//! right away: unicasts with `sendto`, broadcasts to the other replicas
+//! (the leader's `Prepare` and `Commit`) with [`Broadcaster::broadcast`],
+//! in the kernel or from user space. Then it runs the timers and sends the
+//! `Commit` for everything committed in the batch.
+//!
+//! Clients are threads with a socket each and one request in flight
+//! (closed loop), driving the [`Client`] core.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use elec_broadcast::{Broadcaster, Mode};
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, MsgFlags, SockaddrIn};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::client::{Client, ClientTo};
+use crate::config::Config;
+use crate::history::Operation;
+use crate::kv::{Op, OpResult};
+use crate::replica::{Outgoing, Replica, ReplicaStats, Time, Timing, To};
+use crate::wire::{Message, MAX_DATAGRAM};
+
+/// How long a replica blocks waiting for a datagram before running its timers.
+const POLL: Duration = Duration::from_millis(1);
+/// Datagrams handled before the timers run and the batch's `Commit` goes out.
+const MAX_BATCH: usize = 256;
+
+/// Settings of one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// The cluster.
+    pub config: Config,
+    /// This replica's index in the configuration.
+    pub index: usize,
+    /// Kernel fan-out or user-space `sendmmsg` for broadcasts.
+    pub mode: Mode,
+    /// Interface the other replicas are reached through.
+    pub iface: String,
+    /// Protocol timeouts.
+    pub timing: Timing,
+    /// Exit when the parent process goes away (for child processes).
+    pub exit_with_parent: bool,
+}
+
+/// What a replica did, reported when it stops.
+#[derive(Clone, Debug)]
+pub struct ReplicaReport {
+    /// The replica's index.
+    pub index: usize,
+    /// The backend its broadcasts used.
+    pub mode: Mode,
+    /// Its view when it stopped.
+    pub view: u64,
+    /// Whether it led that view.
+    pub leader: bool,
+    /// Its commit number when it stopped.
+    pub commit_number: u64,
+    /// Protocol counters.
+    pub stats: ReplicaStats,
+    /// The broadcaster's counters.
+    pub broadcast: elec_broadcast::Stats,
+    /// Broadcasts with destinations that got no copy.
+    pub incomplete_broadcasts: u64,
+    /// Datagrams dropped as malformed or from an address that may not send them.
+    pub rejected_datagrams: u64,
+}
+
+impl ReplicaReport {
+    /// One line of JSON.
+    pub fn to_json(&self) -> String {
+        let b = &self.broadcast;
+        let s = &self.stats;
+        format!(
+            concat!(
+                "{{\"index\":{},\"mode\":\"{}\",\"view\":{},\"leader\":{},\"commit_number\":{},",
+                "\"prepares\":{},\"commits\":{},\"executed\":{},\"view_changes\":{},",
+                "\"state_requests\":{},\"duplicate_requests\":{},\"broadcasts\":{},",
+                "\"fan_outs\":{},\"kernel_copies\":{},\"clone_failures\":{},\"fallback_sends\":{},",
+                "\"incomplete_broadcasts\":{},\"rejected_datagrams\":{}}}"
+            ),
+            self.index,
+            mode_name(self.mode),
+            self.view,
+            self.leader,
+            self.commit_number,
+            s.prepares,
+            s.commits,
+            s.executed,
+            s.view_changes,
+            s.state_requests,
+            s.duplicate_requests,
+            b.broadcasts,
+            b.fan_outs,
+            b.kernel_copies,
+            b.clone_failures,
+            b.fallback_sends,
+            self.incomplete_broadcasts,
+            self.rejected_datagrams,
+        )
+    }
+}
+
+/// `kernel` or `user`.
+pub fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Kernel => "kernel",
+        _ => "user",
+    }
+}
+
+/// Runs replica `opts.index` until `stop` is set. Must run on a thread
+/// inside the network namespace that owns `opts.iface` and the replica's
+/// address.
+pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaReport, String> {
+    let config = &opts.config;
+    let me = opts.index;
+    let Some(&local) = config.replicas.get(me) else {
+        return Err(format!(
+            "replica index {me} is out of range: the configuration has {} replicas",
+            config.n()
+        ));
+    };
+    let socket = UdpSocket::bind(local).map_err(|e| {
+        format!("cannot bind replica {me} to {local}: {e} (is it an address of this host?)")
+    })?;
+    socket
+        .set_read_timeout(Some(POLL))
+        .map_err(|e| format!("setting the socket timeout: {e}"))?;
+    let broadcaster = Broadcaster::with_mode(&opts.iface, opts.mode).map_err(|e| {
+        format!(
+            "cannot set up {} broadcasts on {}: {e}",
+            mode_name(opts.mode),
+            opts.iface
+        )
+    })?;
+    let others: Vec<SocketAddr> = config
+        .replicas
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != me)
+        .map(|(_, a)| *a)
+        .collect();
+    let replica_at: HashMap<SocketAddr, usize> = config
+        .replicas
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (*a, i))
+        .collect();
+
+    let start = Instant::now();
+    let now = || start.elapsed().as_micros() as Time;
+    let seed = rand::random::<u64>();
+    let mut shell = Shell {
+        socket: &socket,
+        broadcaster: &broadcaster,
+        others,
+        replicas: config.replicas.clone(),
+        clients: HashMap::new(),
+        incomplete_broadcasts: 0,
+    };
+    let mut replica = Replica::new(me, config.n(), opts.timing.clone(), seed, now());
+    let mut rejected = 0u64;
+    let mut out: Vec<Outgoing> = Vec::new();
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let parent = std::os::unix::process::parent_id();
+    let mut last_parent_check = Instant::now();
+
+    let debug = std::env::var_os("PAXOS_DEBUG").is_some();
+    let mut last_state = (replica.view(), replica.status());
+    while !stop.load(Ordering::Relaxed) {
+        let mut received = match socket.recv_from(&mut buf) {
+            Ok((len, from)) => Some((len, from)),
+            Err(e) if is_transient(&e) => None,
+            Err(e) => return Err(format!("receiving on {local}: {e}")),
+        };
+        let mut batch = 0;
+        while let Some((len, from)) = received {
+            match Message::decode(&buf[..len]) {
+                Ok(msg) if sender_ok(&msg, from, config.n(), &replica_at) => {
+                    if let Message::Request(entry) = &msg {
+                        shell.clients.insert(entry.client_id, from);
+                    }
+                    replica.handle(now(), msg, &mut out);
+                    shell.send(&mut out);
+                }
+                _ => rejected += 1,
+            }
+            batch += 1;
+            if batch >= MAX_BATCH {
+                break;
+            }
+            received = try_recv(&socket, &mut buf).map_err(|e| format!("receiving: {e}"))?;
+        }
+        let t = now();
+        replica.tick(t, &mut out);
+        if debug && last_state != (replica.view(), replica.status()) {
+            eprintln!(
+                "DEBUG replica {me} t={t} {last_state:?} -> {:?} {:?} op {} commit {}",
+                replica.view(),
+                replica.status(),
+                replica.op_number(),
+                replica.commit_number()
+            );
+            last_state = (replica.view(), replica.status());
+        }
+        replica.flush(t, &mut out);
+        shell.send(&mut out);
+        if opts.exit_with_parent && last_parent_check.elapsed() > Duration::from_millis(100) {
+            last_parent_check = Instant::now();
+            if std::os::unix::process::parent_id() != parent {
+                break;
+            }
+        }
+    }
+    Ok(ReplicaReport {
+        index: me,
+        mode: broadcaster.mode(),
+        view: replica.view(),
+        leader: replica.is_leader(),
+        commit_number: replica.commit_number(),
+        stats: replica.stats().clone(),
+        broadcast: broadcaster.stats(),
+        incomplete_broadcasts: shell.incomplete_broadcasts,
+        rejected_datagrams: rejected,
+    })
+}
+
+/// Replica messages must come from the address of the replica they name;
+/// requests from anywhere else.
+fn sender_ok(
+    msg: &Message,
+    from: SocketAddr,
+    n: usize,
+    replica_at: &HashMap<SocketAddr, usize>,
+) -> bool {
+    match msg.sender(n) {
+        Some(i) => replica_at.get(&from) == Some(&i),
+        None => matches!(msg, Message::Request(_)) && !replica_at.contains_key(&from),
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::ConnectionRefused
+    )
+}
+
+/// Receives a datagram if one is waiting, without blocking.
+fn try_recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr)>> {
+    loop {
+        let mut iov = [io::IoSliceMut::new(buf)];
+        match recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
+            Ok(msg) => {
+                let Some(addr) = msg.address else {
+                    continue;
+                };
+                return Ok(Some((msg.bytes, SocketAddr::V4(SocketAddrV4::from(addr)))));
+            }
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::EINTR | Errno::ECONNREFUSED) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+struct Shell<'a> {
+    socket: &'a UdpSocket,
+    broadcaster: &'a Broadcaster,
+    others: Vec<SocketAddr>,
+    replicas: Vec<SocketAddr>,
+    /// Where each client's requests came from.
+    clients: HashMap<u64, SocketAddr>,
+    incomplete_broadcasts: u64,
+}
+
+impl Shell<'_> {
+    /// Sends and clears `out`. Send errors are losses the protocol recovers
+    /// from, so they are counted, not fatal.
+    fn send(&mut self, out: &mut Vec<Outgoing>) {
+        for Outgoing { to, msg } in out.drain(..) {
+            let bytes = msg.encode();
+            match to {
+                To::Replica(i) => {
+                    if let Some(addr) = self.replicas.get(i) {
+                        let _ = self.socket.send_to(&bytes, addr);
+                    }
+                }
+                To::Client(id) => {
+                    if let Some(addr) = self.clients.get(&id) {
+                        let _ = self.socket.send_to(&bytes, addr);
+                    }
+                }
+                To::OtherReplicas if bytes.len() <= self.broadcaster.max_payload() => {
+                    match self
+                        .broadcaster
+                        .broadcast(self.socket, &bytes, &self.others)
+                    {
+                        Ok(report) if report.is_complete() => {}
+                        _ => self.incomplete_broadcasts += 1,
+                    }
+                }
+                To::OtherReplicas => {
+                    // Too big for one frame (a view change's log suffix):
+                    // IP fragmentation through ordinary sends.
+                    for addr in &self.others {
+                        let _ = self.socket.send_to(&bytes, addr);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- clients ------------------------------------------------------------
+
+/// Settings of a client run.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The cluster.
+    pub config: Config,
+    /// Measured requests, over all client threads.
+    pub requests: usize,
+    /// Warm-up requests before the measurement, over all client threads.
+    pub warmup: usize,
+    /// Concurrent clients (threads), each with one request in flight.
+    pub threads: usize,
+    /// Keys the workload spreads over.
+    pub keys: usize,
+    /// Bytes per written value (at least enough to make values unique).
+    pub value_size: usize,
+    /// Percentage of reads; the rest are writes, one in five of them CAS.
+    pub read_percent: u32,
+    /// Retry a request after this long without a reply.
+    pub retry: Duration,
+    /// Give a request up after this long (it stays in the history as
+    /// unanswered).
+    pub give_up: Duration,
+    /// Local address to bind the client sockets to (port 0).
+    pub bind: SocketAddrV4,
+}
+
+/// What a client run measured.
+#[derive(Clone, Debug, Default)]
+pub struct ClientReport {
+    /// Measured requests that got a reply.
+    pub completed: usize,
+    /// Requests given up (warm-up and measured).
+    pub gave_up: usize,
+    /// Wall time of the measured phase.
+    pub elapsed: Duration,
+    /// Latencies of the measured requests in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    /// Retransmissions.
+    pub retries: u64,
+    /// Every operation, warm-up included.
+    pub history: Vec<Operation>,
+}
+
+impl ClientReport {
+    /// Completed requests per second in the measured phase.
+    pub fn throughput(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The q-quantile of the latencies (0 < q <= 1), in microseconds.
+    pub fn percentile(&self, q: f64) -> u64 {
+        let n = self.latencies_us.len();
+        if n == 0 {
+            return 0;
+        }
+        let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+        self.latencies_us[rank - 1]
+    }
+
+    /// Mean latency in microseconds.
+    pub fn mean_us(&self) -> f64 {
+        let n = self.latencies_us.len().max(1);
+        self.latencies_us.iter().sum::<u64>() as f64 / n as f64
+    }
+}
+
+/// Called at the boundaries of the measured phase (for CPU snapshots).
+pub trait Phases: Sync {
+    /// Every client finished its warm-up; the measurement starts after this returns.
+    fn measurement_starts(&self) {}
+    /// A measured request completed (`done` so far).
+    fn progress(&self, _done: u64) {}
+}
+
+impl Phases for () {}
+
+/// Runs `opts.threads` closed-loop clients; returns when every request got
+/// its reply or was given up. Sockets are created by the calling thread's
+/// network namespace (the client threads inherit it).
+pub fn run_clients(opts: &ClientOptions, phases: &dyn Phases) -> io::Result<ClientReport> {
+    let threads = opts.threads.max(1);
+    let origin = Instant::now();
+    let share = |total: usize, t: usize| total / threads + usize::from(t < total % threads);
+    let barrier = Barrier::new(threads + 1);
+    let measured = AtomicU64::new(0);
+    let results: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
+    let sockets = (0..threads)
+        .map(|_| UdpSocket::bind(opts.bind))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut start = Instant::now();
+    std::thread::scope(|s| -> io::Result<()> {
+        let mut handles = Vec::new();
+        for (t, socket) in sockets.into_iter().enumerate() {
+            let (barrier, results, measured) = (&barrier, &results, &measured);
+            let warmup = share(opts.warmup, t);
+            let requests = share(opts.requests, t);
+            handles.push(s.spawn(move || {
+                let mut w = Worker::new(opts, t, socket, origin);
+                let ok = w.run(warmup, None).and_then(|()| {
+                    barrier.wait();
+                    barrier.wait();
+                    w.run(requests, Some((measured, phases)))
+                });
+                let failed = ok.as_ref().err().map(|e| e.to_string());
+                results.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+                failed
+            }));
+        }
+        barrier.wait();
+        phases.measurement_starts();
+        start = Instant::now();
+        barrier.wait();
+        for h in handles {
+            match h.join() {
+                Ok(None) => {}
+                Ok(Some(e)) => return Err(io::Error::other(e)),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        Ok(())
+    })?;
+    let workers = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let end = workers.iter().map(|w| w.finished).max().unwrap_or(start);
+    let mut report = ClientReport {
+        elapsed: end.saturating_duration_since(start),
+        ..ClientReport::default()
+    };
+    for w in workers {
+        report.completed += w.latencies_us.len();
+        report.gave_up += w.gave_up;
+        report.retries += w.core.retries();
+        report.latencies_us.extend(w.latencies_us);
+        report.history.extend(w.history);
+    }
+    report.latencies_us.sort_unstable();
+    Ok(report)
+}
+
+/// One client thread.
+struct Worker<'a> {
+    opts: &'a ClientOptions,
+    index: usize,
+    socket: UdpSocket,
+    origin: Instant,
+    core: Client,
+    rng: SmallRng,
+    issued: u64,
+    last_seen: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    latencies_us: Vec<u64>,
+    history: Vec<Operation>,
+    gave_up: usize,
+    finished: Instant,
+}
+
+impl<'a> Worker<'a> {
+    fn new(opts: &'a ClientOptions, index: usize, socket: UdpSocket, origin: Instant) -> Self {
+        let mut rng = SmallRng::from_entropy();
+        // Random ids: a client id must never be reused with the same
+        // cluster (the replicas remember the last request of each).
+        let id = rng.gen::<u64>();
+        Worker {
+            opts,
+            index,
+            socket,
+            origin,
+            core: Client::new(id, opts.config.n(), opts.retry.as_micros() as Time),
+            rng,
+            issued: 0,
+            last_seen: HashMap::new(),
+            latencies_us: Vec::new(),
+            history: Vec::new(),
+            gave_up: 0,
+            finished: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Time {
+        self.origin.elapsed().as_micros() as Time
+    }
+
+    fn next_op(&mut self) -> Op {
+        let key = format!("k{}", self.rng.gen_range(0..self.opts.keys.max(1))).into_bytes();
+        self.issued += 1;
+        let mut value = format!("{}-{}-{}", self.index, self.core.id() % 10_000, self.issued);
+        while value.len() < self.opts.value_size {
+            value.push('.');
+        }
+        let value = value.into_bytes();
+        let roll = self.rng.gen_range(0..100);
+        if roll < self.opts.read_percent {
+            Op::Get { key }
+        } else if roll % 5 == 0 {
+            let expected = self.last_seen.get(&key).cloned().flatten();
+            Op::Cas {
+                key,
+                expected,
+                new: value,
+            }
+        } else {
+            Op::Put { key, value }
+        }
+    }
+
+    fn send(&self, to: ClientTo, msg: &Message) -> io::Result<()> {
+        let bytes = msg.encode();
+        let replicas = &self.opts.config.replicas;
+        let targets: &[SocketAddr] = match to {
+            ClientTo::Replica(i) => std::slice::from_ref(&replicas[i % replicas.len()]),
+            ClientTo::AllReplicas => replicas,
+        };
+        for addr in targets {
+            if let Err(e) = self.socket.send_to(&bytes, addr) {
+                if !is_transient(&e) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues `count` requests one after another.
+    fn run(&mut self, count: usize, measured: Option<(&AtomicU64, &dyn Phases)>) -> io::Result<()> {
+        self.socket.set_read_timeout(Some(self.opts.retry / 2))?;
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        for _ in 0..count {
+            let op = self.next_op();
+            let started = Instant::now();
+            let invoke = self.now();
+            let Some((to, msg)) = self.core.invoke(invoke, op.clone()) else {
+                return Err(io::Error::other("client core busy"));
+            };
+            self.send(to, &msg)?;
+            let result = loop {
+                match self.socket.recv_from(&mut buf) {
+                    Ok((len, _)) => {
+                        if let Ok(reply) = Message::decode(&buf[..len]) {
+                            if let Some(result) = self.core.handle(&reply) {
+                                break Some(result);
+                            }
+                        }
+                    }
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(e),
+                }
+                if started.elapsed() > self.opts.give_up {
+                    self.core.abandon();
+                    break None;
+                }
+                if let Some((to, msg)) = self.core.tick(self.now()) {
+                    self.send(to, &msg)?;
+                }
+            };
+            let response = result.map(|r| (self.now(), r));
+            match &response {
+                Some((_, result)) => {
+                    self.remember(&op, result);
+                    if let Some((done, phases)) = measured {
+                        self.latencies_us.push(started.elapsed().as_micros() as u64);
+                        phases.progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+                    }
+                }
+                None => self.gave_up += 1,
+            }
+            self.history.push(Operation {
+                client: self.core.id(),
+                op,
+                invoke,
+                response,
+            });
+        }
+        self.finished = Instant::now();
+        Ok(())
+    }
+
+    fn remember(&mut self, op: &Op, result: &OpResult) {
+        let seen = match (result, op) {
+            (OpResult::Value(v), _) => v.clone(),
+            (OpResult::Written, Op::Put { value, .. }) => Some(value.clone()),
+            (OpResult::Cas { swapped: true }, Op::Cas { new, .. }) => Some(new.clone()),
+            _ => return,
+        };
+        self.last_seen.insert(op.key().to_vec(), seen);
+    }
+}
