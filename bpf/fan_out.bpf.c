@@ -80,15 +80,65 @@ struct {
 	__type(value, __u32);
 } fanning_out SEC(".maps");
 
+/* The headers of the datagram, shifted by two bytes so that the IPv4 and
+ * UDP fields sit on their natural alignment on the stack. */
+struct frame {
+	__u16 pad;
+	struct ethhdr eth; /* 14 bytes, packed */
+	struct iphdr ip;
+	struct udphdr udp;
+};
+
+#define FRAME_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
+
 /* State shared by the loop body (bpf_loop passes it by pointer). */
 struct fan_out {
 	struct __sk_buff *skb;
 	struct eb_slot *slot;
 	struct eb_dest cur; /* the addressing the packet carries right now */
+	struct frame orig;  /* the headers as sent, addressed to dests[0] */
+	__u32 partial;      /* the UDP checksum field is a CHECKSUM_PARTIAL seed */
 	__u32 copies;
 	__u32 failures;
 	__u32 lost_from;    /* first destination whose header could not be written */
 };
+
+/* One's complement sum folded to 16 bits. */
+static __always_inline __u16 fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum;
+}
+
+/* What replacing address `from` by `to` adds to a one's complement sum
+ * (RFC 1624: ~m + m'), word by word, in the byte order of the packet. */
+static __always_inline __u32 address_change(__be32 from, __be32 to)
+{
+	return (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+/*
+ * Readdress a CHECKSUM_PARTIAL datagram to `to` with a single write of its
+ * 42 header bytes. Both checksums are computed here from the headers as
+ * sent: the IPv4 header checksum incrementally (RFC 1624), and the UDP
+ * field, which for CHECKSUM_PARTIAL holds the pseudo-header sum that the
+ * device (or the kernel) completes over the datagram later, by the same
+ * address change; the port is not part of that seed.
+ */
+static __always_inline int readdress_partial(struct __sk_buff *skb, const struct frame *orig,
+					     const struct eb_dest *to)
+{
+	struct frame f = *orig;
+	__u32 change = address_change(orig->ip.daddr, to->addr);
+
+	__builtin_memcpy(f.eth.h_dest, to->mac, ETH_ALEN);
+	f.ip.daddr = to->addr;
+	f.ip.check = ~fold((__u16)~orig->ip.check + change);
+	f.udp.dest = to->port;
+	f.udp.check = fold(orig->udp.check + change);
+	return bpf_skb_store_bytes(skb, 0, &f.eth, FRAME_LEN, 0);
+}
 
 static __always_inline int same_mac(const struct eb_dest *a, const struct eb_dest *b)
 {
@@ -138,7 +188,9 @@ static long clone_to(__u32 i, void *data)
 
 	if (i >= EB_MAX_DESTS) /* bounds dests[i] for the verifier */
 		return 1;
-	if (readdress(f->skb, &f->cur, &slot->dests[i])) {
+	/* Copy 0 goes out as sent; the others are readdressed first. */
+	if (i > 0 && (f->partial ? readdress_partial(f->skb, &f->orig, &slot->dests[i])
+				 : readdress(f->skb, &f->cur, &slot->dests[i]))) {
 		/* The header may be half-written: no later copy can be trusted. */
 		f->lost_from = i;
 		return 1;
@@ -163,8 +215,6 @@ int fan_out(struct __sk_buff *skb)
 	struct eb_slot *slot;
 	struct eb_stats *counters;
 	__u32 *busy;
-	struct iphdr ip;
-	struct udphdr udp;
 	__u32 *index, count, last, zero = 0;
 	__u64 cookie, seq;
 	int verdict = PASS;
@@ -195,15 +245,21 @@ int fan_out(struct __sk_buff *skb)
 
 	/* Make sure this is the datagram user space armed the slot for, in the
 	 * shape the fixed offsets above assume. */
-	if (bpf_skb_load_bytes(skb, IP_OFF, &ip, sizeof(ip)) ||
-	    bpf_skb_load_bytes(skb, UDP_OFF, &udp, sizeof(udp)))
+	if (bpf_skb_load_bytes(skb, 0, &f.orig.eth, FRAME_LEN))
 		goto not_armed_packet;
 	count = slot->count;
-	if (ip.ihl != 5 || ip.protocol != IPPROTO_UDP ||
-	    (ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
-	    bpf_ntohs(ip.tot_len) != slot->ip_len || count == 0 || count > EB_MAX_DESTS ||
-	    ip.daddr != slot->dests[0].addr || udp.dest != slot->dests[0].port)
+	if (f.orig.ip.ihl != 5 || f.orig.ip.protocol != IPPROTO_UDP ||
+	    (f.orig.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
+	    bpf_ntohs(f.orig.ip.tot_len) != slot->ip_len || count == 0 || count > EB_MAX_DESTS ||
+	    f.orig.ip.daddr != slot->dests[0].addr || f.orig.udp.dest != slot->dests[0].port)
 		goto not_armed_packet;
+	/* The single-write path needs a CHECKSUM_PARTIAL seed. User space says
+	 * so for datagrams sent with UDP_SEGMENT (the kernel refuses those
+	 * otherwise), and the field must hold exactly the pseudo-header sum. */
+	f.partial = (slot->flags & EB_SLOT_PARTIAL) &&
+		    f.orig.udp.check == fold((f.orig.ip.saddr & 0xffff) + (f.orig.ip.saddr >> 16) +
+					     (f.orig.ip.daddr & 0xffff) + (f.orig.ip.daddr >> 16) +
+					     bpf_htons(IPPROTO_UDP) + f.orig.udp.len);
 
 	for (int w = 0; w < EB_MAX_DESTS / 64; w++)
 		slot->failed[w] = 0;
@@ -222,7 +278,9 @@ int fan_out(struct __sk_buff *skb)
 	*busy = 0;
 	/* ... and the original itself goes to the last destination. */
 	last = count - 1;
-	if (f.lost_from == count && last < EB_MAX_DESTS && readdress(skb, &f.cur, &slot->dests[last]))
+	if (f.lost_from == count && last > 0 && last < EB_MAX_DESTS &&
+	    (f.partial ? readdress_partial(skb, &f.orig, &slot->dests[last])
+		       : readdress(skb, &f.cur, &slot->dests[last])))
 		f.lost_from = last;
 	if (f.lost_from < count) {
 		/* The header may be half-written: do not send it anywhere. */

@@ -17,6 +17,10 @@
 /* Sockets that can be registered at once (slots in the `slots` map). */
 #define EB_MAX_SOCKETS 1024
 
+/* The armed datagram was sent with UDP_SEGMENT, so the kernel made it
+ * CHECKSUM_PARTIAL: its UDP checksum field holds the pseudo-header sum. */
+#define EB_SLOT_PARTIAL 1
+
 /* One destination of a fan-out, already resolved by user space. */
 struct eb_dest {
 	__u8 mac[6];  /* Ethernet address of the next hop */
@@ -42,7 +46,7 @@ struct eb_slot {
 	__u32 failures;  /* result: clones that bpf_clone_redirect could not deliver */
 	__u32 lost_from; /* result: dests[lost_from..count) got nothing because a
 			  * header rewrite failed (no memory); == count if none */
-	__u32 _pad;
+	__u32 flags;     /* EB_SLOT_* for the armed send */
 	__u64 failed[EB_MAX_DESTS / 64]; /* result: bit i set = the clone for dests[i] failed */
 	struct eb_dest dests[EB_MAX_DESTS];
 };

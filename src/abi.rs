@@ -26,6 +26,8 @@ use std::mem::{offset_of, size_of};
 pub(crate) const MAX_DESTS: usize = 256;
 /// `EB_MAX_SOCKETS`: entries of the `slots` and `sockets` maps.
 pub(crate) const MAX_SOCKETS: u32 = 1024;
+/// `EB_SLOT_PARTIAL`: the armed datagram is CHECKSUM_PARTIAL.
+pub(crate) const SLOT_PARTIAL: u32 = 1;
 
 const _: () = {
     assert!(size_of::<Dest>() == 12);

@@ -16,9 +16,6 @@ use crate::{sys, Error};
 
 /// IPv4 header plus UDP header: what a datagram adds to the payload.
 const HEADERS: usize = 20 + 8;
-/// From this payload size on, fanned-out datagrams are sent with their
-/// payload in page fragments (see `sys::send_to_paged`).
-const PAGED_FROM: usize = 512;
 
 /// Which backend sends the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -416,9 +413,30 @@ impl Broadcaster {
                 state.slot_holds = Some(index);
             }
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            slot.arm(seq, chunk.dests.len() as u32, ip_len);
+            let count = chunk.dests.len() as u32;
             let carrier = sender.v4(chunk.indices[0]);
-            if let Err(err) = send_carrier(state, sender, &carrier) {
+            // With UDP_SEGMENT the kernel keeps the payload in page fragments
+            // (un-sharing a clone copies only its headers) and makes the
+            // datagram CHECKSUM_PARTIAL, which lets the program write each
+            // copy's headers at once. Sockets that refuse it (UDP checksums
+            // off, no checksum offload) get plain sends from then on.
+            let plain_send =
+                || SockRef::from(&sender.socket).send_to(sender.payload, &carrier.into());
+            let paged = state.paged_sends && !sender.payload.is_empty();
+            slot.arm(seq, count, ip_len, paged);
+            let mut sent = if paged {
+                sys::send_to_paged(sender.socket, sender.payload, &carrier)
+            } else {
+                plain_send()
+            };
+            if paged && sent.as_ref().is_err_and(refused_segmentation) {
+                // Refused before it reached the interface: re-arm plainly.
+                state.paged_sends = false;
+                slot.disarm();
+                slot.arm(seq, count, ip_len, false);
+                sent = plain_send();
+            }
+            if let Err(err) = sent {
                 slot.disarm();
                 sender.failed(&chunk.indices, err);
                 continue;
@@ -554,29 +572,13 @@ impl std::fmt::Debug for Broadcaster {
     }
 }
 
-/// Sends the datagram the program fans out, with its payload paged where
-/// the socket allows it (a socket with UDP checksums off, for one, does not).
-fn send_carrier(
-    state: &mut SocketState,
-    sender: &Sender<'_>,
-    carrier: &SocketAddrV4,
-) -> io::Result<usize> {
-    if state.paged_sends && sender.payload.len() >= PAGED_FROM {
-        match sys::send_to_paged(sender.socket, sender.payload, carrier) {
-            Ok(sent) => return Ok(sent),
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
-                ) =>
-            {
-                // Refused before anything was sent: plain sends from now on.
-                state.paged_sends = false;
-            }
-            Err(err) => return Err(err),
-        }
-    }
-    SockRef::from(&sender.socket).send_to(sender.payload, &(*carrier).into())
+/// Errors with which the kernel refuses a `UDP_SEGMENT` send before
+/// anything is sent.
+fn refused_segmentation(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
+    )
 }
 
 /// Checks that `socket` is a bound IPv4 UDP socket; returns its cookie.

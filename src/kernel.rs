@@ -15,7 +15,9 @@ use nix::sched::{setns, CloneFlags};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, OpenObject, TcHookBuilder, TC_EGRESS};
 
-use crate::abi::{Dest, FanOutSkel, FanOutSkelBuilder, KernelStats, Slot, MAX_DESTS, MAX_SOCKETS};
+use crate::abi::{
+    Dest, FanOutSkel, FanOutSkelBuilder, KernelStats, Slot, MAX_DESTS, MAX_SOCKETS, SLOT_PARTIAL,
+};
 use crate::sys::{self, MapMemory};
 use crate::Error;
 
@@ -378,13 +380,16 @@ impl SlotHandle<'_> {
         }
     }
 
-    /// Arms the slot for the next datagram of the socket.
-    pub(crate) fn arm(&mut self, seq: u64, count: u32, ip_len: u32) {
+    /// Arms the slot for the next datagram of the socket. `partial`: the
+    /// datagram is sent with `UDP_SEGMENT`, so it is CHECKSUM_PARTIAL.
+    pub(crate) fn arm(&mut self, seq: u64, count: u32, ip_len: u32, partial: bool) {
+        let flags = if partial { SLOT_PARTIAL } else { 0 };
         // SAFETY: plain fields of our disarmed slot; the Release store below
         // orders them before the program can take the arm.
         unsafe {
             ptr::write_volatile(addr_of_mut!((*self.ptr).count), count);
             ptr::write_volatile(addr_of_mut!((*self.ptr).ip_len), ip_len);
+            ptr::write_volatile(addr_of_mut!((*self.ptr).flags), flags);
         }
         self.armed().store(seq, Ordering::Release);
     }

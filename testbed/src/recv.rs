@@ -76,8 +76,25 @@ fn set_rcvbuf(sock: &UdpSocket, bytes: usize) {
     }
 }
 
+/// Binds `dest`, retrying for a moment while the address is in use: a
+/// socket closed just before (the previous receivers' on the same address)
+/// can stay bound a little longer when another thread of the process forks
+/// (to run `ip`, say), because the child holds copies of every descriptor
+/// until it execs.
+fn bind_retrying(dest: SocketAddrV4) -> io::Result<UdpSocket> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match UdpSocket::bind(dest) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(2));
+            }
+            result => return result,
+        }
+    }
+}
+
 fn bind_one(ns: &str, dest: SocketAddrV4) -> io::Result<UdpSocket> {
-    let sock = UdpSocket::bind(dest).map_err(|e| {
+    let sock = bind_retrying(dest).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot bind receiver socket {dest} in namespace {ns}: {e}"),
