@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use elec_broadcast::{Broadcaster, Mode, Report};
-use elec_testbed::{in_namespace, pattern, Counters, Testbed, TestbedConfig};
+use elec_testbed::{
+    backlog_drops, backlog_note, in_namespace, pattern, Counters, Testbed, TestbedConfig,
+};
 
 /// The CPU the sending thread is pinned to; receivers and receive-side
 /// processing (RPS) go to `RECEIVER_CPU`.
@@ -426,37 +428,6 @@ impl<'a> Workload<'a> {
                 report.total_mismatches()
             );
         }
-    }
-}
-
-/// Packets each CPU's receive backlog dropped so far (second column of
-/// /proc/net/softnet_stat), to tell an overflowing backlog apart from other
-/// losses when a benchmark fails.
-fn backlog_drops() -> Vec<u64> {
-    std::fs::read_to_string("/proc/net/softnet_stat")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
-        .collect()
-}
-
-fn backlog_note(before: &[u64]) -> String {
-    let grown: Vec<String> = backlog_drops()
-        .iter()
-        .zip(before)
-        .enumerate()
-        .filter(|(_, (now, then))| now > then)
-        .map(|(cpu, (now, then))| format!("CPU {cpu}: +{}", now - then))
-        .collect();
-    if grown.is_empty() {
-        "no receive-backlog drops on any CPU".into()
-    } else {
-        format!(
-            "receive-backlog drops since the benchmark started: {} (the backlogs are shared \
-             by every network namespace: other traffic on the machine counts too)",
-            grown.join(", ")
-        )
     }
 }
 

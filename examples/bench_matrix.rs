@@ -40,7 +40,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
-use elec_testbed::{in_namespace, CountReport, Testbed, TestbedConfig};
+use elec_testbed::{
+    backlog_drops, backlog_note, in_namespace, json_u64, CountReport, Testbed, TestbedConfig,
+};
 use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
@@ -381,11 +383,11 @@ impl Bench {
         thread::sleep(Duration::from_millis(20));
         let counted = counters.stop();
         let run = Run {
-            cpu_user_us: field(&line, "cpu_user_us")?,
-            cpu_sys_us: field(&line, "cpu_sys_us")?,
-            wall_us: field(&line, "wall_us")?,
-            copies_sent: field(&line, "copies_sent")?,
-            copies_failed: field(&line, "copies_failed")?,
+            cpu_user_us: json_u64(&line, "cpu_user_us")?,
+            cpu_sys_us: json_u64(&line, "cpu_sys_us")?,
+            wall_us: json_u64(&line, "wall_us")?,
+            copies_sent: json_u64(&line, "copies_sent")?,
+            copies_failed: json_u64(&line, "copies_failed")?,
             pacing,
             pacing_cpu_us: 0,
             broadcasts: count,
@@ -410,7 +412,7 @@ impl Bench {
         ];
         let output = self.run_pinned(&argv)?;
         let line = String::from_utf8_lossy(&output.stdout);
-        Ok(field(&line, "cpu_user_us")? + field(&line, "cpu_sys_us")?)
+        Ok(json_u64(&line, "cpu_user_us")? + json_u64(&line, "cpu_sys_us")?)
     }
 }
 
@@ -441,17 +443,6 @@ fn pin_current_thread(cpu: usize) -> io::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu).map_err(io::Error::from)?;
     sched_setaffinity(Pid::from_raw(0), &set).map_err(io::Error::from)
-}
-
-/// Reads a numeric field of a one-line JSON object such as the broadcast
-/// example prints.
-fn field(json: &str, name: &str) -> Result<u64, String> {
-    let key = format!("\"{name}\":");
-    json.split(&key)
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok())
-        .ok_or_else(|| format!("no numeric {name} in {json:?}"))
 }
 
 /// The broadcast example's pacing: `pace_us` per broadcast on average,
@@ -532,37 +523,6 @@ fn check_delivery(
         Ok(())
     } else {
         Err(problems.join("; "))
-    }
-}
-
-/// Packets each CPU's receive backlog dropped so far (second column of
-/// /proc/net/softnet_stat), to tell an overflowing backlog apart from other
-/// losses in a rejected run's reason.
-fn backlog_drops() -> Vec<u64> {
-    std::fs::read_to_string("/proc/net/softnet_stat")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
-        .collect()
-}
-
-fn backlog_note(before: &[u64]) -> String {
-    let grown: Vec<String> = backlog_drops()
-        .iter()
-        .zip(before)
-        .enumerate()
-        .filter(|(_, (now, then))| now > then)
-        .map(|(cpu, (now, then))| format!("CPU {cpu}: +{}", now - then))
-        .collect();
-    if grown.is_empty() {
-        "no receive-backlog drops on any CPU during the run".into()
-    } else {
-        format!(
-            "receive-backlog drops during the run: {} (the backlogs are shared by every \
-             network namespace: other traffic on the machine counts too)",
-            grown.join(", ")
-        )
     }
 }
 
@@ -1478,8 +1438,8 @@ fn syscalls(args: &SyscallArgs) -> Result<(), String> {
                 cpu_user_us: 0,
                 cpu_sys_us: 0,
                 wall_us: 0,
-                copies_sent: field(&line, "copies_sent")?,
-                copies_failed: field(&line, "copies_failed")?,
+                copies_sent: json_u64(&line, "copies_sent")?,
+                copies_failed: json_u64(&line, "copies_failed")?,
                 pacing,
                 pacing_cpu_us: 0,
                 broadcasts: k,
@@ -1557,11 +1517,11 @@ fn profile(args: &ProfileArgs) -> Result<(), String> {
     counters.wait_for_total(expected, Duration::from_secs(10));
     let counts = counters.stop();
     let run = Run {
-        cpu_user_us: field(&line, "cpu_user_us")?,
-        cpu_sys_us: field(&line, "cpu_sys_us")?,
-        wall_us: field(&line, "wall_us")?,
-        copies_sent: field(&line, "copies_sent")?,
-        copies_failed: field(&line, "copies_failed")?,
+        cpu_user_us: json_u64(&line, "cpu_user_us")?,
+        cpu_sys_us: json_u64(&line, "cpu_sys_us")?,
+        wall_us: json_u64(&line, "wall_us")?,
+        copies_sent: json_u64(&line, "copies_sent")?,
+        copies_failed: json_u64(&line, "copies_failed")?,
         pacing,
         pacing_cpu_us: 0,
         broadcasts: args.count,
@@ -1690,15 +1650,6 @@ mod tests {
         assert_eq!(s.median, 2.5);
         assert!(Spread::of(&[]).is_none());
         assert!(Spread::of(&[f64::NAN]).is_none());
-    }
-
-    #[test]
-    fn reads_fields_of_the_broadcast_example() {
-        let line = r#"{"mode":"kernel","broadcasts":10,"cpu_user_us":12,"cpu_sys_us":345}"#;
-        assert_eq!(field(line, "cpu_sys_us"), Ok(345));
-        assert_eq!(field(line, "broadcasts"), Ok(10));
-        assert!(field(line, "wall_us").is_err());
-        assert!(field(line, "mode").is_err());
     }
 
     #[test]

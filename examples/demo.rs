@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::Parser;
-use elec_testbed::{Testbed, TestbedConfig};
+use elec_testbed::{json_u64, Testbed, TestbedConfig};
 
 #[derive(Parser)]
 #[command(about = "Kernel fan-out vs user-space sends on a local namespace testbed")]
@@ -62,16 +62,6 @@ fn broadcast_binary() -> Result<PathBuf, String> {
     path.exists().then_some(path).ok_or_else(|| {
         "the broadcast example is not built: run `cargo build --release --examples`".into()
     })
-}
-
-/// Reads a numeric field of the broadcast example's one-line JSON.
-fn field(json: &str, name: &str) -> Result<u64, String> {
-    let key = format!("\"{name}\":");
-    json.split(&key)
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|digits| digits.parse().ok())
-        .ok_or_else(|| format!("no {name} in {json:?}"))
 }
 
 fn demo(args: &Args) -> Result<(), String> {
@@ -128,17 +118,17 @@ fn demo(args: &Args) -> Result<(), String> {
             ));
         }
         let json = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let copies_sent = field(&json, "copies_sent")?;
+        let copies_sent = json_u64(&json, "copies_sent")?;
         counters.wait_for_total(copies_sent, Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(50));
         let counted = counters.stop();
         runs.push(Run {
             mode,
             copies_sent,
-            copies_failed: field(&json, "copies_failed")?,
+            copies_failed: json_u64(&json, "copies_failed")?,
             delivered: counted.total(),
             corrupted: counted.total_mismatches(),
-            cpu_us: field(&json, "cpu_user_us")? + field(&json, "cpu_sys_us")?,
+            cpu_us: json_u64(&json, "cpu_user_us")? + json_u64(&json, "cpu_sys_us")?,
         });
     }
     let csum_errors: u64 = tb

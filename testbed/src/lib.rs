@@ -49,6 +49,7 @@ mod ip;
 mod ns;
 mod pattern;
 mod recv;
+mod report;
 mod snmp;
 mod testbed;
 
@@ -59,6 +60,7 @@ pub use ns::{
 };
 pub use pattern::{is_pattern, pattern, PATTERN_MODULUS};
 pub use recv::{CountReport, Counters, Received, Receivers, RECEIVER_RCVBUF};
+pub use report::{backlog_drops, backlog_note, json_u64};
 pub use snmp::snmp_counter;
 pub use testbed::{
     Testbed, TestbedConfig, BRIDGE, HUB_PORT_SENDER, IFACE, MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS,
