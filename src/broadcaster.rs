@@ -453,7 +453,7 @@ impl Broadcaster {
                     let mut clone_failures = 0;
                     for (i, &dest) in chunk.indices.iter().enumerate() {
                         if outcome.lost(i) {
-                            clone_failures += 1;
+                            clone_failures += usize::from(outcome.clone_failed(i));
                             sender.report.failed.push(sender.destinations[dest]);
                         } else {
                             sender.report.kernel_copies += 1;

@@ -346,7 +346,12 @@ pub(crate) struct Outcome {
 impl Outcome {
     /// Whether destination `i` of the chunk got no copy.
     pub(crate) fn lost(&self, i: usize) -> bool {
-        i >= self.lost_from as usize || self.failed[i / 64] & (1 << (i % 64)) != 0
+        i >= self.lost_from as usize || self.clone_failed(i)
+    }
+
+    /// Whether the clone for destination `i` was made but not delivered.
+    pub(crate) fn clone_failed(&self, i: usize) -> bool {
+        self.failed[i / 64] & (1 << (i % 64)) != 0
     }
 }
 
