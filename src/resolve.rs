@@ -41,6 +41,10 @@ pub(crate) struct Resolver {
     /// Next hop (or None: not through our interface) per destination address.
     routes: HashMap<Ipv4Addr, Option<Ipv4Addr>>,
     neighbours: HashMap<Ipv4Addr, [u8; 6]>,
+    /// When the routes (and the MTU) were last read; they keep TABLES_TTL.
+    routes_read_at: Option<Instant>,
+    /// When the neighbour table was last read; retried sooner while a
+    /// destination is unresolved.
     read_at: Option<Instant>,
 }
 
@@ -54,21 +58,26 @@ impl Resolver {
             unresolved: false,
             routes: HashMap::new(),
             neighbours: HashMap::new(),
+            routes_read_at: None,
             read_at: None,
         }
     }
 
-    /// Reads the tables again if they are older than `max_age`.
+    /// Reads the neighbour table again if it is older than `max_age`, and
+    /// forgets routes (and rereads the MTU) once they are older than
+    /// TABLES_TTL: an unresolved neighbour is no reason to look up every
+    /// route again.
     pub(crate) fn refresh(&mut self, now: Instant, max_age: Duration) -> io::Result<()> {
-        if self
-            .read_at
-            .is_some_and(|at| now.duration_since(at) < max_age)
-        {
+        let older = |at: Option<Instant>, age| at.is_none_or(|at| now.duration_since(at) >= age);
+        if older(self.routes_read_at, TABLES_TTL) {
+            self.routes.clear();
+            self.mtu = Some(self.netlink.link(&self.interface)?.mtu);
+            self.routes_read_at = Some(now);
+        }
+        if !older(self.read_at, max_age) {
             return Ok(());
         }
-        self.routes.clear();
         self.unresolved = false;
-        self.mtu = Some(self.netlink.link(&self.interface)?.mtu);
         self.neighbours = self
             .netlink
             .neighbours(self.ifindex)?
