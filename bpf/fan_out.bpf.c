@@ -3,18 +3,24 @@
  * TC egress fan-out: one UDP datagram in, one copy per destination out.
  *
  * User space (src/kernel.rs) registers a socket by its cookie, writes the
- * destination list into that socket's slot, arms the slot and sends ONE
- * datagram to dests[0]. This program sees that datagram on the interface's
- * egress hook, and in a single run:
+ * destination list into that socket's slot, arms the slot with a tag and
+ * sends ONE datagram to dests[0] carrying the same tag as its transmit time
+ * (an SCM_TXTIME control message, so skb->tstamp). This program sees that
+ * datagram on the interface's egress hook, and in a single run:
  *
- *   for i in 0 .. count-1:   (bpf_loop, so 256 destinations pass the verifier)
+ *   clear the tag
+ *   for i in 0 .. count:     (bpf_loop, so 256 destinations pass the verifier)
  *       readdress the packet to dests[i]; bpf_clone_redirect() it to egress
- *   readdress the packet to dests[count-1] and let it go on
+ *   discard the original
  *
- * Every clone is made at nesting depth 1 (never a clone of a clone), so the
- * kernel's transmit recursion limit never cuts a broadcast short. N
- * destinations cost N-1 clones. Every helper's result is checked: failed
- * clones are recorded per destination for the caller and counted in `stats`.
+ * Only the datagram carrying the armed tag is fanned out: another datagram
+ * of the same socket (another thread, another process holding the fd), of
+ * any length and contents, carries no tag or another one and passes as sent.
+ * Every copy is a clone made at nesting depth 1 (never a clone of a clone),
+ * so the kernel's transmit recursion limit never cuts a broadcast short, and
+ * bpf_clone_redirect() returns each copy's transmit result: every copy the
+ * sending host drops is recorded per destination for the caller and counted
+ * in `stats`.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -40,6 +46,16 @@
 
 /* dev_queue_xmit()'s verdict when it dropped the clone (full backlog, qdisc). */
 #define NET_XMIT_DROP 1
+
+/* No interface has index 0. Redirecting there is how a TC program consumes a
+ * packet silently under TCX, which has no TC_ACT_STOLEN: the hook reports
+ * NET_XMIT_SUCCESS for every redirect and skb_do_redirect() frees a packet
+ * whose target does not exist. TC_ACT_SHOT would tell UDP the datagram was
+ * dropped (ENOBUFS, counted in SndbufErrors and OutDiscards) on every
+ * fan-out. */
+#define NOWHERE 0
+
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 
 /* Let the packet go on. TC_ACT_UNSPEC rather than TC_ACT_OK, so the TC
  * programs and filters after ours on this interface still see it. */
@@ -72,7 +88,8 @@ struct {
 
 /* Non-zero while this CPU runs a fan-out. Clones are transmitted inside the
  * fan-out, on the same CPU with bottom halves off, so a clone re-entering
- * the hook finds it set and passes at once, before any lookup. */
+ * the hook finds it set and passes at once, before any lookup. (Clones carry
+ * no tag either, so they would pass anyway; this is the cheap way out.) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -98,8 +115,8 @@ struct fan_out {
 	struct eb_dest cur; /* the addressing the packet carries right now */
 	struct frame orig;  /* the headers as sent, addressed to dests[0] */
 	__u32 partial;      /* the UDP checksum field is a CHECKSUM_PARTIAL seed */
-	__u32 copies;
-	__u32 failures;
+	__u32 copies;       /* clones the interface accepted */
+	__u32 failures;     /* clones it did not */
 	__u32 lost_from;    /* first destination whose header could not be written */
 };
 
@@ -197,7 +214,10 @@ static long clone_to(__u32 i, void *data)
 	}
 	f->cur = slot->dests[i];
 	/* Flags 0 = egress of this same interface. The clone re-enters this
-	 * program, finds the slot disarmed and passes. */
+	 * program, finds the per-CPU flag set and passes. The result is the
+	 * clone's own transmit: < 0 if it could not be made or sent, and
+	 * NET_XMIT_DROP if the device or its queue dropped it (a full backlog
+	 * behind a veth, a full qdisc). NET_XMIT_CN means it was queued. */
 	ret = bpf_clone_redirect(f->skb, f->skb->ifindex, 0);
 	if (ret < 0 || ret == NET_XMIT_DROP) {
 		slot->failed[i / 64] |= 1ULL << (i % 64);
@@ -215,15 +235,19 @@ int fan_out(struct __sk_buff *skb)
 	struct eb_slot *slot;
 	struct eb_stats *counters;
 	__u32 *busy;
-	__u32 *index, count, last, zero = 0;
-	__u64 cookie, seq;
-	int verdict = PASS;
+	__u32 *index, count, zero = 0;
+	__u64 cookie, tag;
 
-	/* Cheapest tests first: our own clones and everything but IPv4 pass. */
+	/* Cheapest tests first: our own clones, everything but IPv4, and every
+	 * packet without a transmit time (all UDP datagrams but tagged ones)
+	 * pass. */
 	busy = bpf_map_lookup_elem(&fanning_out, &zero);
 	if (!busy || *busy)
 		return PASS;
 	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return PASS;
+	tag = skb->tstamp;
+	if (!tag)
 		return PASS;
 	/* Only sockets user space registered (cookie 0 = no socket). */
 	cookie = bpf_get_socket_cookie(skb);
@@ -233,26 +257,38 @@ int fan_out(struct __sk_buff *skb)
 	slot = bpf_map_lookup_elem(&slots, index);
 	if (!slot)
 		return PASS;
-	/* Take the arm: one fan-out per armed send. Ordinary sends on a
-	 * registered socket, and our clones re-entering, find 0 and pass. */
-	seq = __sync_lock_test_and_set(&slot->armed, 0);
-	if (!seq)
+	/* The one datagram the armed broadcast sent carries the armed tag. Any
+	 * other (an ordinary send on this socket, by any thread or process, an
+	 * earlier broadcast's datagram that was held up, a TCP segment with a
+	 * pacing time) has no tag or another value, and passes as sent. */
+	if (READ_ONCE(slot->armed) != tag)
 		return PASS;
 
 	counters = bpf_map_lookup_elem(&stats, &zero);
 	if (!counters)
-		goto not_armed_packet;
-
-	/* Make sure this is the datagram user space armed the slot for, in the
-	 * shape the fixed offsets above assume. */
-	if (bpf_skb_load_bytes(skb, 0, &f.orig.eth, FRAME_LEN))
-		goto not_armed_packet;
+		return PASS;
+	/* The datagram must have the shape the fixed offsets above assume.
+	 * If not (IP options, say), it goes to dests[0] as sent: the arm stays,
+	 * and user space, finding it untaken, sends the other copies itself. */
 	count = slot->count;
-	if (f.orig.ip.ihl != 5 || f.orig.ip.protocol != IPPROTO_UDP ||
+	if (bpf_skb_load_bytes(skb, 0, &f.orig.eth, FRAME_LEN) || f.orig.ip.ihl != 5 ||
+	    f.orig.ip.protocol != IPPROTO_UDP ||
 	    (f.orig.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
 	    bpf_ntohs(f.orig.ip.tot_len) != slot->ip_len || count == 0 || count > EB_MAX_DESTS ||
-	    f.orig.ip.daddr != slot->dests[0].addr || f.orig.udp.dest != slot->dests[0].port)
-		goto not_armed_packet;
+	    f.orig.ip.daddr != slot->dests[0].addr || f.orig.udp.dest != slot->dests[0].port) {
+		skb->tstamp = 0;
+		counters->mismatches++;
+		return PASS;
+	}
+	/* Take the arm: exactly one fan-out per tag. If user space took it back
+	 * first (it gave up waiting for this datagram), send it as it is. */
+	if (__sync_val_compare_and_swap(&slot->armed, tag, 0) != tag) {
+		skb->tstamp = 0;
+		return PASS;
+	}
+	/* The tag is not a transmit time: no copy may carry it on. */
+	skb->tstamp = 0;
+
 	/* The single-write path needs a CHECKSUM_PARTIAL seed. User space says
 	 * so for datagrams sent with UDP_SEGMENT (the kernel refuses those
 	 * otherwise), and the field must hold exactly the pseudo-header sum. */
@@ -271,22 +307,15 @@ int fan_out(struct __sk_buff *skb)
 	/* Hash the flow once here, so that clones inherit the hash instead of
 	 * each being dissected again on its way (RPS, qdiscs). */
 	bpf_get_hash_recalc(skb);
-	/* dests[0 .. count-1) get clones ... */
+	/* One clone per destination, the last one included: a clone's transmit
+	 * result comes back to us, the original's would go to UDP, which drops
+	 * it unless the socket sets IP_RECVERR. */
 	*busy = 1;
-	if (count > 1 && bpf_loop(count - 1, clone_to, &f, 0) < 0)
+	if (bpf_loop(count, clone_to, &f, 0) < 0)
 		f.lost_from = 0;
 	*busy = 0;
-	/* ... and the original itself goes to the last destination. */
-	last = count - 1;
-	if (f.lost_from == count && last > 0 && last < EB_MAX_DESTS &&
-	    (f.partial ? readdress_partial(skb, &f.orig, &slot->dests[last])
-		       : readdress(skb, &f.cur, &slot->dests[last])))
-		f.lost_from = last;
-	if (f.lost_from < count) {
-		/* The header may be half-written: do not send it anywhere. */
-		verdict = TC_ACT_SHOT;
+	if (f.lost_from < count)
 		counters->rewrite_failures += count - f.lost_from;
-	}
 
 	counters->fan_outs++;
 	counters->clones += f.copies;
@@ -295,16 +324,10 @@ int fan_out(struct __sk_buff *skb)
 	slot->failures = f.failures;
 	slot->lost_from = f.lost_from;
 	/* Published last (atomic, so ordered after the results above). */
-	__sync_lock_test_and_set(&slot->done, seq);
-	return verdict;
-
-not_armed_packet:
-	/* Another datagram of this socket overtook the armed one: give the arm
-	 * back so the armed datagram, which follows, still finds it. */
-	__sync_val_compare_and_swap(&slot->armed, 0, seq);
-	if (counters)
-		counters->mismatches++;
-	return PASS;
+	__sync_lock_test_and_set(&slot->done, tag);
+	/* Every copy has left as a clone: the original is consumed, and the
+	 * sender's send succeeds whatever became of the copies. */
+	return bpf_redirect(NOWHERE, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

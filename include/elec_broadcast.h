@@ -31,15 +31,18 @@ struct eb_dest {
 /*
  * Per-socket state, one entry of the mmap()ed `slots` array.
  *
- * User space fills `dests` and `count`, then stores a non-zero sequence number
- * in `armed` (release ordering) and sends one datagram to dests[0]. The
- * program takes the arm with an atomic exchange, so exactly one packet per
- * arm is fanned out and clones that re-enter the hook see `armed == 0`.
- * It writes the results and stores the same sequence number in `done` last.
+ * User space fills `dests` and `count`, then stores a tag, a non-zero number
+ * used once, in `armed` (release ordering) and sends one datagram to
+ * dests[0] whose transmit time (skb->tstamp, set with SCM_TXTIME) is that
+ * tag. The program fans out only a datagram whose tag equals `armed`, and
+ * takes the arm with a compare-and-swap, so exactly one packet per arm is
+ * fanned out. It writes the results and stores the tag in `done` last.
+ * User space takes the arm back after its send: if it is still there, the
+ * program never saw the datagram.
  */
 struct eb_slot {
-	__u64 armed;     /* sequence number of the armed send; 0 = idle */
-	__u64 done;      /* sequence number the results below belong to */
+	__u64 armed;     /* tag of the armed send; 0 = idle */
+	__u64 done;      /* tag the results below belong to */
 	__u32 count;     /* destinations in dests[], 1..=EB_MAX_DESTS */
 	__u32 ip_len;    /* IPv4 total length of the armed datagram (host order) */
 	__u32 copies;    /* result: clones that the interface accepted */
@@ -57,7 +60,8 @@ struct eb_stats {
 	__u64 clones;          /* clones accepted by the interface */
 	__u64 clone_failures;  /* clones that bpf_clone_redirect could not deliver */
 	__u64 rewrite_failures;/* header rewrites that failed (destinations lost) */
-	__u64 mismatches;      /* armed slot, but the packet was not the armed one */
+	__u64 mismatches;      /* tagged datagram not fanned out: not IPv4/UDP without
+				* options, fragmented, or not as armed */
 };
 
 /* Layout is part of the ABI: catch accidental changes on the C side too. */

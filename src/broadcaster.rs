@@ -1,17 +1,18 @@
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
 
 use socket2::{Domain, Protocol, SockRef, Type};
 
 use crate::abi::{Dest, MAX_DESTS, MAX_SOCKETS};
 use crate::kernel::FanOut;
-use crate::netlink::RouteSocket;
-use crate::resolve::{PathTo, Resolver, TABLES_TTL, UNRESOLVED_RETRY};
+use crate::netlink::{ChangeSocket, RouteSocket};
+use crate::resolve::{PathTo, Resolver};
+use crate::watch::Watcher;
 use crate::{sys, Error};
 
 /// IPv4 header plus UDP header: what a datagram adds to the payload.
@@ -38,7 +39,8 @@ pub enum Mode {
 pub struct Report {
     /// Datagrams that left: one per destination that got its copy.
     pub copies_sent: usize,
-    /// Of these, copies made by the kernel fan-out.
+    /// Of these, copies made by the kernel fan-out (clones the interface
+    /// accepted).
     pub kernel_copies: usize,
     /// Of these, copies sent from user space (user-space mode, or
     /// destinations the fan-out could not take, see [`Broadcaster`]).
@@ -63,13 +65,16 @@ pub struct Stats {
     pub broadcasts: u64,
     /// Datagrams the kernel program fanned out (at most 256 destinations each).
     pub fan_outs: u64,
-    /// Copies made in the kernel: clones that the interface accepted.
+    /// Copies made in the kernel: clones that the interface accepted (the
+    /// sum of [`Report::kernel_copies`]).
     pub kernel_copies: u64,
     /// Clones the kernel could not deliver (for example a full receive
     /// backlog); their destinations were reported as failed.
     pub clone_failures: u64,
     /// Datagrams sent from user space.
     pub fallback_sends: u64,
+    /// Destinations reported in [`Report::failed`], summed over all calls.
+    pub copies_failed: u64,
 }
 
 #[derive(Default)]
@@ -79,6 +84,7 @@ struct Counters {
     kernel_copies: AtomicU64,
     clone_failures: AtomicU64,
     fallback_sends: AtomicU64,
+    copies_failed: AtomicU64,
 }
 
 fn add(counter: &AtomicU64, n: usize) {
@@ -99,10 +105,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// Destinations whose route leaves through that interface and whose next
 /// hop's MAC address is in the kernel's neighbour table are fanned out in
-/// the kernel. The others (local addresses, other interfaces, neighbours not
-/// resolved yet) are sent from user space through the same socket, so every
-/// destination gets exactly one copy either way; the kernel resolves the
-/// missing neighbours on that first send.
+/// the kernel. Local destinations and neighbours not resolved yet are sent
+/// from user space through the same socket, so every destination gets
+/// exactly one copy either way; the kernel resolves the missing neighbours
+/// on that first send. A destination routed through another interface is
+/// refused ([`Error::OtherInterface`]), in both modes.
+///
+/// Routes, neighbours, links and addresses are followed through the
+/// kernel's change notifications, read by one background thread per
+/// `Broadcaster`: a broadcast after a change never uses what the change made
+/// wrong (a MAC, a next hop, the MTU).
 ///
 /// # Example
 ///
@@ -121,17 +133,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Broadcaster {
     interface: String,
     ifindex: u32,
-    mtu: AtomicU32,
     fallback_reason: Option<Error>,
-    kernel: Option<KernelPath>,
+    kernel: Option<FanOut>,
+    resolver: Arc<Resolver>,
+    _watcher: Watcher,
     sockets: Mutex<SocketTable>,
-    next_seq: AtomicU64,
+    next_tag: AtomicU64,
     counters: Counters,
-}
-
-struct KernelPath {
-    fan_out: FanOut,
-    resolver: Mutex<Resolver>,
 }
 
 impl Broadcaster {
@@ -155,6 +163,8 @@ impl Broadcaster {
     }
 
     fn build(interface: &str, mode: Mode, force_clsact: bool) -> Result<Broadcaster, Error> {
+        // Subscribe before reading anything, so that no change falls between.
+        let changes = ChangeSocket::open().map_err(Error::io("subscribing to routing changes"))?;
         let netlink = RouteSocket::open().map_err(Error::io("opening a netlink socket"))?;
         let link = netlink.link(interface).map_err(|err| match err.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::InvalidInput => Error::UnknownInterface {
@@ -181,10 +191,7 @@ impl Broadcaster {
                     FanOut::attach(interface, link.index, force_clsact)
                 };
                 match attached {
-                    Ok(fan_out) => Ok(KernelPath {
-                        fan_out,
-                        resolver: Mutex::new(Resolver::new(netlink, interface, link.index)),
-                    }),
+                    Ok(fan_out) => Ok(fan_out),
                     Err(err) if mode == Mode::Kernel => return Err(err),
                     Err(err) => {
                         log::warn!("elec-broadcast: using user-space sends on {interface}: {err}");
@@ -194,17 +201,22 @@ impl Broadcaster {
             }
         };
         let (kernel, fallback_reason) = match kernel {
-            Ok(path) => (Some(path), None),
+            Ok(fan_out) => (Some(fan_out), None),
             Err(reason) => (None, reason),
         };
+        let resolver = Arc::new(Resolver::new(netlink, link.index, link.mtu));
+        let watcher = Watcher::start(Arc::clone(&resolver), changes).map_err(Error::io(
+            "starting the thread that follows routing changes",
+        ))?;
         Ok(Broadcaster {
             interface: interface.to_string(),
             ifindex: link.index,
-            mtu: AtomicU32::new(link.mtu),
             fallback_reason,
             kernel,
+            resolver,
+            _watcher: watcher,
             sockets: Mutex::new(SocketTable::default()),
-            next_seq: AtomicU64::new(1),
+            next_tag: AtomicU64::new(first_tag()),
             counters: Counters::default(),
         })
     }
@@ -233,10 +245,10 @@ impl Broadcaster {
         self.ifindex
     }
 
-    /// Largest payload one broadcast can carry: the interface's MTU minus the
-    /// IPv4 and UDP headers.
+    /// Largest payload one broadcast can carry: the interface's current MTU
+    /// minus the IPv4 and UDP headers.
     pub fn max_payload(&self) -> usize {
-        (self.mtu.load(Ordering::Relaxed) as usize).saturating_sub(HEADERS)
+        (self.resolver.mtu() as usize).saturating_sub(HEADERS)
     }
 
     /// Counters since this broadcaster was created.
@@ -248,6 +260,7 @@ impl Broadcaster {
             kernel_copies: c.kernel_copies.load(Ordering::Relaxed),
             clone_failures: c.clone_failures.load(Ordering::Relaxed),
             fallback_sends: c.fallback_sends.load(Ordering::Relaxed),
+            copies_failed: c.copies_failed.load(Ordering::Relaxed),
         }
     }
 
@@ -255,7 +268,7 @@ impl Broadcaster {
     /// rewrite failures, mismatches (for tests that cross-check [`Stats`]).
     #[doc(hidden)]
     pub fn kernel_counters(&self) -> Option<[u64; 5]> {
-        let s = self.kernel.as_ref()?.fan_out.kernel_stats().ok()?;
+        let s = self.kernel.as_ref()?.kernel_stats().ok()?;
         Some([
             s.fan_outs,
             s.clones,
@@ -268,7 +281,22 @@ impl Broadcaster {
     /// Whether the program is attached with TCX (else clsact).
     #[doc(hidden)]
     pub fn uses_tcx(&self) -> Option<bool> {
-        self.kernel.as_ref().map(|k| k.fan_out.uses_tcx())
+        self.kernel.as_ref().map(FanOut::uses_tcx)
+    }
+
+    /// Times the change notifications overflowed and the tables were read
+    /// afresh (for tests).
+    #[doc(hidden)]
+    pub fn notification_overflows(&self) -> u64 {
+        self.resolver.overflows()
+    }
+
+    /// Keeps changes from being applied while the guard lives, so that the
+    /// kernel's notifications pile up (for tests of an overflow). A
+    /// broadcast that needs a new plan waits for the guard to go.
+    #[doc(hidden)]
+    pub fn hold_notifications(&self) -> impl Drop + '_ {
+        self.resolver.hold()
     }
 
     /// Sends `payload` once to every destination, through `socket`.
@@ -279,12 +307,23 @@ impl Broadcaster {
     /// destinations are split into several fan-outs.
     ///
     /// Returns what was sent. Destinations whose copy could not be sent are
-    /// listed in [`Report::failed`]; the call returns [`Error::Send`] only
-    /// when its first send failed and nothing was sent at all.
+    /// listed in [`Report::failed`]: in kernel mode that is every copy the
+    /// sending host dropped (a clone the device or its queue refused, a full
+    /// backlog), since every copy is a clone whose transmit result the
+    /// program sees. The call returns an error only when nothing was sent at
+    /// all: [`Error::Send`], or [`Error::PayloadTooLarge`] when the MTU
+    /// shrank under the payload.
+    ///
+    /// The first broadcast on a socket makes it refuse fragmentation (a
+    /// datagram larger than the interface's MTU fails instead of leaving in
+    /// fragments; see the README), and in kernel mode lets its sends carry a
+    /// transmit time (`SO_TXTIME`), which is how the program tells the
+    /// broadcast's datagram from every other datagram of the socket.
     ///
     /// # Errors
     /// Bad input is rejected before anything is sent: an empty list, an IPv6
-    /// or otherwise invalid destination, a payload larger than
+    /// or otherwise invalid destination, a destination routed through
+    /// another interface, a payload larger than
     /// [`Broadcaster::max_payload`], a socket that is not a bound IPv4 UDP
     /// socket.
     pub fn broadcast<S: AsFd>(
@@ -297,6 +336,12 @@ impl Broadcaster {
         let socket = socket.as_fd();
         let entry = self.socket_entry(socket)?;
         let mut state = lock(&entry);
+        if self.kernel.is_none() {
+            // No program sees our datagrams, so nothing else would notice a
+            // new socket behind the same fd.
+            self.recheck_socket(&mut state, socket)?;
+        }
+        let plan = self.plan(&mut state, destinations)?;
         let mut sender = Sender {
             socket,
             payload,
@@ -304,13 +349,34 @@ impl Broadcaster {
             report: Report::default(),
             first_error: None,
         };
-        match &self.kernel {
-            Some(kernel) => self.fan_out(kernel, &mut state, &mut sender)?,
-            None => sender.send_ordinary(&(0..destinations.len()).collect::<Vec<_>>()),
+        let bypassed = match (&self.kernel, state.slot) {
+            (Some(fan_out), Some(slot)) => {
+                self.fan_out(fan_out, slot, &mut state, &plan, &mut sender)
+            }
+            _ => false,
+        };
+        sender.send_user_space(&plan.user_space);
+        if bypassed {
+            // Look at the socket and the tables again before the next call.
+            state.plan = None;
+            if let Err(err) = self.recheck_socket(&mut state, socket) {
+                log::warn!("elec-broadcast: the socket behind the fd changed: {err}");
+            }
+        } else {
+            state.plan = Some(plan);
         }
-        let report = sender.finish()?;
+        if sender
+            .first_error
+            .as_ref()
+            .is_some_and(|err| err.raw_os_error() == Some(libc::EMSGSIZE))
+        {
+            // The MTU changed under us: learn it now, not at the notification.
+            let _ = self.resolver.reread_mtu();
+        }
+        let report = sender.finish(|| self.payload_too_large(payload.len()))?;
         add(&self.counters.broadcasts, 1);
         add(&self.counters.fallback_sends, report.fallback_copies);
+        add(&self.counters.copies_failed, report.failed.len());
         Ok(report)
     }
 
@@ -329,16 +395,20 @@ impl Broadcaster {
                 }
             }
         }
-        let max = self.max_payload();
-        if payload.len() > max {
-            return Err(Error::PayloadTooLarge {
-                len: payload.len(),
-                max,
-                mtu: self.mtu.load(Ordering::Relaxed),
-                interface: self.interface.clone(),
-            });
+        if payload.len() > self.max_payload() {
+            return Err(self.payload_too_large(payload.len()));
         }
         Ok(())
+    }
+
+    fn payload_too_large(&self, len: usize) -> Error {
+        let mtu = self.resolver.mtu();
+        Error::PayloadTooLarge {
+            len,
+            max: (mtu as usize).saturating_sub(HEADERS),
+            mtu,
+            interface: self.interface.clone(),
+        }
     }
 
     /// The table entry of `socket`, inspecting and registering it on first use.
@@ -351,9 +421,10 @@ impl Broadcaster {
             return Ok(Arc::clone(&entry.state));
         }
         let cookie = inspect(socket)?;
+        prepare(socket)?;
         let slot = match &self.kernel {
-            Some(kernel) => table.take_slot(&kernel.fan_out).and_then(|slot| {
-                match kernel.fan_out.register(cookie, slot) {
+            Some(fan_out) => table.take_slot(fan_out).and_then(|slot| {
+                match self.register(fan_out, socket, cookie, slot) {
                     Ok(()) => Some(slot),
                     Err(err) => {
                         log::warn!("registering a socket failed ({err}); it sends from user space");
@@ -382,144 +453,53 @@ impl Broadcaster {
         Ok(state)
     }
 
-    fn fan_out(
+    /// Lets the program fan out the datagrams of `socket` that carry a tag.
+    fn register(
         &self,
-        kernel: &KernelPath,
-        state: &mut SocketState,
-        sender: &mut Sender<'_>,
-    ) -> Result<(), Error> {
-        let now = Instant::now();
-        let fresh = state
-            .plan
-            .as_ref()
-            .is_some_and(|plan| now < plan.valid_until && plan.destinations == sender.destinations);
-        if !fresh {
-            state.plan = Some(self.plan(kernel, sender.destinations, now)?);
-            state.slot_holds = None;
-        }
-        let Some(slot_index) = state.slot else {
-            sender.send_ordinary(&(0..sender.destinations.len()).collect::<Vec<_>>());
-            return Ok(());
-        };
-        let plan = state.plan.take().expect("plan made above");
-        let ip_len = (sender.payload.len() + HEADERS) as u32;
-        let mut bypassed = false;
-        for (index, chunk) in plan.chunks.iter().enumerate() {
-            // SAFETY: slot `slot_index` belongs to this socket alone and we
-            // hold the socket's lock for as long as `slot` lives.
-            let mut slot = unsafe { kernel.fan_out.slot(slot_index) };
-            if state.slot_holds != Some(index) {
-                slot.write_dests(&chunk.dests);
-                state.slot_holds = Some(index);
-            }
-            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            let count = chunk.dests.len() as u32;
-            let carrier = sender.v4(chunk.indices[0]);
-            // With UDP_SEGMENT the kernel keeps the payload in page fragments
-            // (un-sharing a clone copies only its headers) and makes the
-            // datagram CHECKSUM_PARTIAL, which lets the program write each
-            // copy's headers at once. Sockets that refuse it (UDP checksums
-            // off, no checksum offload) get plain sends from then on.
-            let plain_send =
-                || SockRef::from(&sender.socket).send_to(sender.payload, &carrier.into());
-            let paged = state.paged_sends && !sender.payload.is_empty();
-            slot.arm(seq, count, ip_len, paged);
-            let mut sent = if paged {
-                sys::send_to_paged(sender.socket, sender.payload, &carrier)
-            } else {
-                plain_send()
-            };
-            if paged && sent.as_ref().is_err_and(refused_segmentation) {
-                // Refused before it reached the interface: re-arm plainly.
-                state.paged_sends = false;
-                slot.disarm();
-                slot.arm(seq, count, ip_len, false);
-                sent = plain_send();
-            }
-            if let Err(err) = sent {
-                slot.disarm();
-                sender.failed(&chunk.indices, err);
-                continue;
-            }
-            let outcome = if slot.disarm() {
-                slot.outcome(seq)
-            } else {
-                None
-            };
-            match outcome {
-                Some(outcome) => {
-                    add(&self.counters.fan_outs, 1);
-                    add(&self.counters.kernel_copies, outcome.copies as usize);
-                    let mut clone_failures = 0;
-                    for (i, &dest) in chunk.indices.iter().enumerate() {
-                        if outcome.lost(i) {
-                            clone_failures += usize::from(outcome.clone_failed(i));
-                            sender.report.failed.push(sender.destinations[dest]);
-                        } else {
-                            sender.report.kernel_copies += 1;
-                        }
-                    }
-                    add(&self.counters.clone_failures, clone_failures);
-                }
-                None => {
-                    // The program did not see the datagram (another route,
-                    // a program before ours, the fd now names another
-                    // socket): the carrier got it, the rest go the ordinary way.
-                    bypassed = true;
-                    sender.report.fallback_copies += 1;
-                    sender.send_ordinary(&chunk.indices[1..]);
-                }
-            }
-        }
-        sender.send_ordinary(&plan.ordinary);
-        if bypassed {
-            // Look at the socket and the tables again before the next call.
-            self.recheck_socket(kernel, state, sender.socket);
-        } else {
-            state.plan = Some(plan);
-        }
-        Ok(())
+        fan_out: &FanOut,
+        socket: BorrowedFd<'_>,
+        cookie: u64,
+        slot: u32,
+    ) -> io::Result<()> {
+        sys::allow_transmit_times(socket)?;
+        fan_out.register(cookie, slot)
     }
 
-    /// Splits `destinations` into fan-out chunks and ordinary sends.
-    fn plan(
-        &self,
-        kernel: &KernelPath,
-        destinations: &[SocketAddr],
-        now: Instant,
-    ) -> Result<Plan, Error> {
-        let mut resolver = lock(&kernel.resolver);
-        let retry_soon = resolver.has_unresolved();
-        resolver
-            .refresh(
-                now,
-                if retry_soon {
-                    UNRESOLVED_RETRY
-                } else {
-                    TABLES_TTL
-                },
-            )
-            .map_err(Error::io("reading the routing and neighbour tables"))?;
-        if let Some(mtu) = resolver.mtu() {
-            self.mtu.store(mtu, Ordering::Relaxed);
-        }
-        let mut fanned = Vec::new();
-        let mut ordinary = Vec::new();
-        for (i, destination) in destinations.iter().enumerate() {
-            let SocketAddr::V4(v4) = destination else {
-                unreachable!("checked in check_input")
-            };
-            match resolver
-                .path_to(*v4.ip())
-                .map_err(Error::io("looking up a route"))?
-            {
-                PathTo::FanOut(mac) => fanned.push((i, Dest::new(mac, *v4))),
-                PathTo::Ordinary | PathTo::Unresolved => ordinary.push(i),
+    /// The plan for `destinations`: the one made last time if the list and
+    /// the tables are unchanged (the hot path: no system call), else a new
+    /// one.
+    fn plan(&self, state: &mut SocketState, destinations: &[SocketAddr]) -> Result<Plan, Error> {
+        if let Some(plan) = state.plan.take() {
+            if self.resolver.is_current(plan.generation) && plan.destinations == destinations {
+                return Ok(plan);
             }
         }
-        let valid_until = resolver.valid_until();
+        state.slot_holds = None;
+        let addresses: Vec<Ipv4Addr> = destinations.iter().map(|d| *v4(d).ip()).collect();
+        let (generation, paths) = self
+            .resolver
+            .paths(&addresses)
+            .map_err(Error::io("reading the routing and neighbour tables"))?;
+        let mut fanned = Vec::new();
+        let mut user_space = Vec::new();
+        for (i, path) in paths.into_iter().enumerate() {
+            match path {
+                PathTo::FanOut(mac) if state.slot.is_some() => {
+                    fanned.push((i, Dest::new(mac, v4(&destinations[i]))));
+                }
+                PathTo::FanOut(_) | PathTo::UserSpace => user_space.push(i),
+                PathTo::Elsewhere(ifindex) => {
+                    return Err(Error::OtherInterface {
+                        destination: destinations[i],
+                        interface: self.interface.clone(),
+                        route_interface: self.resolver.interface_name(ifindex),
+                    })
+                }
+            }
+        }
         Ok(Plan {
             destinations: destinations.to_vec(),
+            generation,
             chunks: fanned
                 .chunks(MAX_DESTS)
                 .map(|chunk| Chunk {
@@ -527,26 +507,138 @@ impl Broadcaster {
                     dests: chunk.iter().map(|(_, dest)| *dest).collect(),
                 })
                 .collect(),
-            ordinary,
-            valid_until,
+            user_space,
         })
     }
 
-    /// After a bypassed fan-out: if the fd now names another socket, move the
-    /// registration over to it.
-    fn recheck_socket(&self, kernel: &KernelPath, state: &mut SocketState, socket: BorrowedFd<'_>) {
-        let Ok(cookie) = SockRef::from(&socket).cookie() else {
-            return;
-        };
-        if cookie != state.cookie {
-            kernel.fan_out.unregister(state.cookie);
-            state.cookie = cookie;
+    /// Sends the plan's fan-outs. Returns true if one of them was not seen
+    /// by the program (its other copies were then sent from user space).
+    fn fan_out(
+        &self,
+        fan_out: &FanOut,
+        slot_index: u32,
+        state: &mut SocketState,
+        plan: &Plan,
+        sender: &mut Sender<'_>,
+    ) -> bool {
+        let ip_len = (sender.payload.len() + HEADERS) as u32;
+        let mut bypassed = false;
+        for (index, chunk) in plan.chunks.iter().enumerate() {
+            // SAFETY: slot `slot_index` belongs to this socket alone and we
+            // hold the socket's lock for as long as `slot` lives.
+            let mut slot = unsafe { fan_out.slot(slot_index) };
+            if state.slot_holds != Some(index) {
+                slot.write_dests(&chunk.dests);
+                state.slot_holds = Some(index);
+            }
+            let count = chunk.dests.len() as u32;
+            let carrier = v4(&sender.destinations[chunk.indices[0]]);
+            // With UDP_SEGMENT the kernel keeps the payload in page fragments
+            // (un-sharing a clone copies only its headers) and makes the
+            // datagram CHECKSUM_PARTIAL, which lets the program write each
+            // copy's headers at once. Sockets that refuse it (UDP checksums
+            // off, no checksum offload) get plain sends from then on.
+            let mut paged = state.paged_sends && !sender.payload.is_empty();
+            let mut tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+            slot.arm(tag, count, ip_len, paged);
+            let mut sent = sys::send_carrier(sender.socket, sender.payload, &carrier, tag, paged);
+            if sent.as_ref().is_err_and(refused_before_sending) {
+                slot.disarm();
+                if socket_replaced(state, sender.socket) {
+                    // The fd names a new socket now, which does not take
+                    // transmit times yet: all its copies go from user space,
+                    // and it is taken over after this call.
+                    bypassed = true;
+                    sender.send_user_space(&chunk.indices);
+                    continue;
+                }
+            }
+            if paged && sent.as_ref().is_err_and(refused_before_sending) {
+                // Too large for the MTU now, or UDP_SEGMENT is not for this
+                // socket.
+                if self.fits_after_all(sender.payload.len()) {
+                    state.paged_sends = false;
+                    paged = false;
+                    tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+                    slot.arm(tag, count, ip_len, paged);
+                    sent = sys::send_carrier(sender.socket, sender.payload, &carrier, tag, paged);
+                } else {
+                    sent = Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+                }
+            }
+            if !slot.disarm() {
+                match sent {
+                    Err(err) => sender.failed(&chunk.indices, err),
+                    Ok(_) => {
+                        // The program did not see the datagram (another route,
+                        // a program before ours, the fd now names another
+                        // socket, IP options): the carrier reached its
+                        // destination as sent; the rest go from user space.
+                        bypassed = true;
+                        sender.report.fallback_copies += 1;
+                        sender.send_user_space(&chunk.indices[1..]);
+                    }
+                }
+                continue;
+            }
+            let Some(outcome) = slot.outcome(tag) else {
+                // Taken but never finished: cannot happen while the program
+                // runs to completion; count the copies as lost rather than
+                // claim them.
+                log::error!("elec-broadcast: the fan-out of tag {tag} published no result");
+                sender.failed(&chunk.indices, io::Error::from(io::ErrorKind::TimedOut));
+                continue;
+            };
+            add(&self.counters.fan_outs, 1);
+            add(&self.counters.kernel_copies, outcome.copies as usize);
+            let mut clone_failures = 0;
+            for (i, &dest) in chunk.indices.iter().enumerate() {
+                if outcome.lost(i) {
+                    clone_failures += usize::from(outcome.clone_failed(i));
+                    sender.report.failed.push(sender.destinations[dest]);
+                } else {
+                    sender.report.kernel_copies += 1;
+                }
+            }
+            add(&self.counters.clone_failures, clone_failures);
+        }
+        bypassed
+    }
+
+    /// After the kernel refused a send: whether a payload of `len` bytes
+    /// still fits the interface's MTU, read afresh.
+    fn fits_after_all(&self, len: usize) -> bool {
+        match self.resolver.reread_mtu() {
+            Ok(mtu) => len + HEADERS <= mtu as usize,
+            Err(_) => true,
+        }
+    }
+
+    /// If the fd now names another socket (closed, and its number reused),
+    /// takes the new socket over: inspects it, makes it refuse
+    /// fragmentation and moves the registration to it.
+    fn recheck_socket(&self, state: &mut SocketState, socket: BorrowedFd<'_>) -> Result<(), Error> {
+        let cookie = SockRef::from(&socket)
+            .cookie()
+            .map_err(Error::io("reading the socket cookie"))?;
+        if cookie == state.cookie {
+            return Ok(());
+        }
+        inspect(socket)?;
+        prepare(socket)?;
+        state.plan = None;
+        if let Some(fan_out) = &self.kernel {
+            fan_out.unregister(state.cookie);
             if let Some(slot) = state.slot {
-                if kernel.fan_out.register(cookie, slot).is_err() {
+                if let Err(err) = self.register(fan_out, socket, cookie, slot) {
+                    log::warn!("registering a socket failed ({err}); it sends from user space");
+                    lock(&self.sockets).free_slots.push(slot);
                     state.slot = None;
                 }
             }
         }
+        state.cookie = cookie;
+        Ok(())
     }
 }
 
@@ -572,13 +664,40 @@ impl std::fmt::Debug for Broadcaster {
     }
 }
 
-/// Errors with which the kernel refuses a `UDP_SEGMENT` send before
-/// anything is sent.
-fn refused_segmentation(err: &io::Error) -> bool {
+/// The first tag of a broadcaster. Tags go in the transmit time of the
+/// carrier datagram, so they are kept in the past of every clock the kernel
+/// compares transmit times with (below half the monotonic time since boot
+/// when the broadcaster starts, growing by one per fan-out): a datagram that
+/// somehow left with its tag would be sent at once, never held. The random
+/// start keeps the tags of broadcasters in several processes apart.
+fn first_tag() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(2);
+    1 + RandomState::new().hash_one(now) % (now / 2).max(1)
+}
+
+/// Whether the fd names another socket than the one registered.
+fn socket_replaced(state: &SocketState, socket: BorrowedFd<'_>) -> bool {
+    SockRef::from(&socket)
+        .cookie()
+        .is_ok_and(|cookie| cookie != state.cookie)
+}
+
+/// Errors with which the kernel refuses a carrier send (its `UDP_SEGMENT`
+/// or `SCM_TXTIME` control message) before anything is sent.
+fn refused_before_sending(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
     )
+}
+
+fn v4(destination: &SocketAddr) -> SocketAddrV4 {
+    match destination {
+        SocketAddr::V4(v4) => *v4,
+        SocketAddr::V6(_) => unreachable!("checked in check_input"),
+    }
 }
 
 /// Checks that `socket` is a bound IPv4 UDP socket; returns its cookie.
@@ -620,6 +739,15 @@ fn inspect(socket: BorrowedFd<'_>) -> Result<u64, Error> {
     }
     sock.cookie()
         .map_err(Error::io("reading the socket cookie"))
+}
+
+/// What every socket broadcast on gets, in both modes: it never fragments.
+fn prepare(socket: BorrowedFd<'_>) -> Result<(), Error> {
+    sys::refuse_fragmentation(socket)
+        .map(drop)
+        .map_err(Error::io(
+            "making the socket refuse fragmentation (IP_MTU_DISCOVER)",
+        ))
 }
 
 #[derive(Default)]
@@ -673,26 +801,30 @@ impl SocketTable {
     }
 }
 
+/// What the broadcaster keeps per socket.
 struct SocketState {
     cookie: u64,
     /// The socket's slot in the kernel maps; None: user-space sends only.
     slot: Option<u32>,
-    /// The plan for the last destination list, reused while it is fresh.
+    /// The plan for the last destination list, reused while it is current.
     plan: Option<Plan>,
     /// Which chunk of `plan` the slot's destination array holds.
     slot_holds: Option<usize>,
-    /// Whether the socket accepts `UDP_SEGMENT` sends (see `send_carrier`).
+    /// Whether the socket accepts `UDP_SEGMENT` sends (see `fan_out`).
     paged_sends: bool,
 }
 
+/// How one destination list is sent, under one generation of the tables.
 struct Plan {
     destinations: Vec<SocketAddr>,
+    generation: u64,
+    /// The destinations fanned out in the kernel, at most 256 per chunk.
     chunks: Vec<Chunk>,
     /// Indices of destinations sent from user space.
-    ordinary: Vec<usize>,
-    valid_until: Instant,
+    user_space: Vec<usize>,
 }
 
+/// One fan-out: the destinations of one armed slot.
 struct Chunk {
     /// Indices into the destination list; the first is the carrier, the
     /// destination the datagram is sent to.
@@ -710,13 +842,6 @@ struct Sender<'a> {
 }
 
 impl Sender<'_> {
-    fn v4(&self, index: usize) -> SocketAddrV4 {
-        match self.destinations[index] {
-            SocketAddr::V4(v4) => v4,
-            SocketAddr::V6(_) => unreachable!("checked in check_input"),
-        }
-    }
-
     fn failed(&mut self, indices: &[usize], err: io::Error) {
         self.report
             .failed
@@ -725,11 +850,11 @@ impl Sender<'_> {
     }
 
     /// Sends to `indices` from user space, with `sendmmsg`.
-    fn send_ordinary(&mut self, indices: &[usize]) {
+    fn send_user_space(&mut self, indices: &[usize]) {
         if indices.is_empty() {
             return;
         }
-        let addrs: Vec<SocketAddrV4> = indices.iter().map(|&i| self.v4(i)).collect();
+        let addrs: Vec<SocketAddrV4> = indices.iter().map(|&i| v4(&self.destinations[i])).collect();
         let (sent, err) = sys::send_to_each(self.socket, self.payload, &addrs);
         self.report.fallback_copies += sent;
         if let Some(err) = err {
@@ -737,10 +862,17 @@ impl Sender<'_> {
         }
     }
 
-    fn finish(mut self) -> Result<Report, Error> {
+    /// The report, or the error that kept anything from being sent.
+    fn finish(mut self, too_large: impl FnOnce() -> Error) -> Result<Report, Error> {
         self.report.copies_sent = self.report.kernel_copies + self.report.fallback_copies;
         match self.first_error {
-            Some(err) if self.report.copies_sent == 0 => Err(Error::Send(err)),
+            Some(err) if self.report.copies_sent == 0 => {
+                if err.raw_os_error() == Some(libc::EMSGSIZE) {
+                    Err(too_large())
+                } else {
+                    Err(Error::Send(err))
+                }
+            }
             _ => Ok(self.report),
         }
     }

@@ -33,8 +33,27 @@ pub enum Error {
         destination: SocketAddr,
     },
 
+    /// A destination's route leaves through another interface than the
+    /// broadcaster's: a broadcaster sends through its own interface only, so
+    /// that its checks (the MTU above all) mean what they say. Use a
+    /// broadcaster on that interface for such destinations.
+    #[error(
+        "{destination} is routed through {route_interface}, not through {interface}: \
+         broadcast to it with a Broadcaster on {route_interface}"
+    )]
+    OtherInterface {
+        /// The offending destination.
+        destination: SocketAddr,
+        /// The broadcaster's interface.
+        interface: String,
+        /// The interface the kernel routes the destination through.
+        route_interface: String,
+    },
+
     /// The payload does not fit one datagram on the interface: copies are
-    /// never fragmented.
+    /// never fragmented. Also returned when the interface's MTU shrank
+    /// under the payload and nothing could be sent; the error goes away as
+    /// soon as the MTU allows the payload again.
     #[error(
         "a payload of {len} bytes does not fit one datagram on {interface} (MTU {mtu}): \
          send at most {max} bytes per broadcast"

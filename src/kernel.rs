@@ -9,6 +9,7 @@ use std::os::fd::AsFd;
 use std::ptr::{self, addr_of, addr_of_mut, NonNull};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 
@@ -385,9 +386,11 @@ impl SlotHandle<'_> {
         }
     }
 
-    /// Arms the slot for the next datagram of the socket. `partial`: the
-    /// datagram is sent with `UDP_SEGMENT`, so it is CHECKSUM_PARTIAL.
-    pub(crate) fn arm(&mut self, seq: u64, count: u32, ip_len: u32, partial: bool) {
+    /// Arms the slot for the datagram of the socket that carries `tag`.
+    /// `partial`: the datagram is sent with `UDP_SEGMENT`, so it is
+    /// CHECKSUM_PARTIAL.
+    pub(crate) fn arm(&mut self, tag: u64, count: u32, ip_len: u32, partial: bool) {
+        debug_assert_ne!(tag, 0, "0 means disarmed");
         let flags = if partial { SLOT_PARTIAL } else { 0 };
         // SAFETY: plain fields of our disarmed slot; the Release store below
         // orders them before the program can take the arm.
@@ -396,23 +399,28 @@ impl SlotHandle<'_> {
             ptr::write_volatile(addr_of_mut!((*self.ptr).ip_len), ip_len);
             ptr::write_volatile(addr_of_mut!((*self.ptr).flags), flags);
         }
-        self.armed().store(seq, Ordering::Release);
+        self.armed().store(tag, Ordering::Release);
     }
 
     /// Takes the arm back. Returns true when the program had already taken
-    /// it (the datagram was seen by the program).
+    /// it (it fanned the datagram out, or is doing so on another CPU).
     pub(crate) fn disarm(&mut self) -> bool {
         self.armed().swap(0, Ordering::AcqRel) == 0
     }
 
-    /// The results for `seq`, once the program published them.
-    pub(crate) fn outcome(&self, seq: u64) -> Option<Outcome> {
+    /// The results of the fan-out of `tag`, once the program published them.
+    /// Only for a tag whose arm the program took (see [`SlotHandle::disarm`]).
+    pub(crate) fn outcome(&self, tag: u64) -> Option<Outcome> {
         // The program runs inside our send and is done when it returns; the
-        // short wait only covers a datagram the program handled on another
-        // CPU. Bounded: a missing outcome means the datagram was not fanned out.
-        for spin in 0..10_000 {
-            if self.done().load(Ordering::Acquire) == seq {
-                // SAFETY: `done == seq` was stored after these fields were
+        // wait only covers a datagram that was held up (by a neighbour
+        // being resolved, say) and is being fanned out on another CPU right
+        // now, which takes microseconds. The bound is a guard, not a timeout
+        // that can be met in practice.
+        let deadline = Instant::now() + OUTCOME_WAIT;
+        let mut spins = 0u32;
+        loop {
+            if self.done().load(Ordering::Acquire) == tag {
+                // SAFETY: `done == tag` was stored after these fields were
                 // written (Acquire pairs with the program's atomic store).
                 return Some(unsafe {
                     Outcome {
@@ -422,10 +430,16 @@ impl SlotHandle<'_> {
                     }
                 });
             }
-            if spin > 100 {
+            spins += 1;
+            if spins > 100 {
+                if Instant::now() > deadline {
+                    return None;
+                }
                 std::thread::yield_now();
             }
         }
-        None
     }
 }
+
+/// How long [`SlotHandle::outcome`] waits for a fan-out in progress.
+const OUTCOME_WAIT: Duration = Duration::from_secs(1);

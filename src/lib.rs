@@ -44,6 +44,7 @@ mod kernel;
 mod netlink;
 mod resolve;
 mod sys;
+mod watch;
 
 pub use broadcaster::{Broadcaster, Mode, Report, Stats};
 pub use error::Error;

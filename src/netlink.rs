@@ -7,6 +7,11 @@
 //! `ip neigh show dev` and `ip link show` would print them: no setting is
 //! changed and no packet is sent.
 //!
+//! A second kind of socket, [`ChangeSocket`], listens to the kernel's
+//! notifications of changes to those tables (neighbours, IPv4 routes and
+//! rules, nexthop objects, links, IPv4 addresses), so that what user space
+//! derived from them is dropped as soon as the kernel's tables change.
+//!
 //! Only `libc` is used. The system calls live in the small [`sys`] module;
 //! everything else is safe byte handling. Replies are parsed from bytes with
 //! every length checked first, so a malformed reply becomes an
@@ -79,6 +84,7 @@ const NUD_USABLE: u16 =
     NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP;
 
 /// `struct ifinfomsg`: family u8, pad u8, type u16, index i32, flags u32, change u32.
+const IFADDRMSG_INDEX_OFFSET: usize = 4;
 const IFINFOMSG_LEN: usize = 16;
 const IFINFOMSG_INDEX_OFFSET: usize = 4;
 const IFINFOMSG_FLAGS_OFFSET: usize = 8;
@@ -181,6 +187,143 @@ pub(crate) struct Link {
     pub(crate) is_up: bool,
 }
 
+/// A change to the kernel's tables, as one rtnetlink notification reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// An IPv4 neighbour entry of interface `ifindex` was added or changed
+    /// (it is now `neighbour`), or removed.
+    Neighbour {
+        ifindex: u32,
+        neighbour: Neighbour,
+        removed: bool,
+    },
+    /// An IPv4 route to `dst/len` (in any table) was added, changed or removed.
+    Route { dst: Ipv4Addr, len: u8 },
+    /// An IPv4 address of interface `ifindex` was added or removed.
+    Address { ifindex: u32 },
+    /// Interface `ifindex` changed (MTU, flags, address, ...) or went away.
+    /// IPv4 sends no route notifications for the routes a link takes with it
+    /// when it goes down, so a link change may change any route through it.
+    Link { ifindex: u32, mtu: Option<u32> },
+    /// Policy routing rules or nexthop objects changed: any route may have.
+    Rules,
+}
+
+/// `RTM_NEWNEXTHOP` and `RTM_DELNEXTHOP` (<linux/rtnetlink.h>), which `libc`
+/// does not export.
+const RTM_NEWNEXTHOP: u16 = 104;
+const RTM_DELNEXTHOP: u16 = 105;
+
+/// A `NETLINK_ROUTE` socket subscribed to the notifications [`Change`]
+/// describes, in the network namespace of the thread that opened it.
+pub(crate) struct ChangeSocket {
+    fd: OwnedFd,
+    buffer: Vec<u8>,
+}
+
+impl ChangeSocket {
+    /// Opens and subscribes a socket. Its receive buffer is made large
+    /// (`SO_RCVBUFFORCE` where allowed), so that bursts of changes rarely
+    /// overflow it; when one does, [`ChangeSocket::read`] says so.
+    pub(crate) fn open() -> io::Result<ChangeSocket> {
+        let groups = (libc::RTMGRP_LINK
+            | libc::RTMGRP_NEIGH
+            | libc::RTMGRP_IPV4_IFADDR
+            | libc::RTMGRP_IPV4_ROUTE
+            | libc::RTMGRP_IPV4_RULE) as u32
+            | 1 << (libc::RTNLGRP_NEXTHOP - 1);
+        let fd = sys::open_change_socket(groups, CHANGE_BUFFER_BYTES)?;
+        Ok(ChangeSocket {
+            fd,
+            buffer: vec![0; RECEIVE_BUFFER_LEN],
+        })
+    }
+
+    /// Waits for the next datagram of notifications and returns the changes
+    /// it reports. An `ENOBUFS` error means that notifications were lost
+    /// because the socket's buffer was full: the caller must read the tables
+    /// afresh.
+    pub(crate) fn read(&mut self) -> io::Result<Vec<Change>> {
+        let len = sys::receive_from_kernel(self.fd.as_fd(), &mut self.buffer)?;
+        let datagram = self
+            .buffer
+            .get(..len)
+            .ok_or_else(|| malformed("datagram longer than the buffer"))?;
+        parse_changes(datagram)
+    }
+}
+
+impl AsFd for ChangeSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Receive buffer of a [`ChangeSocket`]: room for tens of thousands of
+/// notifications.
+const CHANGE_BUFFER_BYTES: usize = 32 << 20;
+
+/// The changes reported by one datagram of notifications.
+fn parse_changes(datagram: &[u8]) -> io::Result<Vec<Change>> {
+    let mut changes = Vec::new();
+    for message in Messages::new(datagram) {
+        if let Some(change) = parse_change(&message?)? {
+            changes.push(change);
+        }
+    }
+    Ok(changes)
+}
+
+/// One notification; `None` for those that change nothing a route lookup
+/// sees (other families, messages of no interest).
+fn parse_change(message: &Message<'_>) -> io::Result<Option<Change>> {
+    let payload = message.payload;
+    Ok(match message.kind {
+        libc::RTM_NEWNEIGH | libc::RTM_DELNEIGH => {
+            parse_neighbour_entry(payload)?.map(|(ifindex, neighbour)| Change::Neighbour {
+                ifindex,
+                neighbour,
+                removed: message.kind == libc::RTM_DELNEIGH,
+            })
+        }
+        libc::RTM_NEWROUTE | libc::RTM_DELROUTE => {
+            if read_u8(payload, 0)? != AF_INET {
+                return Ok(None);
+            }
+            let len = read_u8(payload, 1)?;
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            for attribute in Attributes::after_header(payload, RTMSG_LEN)? {
+                let attribute = attribute?;
+                if attribute.kind == RTA_DST {
+                    dst = exact::<4>(&attribute, "RTA_DST")?.into();
+                }
+            }
+            Some(Change::Route { dst, len })
+        }
+        libc::RTM_NEWADDR | libc::RTM_DELADDR => {
+            (read_u8(payload, 0)? == AF_INET).then_some(Change::Address {
+                ifindex: read_u32(payload, IFADDRMSG_INDEX_OFFSET)?,
+            })
+        }
+        libc::RTM_NEWLINK | libc::RTM_DELLINK => {
+            let ifindex = read_u32(payload, IFINFOMSG_INDEX_OFFSET)?;
+            let mut mtu = None;
+            for attribute in Attributes::after_header(payload, IFINFOMSG_LEN)? {
+                let attribute = attribute?;
+                if attribute.kind == IFLA_MTU {
+                    mtu = Some(u32::from_ne_bytes(exact(&attribute, "IFLA_MTU")?));
+                }
+            }
+            Some(Change::Link { ifindex, mtu })
+        }
+        libc::RTM_NEWRULE | libc::RTM_DELRULE => {
+            (read_u8(payload, 0)? == AF_INET).then_some(Change::Rules)
+        }
+        RTM_NEWNEXTHOP | RTM_DELNEXTHOP => Some(Change::Rules),
+        _ => None,
+    })
+}
+
 impl RouteSocket {
     /// Opens a socket in the calling thread's network namespace.
     pub(crate) fn open() -> io::Result<RouteSocket> {
@@ -270,6 +413,24 @@ impl RouteSocket {
                 error
             }
         })
+    }
+
+    /// Like `ip link show` for the interface with index `ifindex`.
+    pub(crate) fn link_by_index(&self, ifindex: u32) -> io::Result<Link> {
+        let mut ifinfomsg = [0; IFINFOMSG_LEN];
+        ifinfomsg[0] = AF_UNSPEC;
+        ifinfomsg[IFINFOMSG_INDEX_OFFSET..IFINFOMSG_INDEX_OFFSET + 4]
+            .copy_from_slice(&ifindex.to_ne_bytes());
+        self.query(RTM_GETLINK, &ifinfomsg, &[], RTM_NEWLINK, parse_link)
+    }
+
+    /// The name of the interface with index `ifindex` (`IFLA_IFNAME`).
+    pub(crate) fn link_name(&self, ifindex: u32) -> io::Result<String> {
+        let mut ifinfomsg = [0; IFINFOMSG_LEN];
+        ifinfomsg[0] = AF_UNSPEC;
+        ifinfomsg[IFINFOMSG_INDEX_OFFSET..IFINFOMSG_INDEX_OFFSET + 4]
+            .copy_from_slice(&ifindex.to_ne_bytes());
+        self.query(RTM_GETLINK, &ifinfomsg, &[], RTM_NEWLINK, parse_link_name)
     }
 
     /// Sends a request expecting exactly one reply of type `reply_type` and parses it.
@@ -666,9 +827,18 @@ fn parse_route(payload: &[u8]) -> io::Result<Route> {
 
 /// Parses an RTM_NEWNEIGH payload; `None` for an entry of another family or interface.
 fn parse_neighbour(payload: &[u8], ifindex: u32) -> io::Result<Option<Neighbour>> {
-    if read_u8(payload, 0)? != AF_INET || read_u32(payload, NDMSG_IFINDEX_OFFSET)? != ifindex {
+    Ok(parse_neighbour_entry(payload)?
+        .filter(|(index, _)| *index == ifindex)
+        .map(|(_, neighbour)| neighbour))
+}
+
+/// Parses an RTM_NEWNEIGH or RTM_DELNEIGH payload into the entry and its
+/// interface; `None` for an entry of another family.
+fn parse_neighbour_entry(payload: &[u8]) -> io::Result<Option<(u32, Neighbour)>> {
+    if read_u8(payload, 0)? != AF_INET {
         return Ok(None);
     }
+    let ifindex = read_u32(payload, NDMSG_IFINDEX_OFFSET)?;
     let state = read_u16(payload, NDMSG_STATE_OFFSET)?;
     let mut addr = None;
     let mut mac = None;
@@ -681,7 +851,23 @@ fn parse_neighbour(payload: &[u8], ifindex: u32) -> io::Result<Option<Neighbour>
         }
     }
     let addr = addr.ok_or_else(|| malformed("neighbour entry without NDA_DST"))?;
-    Ok(Some(Neighbour { addr, mac, state }))
+    Ok(Some((ifindex, Neighbour { addr, mac, state })))
+}
+
+/// The `IFLA_IFNAME` of an RTM_NEWLINK payload.
+fn parse_link_name(payload: &[u8]) -> io::Result<String> {
+    for attribute in Attributes::after_header(payload, IFINFOMSG_LEN)? {
+        let attribute = attribute?;
+        if attribute.kind == IFLA_IFNAME {
+            let name = attribute
+                .payload
+                .split(|&b| b == 0)
+                .next()
+                .unwrap_or_default();
+            return Ok(String::from_utf8_lossy(name).into_owned());
+        }
+    }
+    Err(malformed("link without IFLA_IFNAME"))
 }
 
 /// Parses an RTM_NEWLINK payload.
@@ -747,7 +933,7 @@ fn malformed(what: &str) -> io::Error {
 /// The system calls: the only unsafe code of the module.
 mod sys {
     use std::io;
-    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
     /// Address of the kernel's end of every netlink socket (port id 0).
     fn kernel_address() -> libc::sockaddr_nl {
@@ -776,6 +962,53 @@ mod sys {
         // SAFETY: `fd` is a freshly opened descriptor that nothing else owns,
         // so the OwnedFd may take over closing it.
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Creates a close-on-exec NETLINK_ROUTE socket bound to the multicast
+    /// `groups` (a bit mask of RTNLGRP_* numbers less one) whose receive
+    /// buffer holds `buffer_bytes`: forced past `rmem_max` where the caller
+    /// has CAP_NET_ADMIN, else as large as `rmem_max` allows.
+    pub(super) fn open_change_socket(groups: u32, buffer_bytes: usize) -> io::Result<OwnedFd> {
+        let fd = open_route_socket()?;
+        let size = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
+        let forced = set_int_option(fd.as_fd(), libc::SO_RCVBUFFORCE, size);
+        if forced.is_err() {
+            set_int_option(fd.as_fd(), libc::SO_RCVBUF, size)?;
+        }
+        let mut address = kernel_address();
+        address.nl_groups = groups;
+        // SAFETY: `address` is a sockaddr_nl of `ADDRESS_LEN` bytes that
+        // outlives the call; `fd` is an open netlink socket.
+        let bound = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::from_ref(&address).cast(),
+                ADDRESS_LEN,
+            )
+        };
+        if bound < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+
+    fn set_int_option(fd: BorrowedFd<'_>, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: `value` is a c_int that outlives the call, and its size is
+        // passed; `fd` is an open socket.
+        let done = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                name,
+                std::ptr::from_ref(&value).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if done < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Sends one request datagram to the kernel.

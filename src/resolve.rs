@@ -1,142 +1,283 @@
 //! Which destinations the kernel fan-out can serve, and with which next-hop
-//! MAC, read from the kernel's own routing and neighbour tables.
+//! MAC, read from the kernel's own routing and neighbour tables and kept
+//! current by the kernel's change notifications (see [`crate::watch`]).
 //!
 //! A destination is fanned out only when its route leaves through the
 //! interface the program is attached to and the next hop's neighbour entry
-//! holds a MAC address. Everything else (local addresses, other interfaces,
-//! unresolved neighbours) takes the ordinary path, where the kernel resolves
-//! the neighbour itself, so a later broadcast finds it resolved.
+//! holds a MAC address. Local destinations, unresolved neighbours and
+//! destinations the kernel cannot route are sent from user space, where the
+//! kernel resolves the neighbour (so a later broadcast finds it resolved) or
+//! reports the error. A destination routed through another interface is
+//! refused: a broadcaster sends through its own interface only.
+//!
+//! Every answer is derived from tables that a notification invalidates at
+//! once: the [`Resolver::generation`] number changes whenever a notification
+//! could change an answer, and a plan made under an older generation is not
+//! used again. The broadcast hot path only compares that number.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::netlink::{RouteKind, RouteSocket};
-
-/// How long routes and neighbour entries are trusted before being read again.
-pub(crate) const TABLES_TTL: Duration = Duration::from_secs(1);
-/// How soon an unresolved neighbour is looked up again.
-pub(crate) const UNRESOLVED_RETRY: Duration = Duration::from_millis(20);
+use crate::netlink::{Change, RouteKind, RouteSocket};
 
 /// How one destination is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PathTo {
     /// A clone on the attached interface, with this destination MAC.
     FanOut([u8; 6]),
-    /// The route leaves through the interface but the next hop's MAC is not
-    /// known yet: an ordinary send, which makes the kernel resolve it.
-    Unresolved,
-    /// An ordinary send through the socket.
-    Ordinary,
+    /// A send from user space through the socket: a local destination, a
+    /// next hop whose MAC is not known yet (the send makes the kernel
+    /// resolve it), or one the kernel will refuse (no route, a broadcast
+    /// address, ...), which the send reports.
+    UserSpace,
+    /// The route leaves through the interface with this index, not ours.
+    Elsewhere(u32),
 }
 
+/// What a route lookup said about one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Out of our interface, to this next hop.
+    Here { next_hop: Ipv4Addr },
+    /// Out of another interface.
+    Elsewhere(u32),
+    /// Anything the kernel handles itself: local, unreachable, broadcast.
+    Kernel,
+}
+
+/// The routing and neighbour tables of one interface, as far as broadcasts
+/// to it need them, and the generation number that tells plans apart.
 pub(crate) struct Resolver {
-    netlink: RouteSocket,
-    interface: String,
     ifindex: u32,
-    mtu: Option<u32>,
-    /// A destination was unresolved since the tables were read.
-    unresolved: bool,
-    /// Next hop (or None: not through our interface) per destination address.
-    routes: HashMap<Ipv4Addr, Option<Ipv4Addr>>,
-    neighbours: HashMap<Ipv4Addr, [u8; 6]>,
-    /// When the routes (and the MTU) were last read; they keep TABLES_TTL.
-    routes_read_at: Option<Instant>,
-    /// When the neighbour table was last read; retried sooner while a
-    /// destination is unresolved.
-    read_at: Option<Instant>,
+    /// Bumped whenever a change could alter an answer of [`Resolver::paths`].
+    generation: AtomicU64,
+    /// False once the notifications can no longer be read: every plan is
+    /// then made afresh.
+    watched: AtomicBool,
+    /// The interface's MTU, as the last notification or read said.
+    mtu: AtomicU32,
+    /// Times notifications were lost (the socket's buffer overflowed).
+    overflows: AtomicU64,
+    tables: Mutex<Tables>,
+}
+
+struct Tables {
+    netlink: RouteSocket,
+    /// IPv4 neighbours of our interface that hold a usable MAC; `None`
+    /// until read (again).
+    neighbours: Option<HashMap<Ipv4Addr, [u8; 6]>>,
+    /// Route lookups made since the last change that could alter them.
+    routes: HashMap<Ipv4Addr, Route>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update below is completed or not begun: a panic elsewhere while
+    // the lock was held leaves no broken invariant.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Resolver {
-    pub(crate) fn new(netlink: RouteSocket, interface: &str, ifindex: u32) -> Resolver {
+    pub(crate) fn new(netlink: RouteSocket, ifindex: u32, mtu: u32) -> Resolver {
         Resolver {
-            netlink,
-            interface: interface.to_string(),
             ifindex,
-            mtu: None,
-            unresolved: false,
-            routes: HashMap::new(),
-            neighbours: HashMap::new(),
-            routes_read_at: None,
-            read_at: None,
+            generation: AtomicU64::new(1),
+            watched: AtomicBool::new(true),
+            mtu: AtomicU32::new(mtu),
+            overflows: AtomicU64::new(0),
+            tables: Mutex::new(Tables {
+                netlink,
+                neighbours: None,
+                routes: HashMap::new(),
+            }),
         }
     }
 
-    /// Reads the neighbour table again if it is older than `max_age`, and
-    /// forgets routes (and rereads the MTU) once they are older than
-    /// TABLES_TTL: an unresolved neighbour is no reason to look up every
-    /// route again.
-    pub(crate) fn refresh(&mut self, now: Instant, max_age: Duration) -> io::Result<()> {
-        let older = |at: Option<Instant>, age| at.is_none_or(|at| now.duration_since(at) >= age);
-        if older(self.routes_read_at, TABLES_TTL) {
-            self.routes.clear();
-            self.mtu = Some(self.netlink.link(&self.interface)?.mtu);
-            self.routes_read_at = Some(now);
-        }
-        if !older(self.read_at, max_age) {
-            return Ok(());
-        }
-        self.unresolved = false;
-        self.neighbours = self
-            .netlink
-            .neighbours(self.ifindex)?
-            .into_iter()
-            .filter(|n| n.is_usable())
-            .filter_map(|n| Some((n.addr, n.mac?)))
-            .collect();
-        self.read_at = Some(now);
-        Ok(())
+    /// Whether a plan made under `generation` is still good.
+    pub(crate) fn is_current(&self, generation: u64) -> bool {
+        self.generation.load(Ordering::Acquire) == generation
+            && self.watched.load(Ordering::Relaxed)
     }
 
-    /// The path to `dst` under the tables as last read.
-    pub(crate) fn path_to(&mut self, dst: Ipv4Addr) -> io::Result<PathTo> {
-        let next_hop = match self.routes.get(&dst) {
-            Some(hop) => *hop,
-            None => {
-                let hop = match self.netlink.route_to(dst) {
-                    Ok(route) if route.kind == RouteKind::Unicast && route.oif == self.ifindex => {
-                        Some(route.next_hop(dst))
-                    }
-                    Ok(_) => None,
-                    // No route: the ordinary send reports it to the caller.
-                    Err(err) if is_unroutable(&err) => None,
-                    Err(err) => return Err(err),
-                };
-                self.routes.insert(dst, hop);
-                hop
-            }
-        };
-        Ok(match next_hop {
-            None => PathTo::Ordinary,
-            Some(hop) => match self.neighbours.get(&hop) {
-                Some(mac) => PathTo::FanOut(*mac),
+    /// The interface's MTU as last reported.
+    pub(crate) fn mtu(&self) -> u32 {
+        self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// Times notifications were lost and the tables read afresh.
+    pub(crate) fn overflows(&self) -> u64 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// The path to each of `destinations`, and the generation under which
+    /// these answers hold.
+    pub(crate) fn paths(&self, destinations: &[Ipv4Addr]) -> io::Result<(u64, Vec<PathTo>)> {
+        let mut tables = lock(&self.tables);
+        // Read under the lock: changes are applied and counted under it too,
+        // so these answers reflect at least every change counted so far.
+        let generation = self.generation.load(Ordering::Acquire);
+        if tables.neighbours.is_none() {
+            let read = tables.netlink.neighbours(self.ifindex)?;
+            tables.neighbours = Some(
+                read.into_iter()
+                    .filter(|n| n.is_usable())
+                    .filter_map(|n| Some((n.addr, n.mac?)))
+                    .collect(),
+            );
+        }
+        let mut paths = Vec::with_capacity(destinations.len());
+        for &dst in destinations {
+            let route = match tables.routes.get(&dst) {
+                Some(route) => *route,
                 None => {
-                    self.unresolved = true;
-                    PathTo::Unresolved
+                    let route = self.look_up(&tables.netlink, dst)?;
+                    tables.routes.insert(dst, route);
+                    route
                 }
-            },
+            };
+            paths.push(match route {
+                Route::Kernel => PathTo::UserSpace,
+                Route::Elsewhere(ifindex) => PathTo::Elsewhere(ifindex),
+                Route::Here { next_hop } => {
+                    match tables.neighbours.as_ref().and_then(|n| n.get(&next_hop)) {
+                        Some(mac) => PathTo::FanOut(*mac),
+                        None => PathTo::UserSpace,
+                    }
+                }
+            });
+        }
+        Ok((generation, paths))
+    }
+
+    fn look_up(&self, netlink: &RouteSocket, dst: Ipv4Addr) -> io::Result<Route> {
+        Ok(match netlink.route_to(dst) {
+            Ok(route) if route.kind == RouteKind::Unicast && route.oif == self.ifindex => {
+                Route::Here {
+                    next_hop: route.next_hop(dst),
+                }
+            }
+            Ok(route) if route.kind == RouteKind::Unicast && route.oif != 0 => {
+                Route::Elsewhere(route.oif)
+            }
+            Ok(_) => Route::Kernel,
+            // No route: the send reports it to the caller.
+            Err(err) if is_unroutable(&err) => Route::Kernel,
+            Err(err) => return Err(err),
         })
     }
 
-    /// Whether a destination was unresolved when the tables were last used.
-    pub(crate) fn has_unresolved(&self) -> bool {
-        self.unresolved
+    /// Reads the interface's MTU now (after a send said the payload is too
+    /// large, in case a notification is still on its way).
+    pub(crate) fn reread_mtu(&self) -> io::Result<u32> {
+        let tables = lock(&self.tables);
+        let mtu = tables.netlink.link_by_index(self.ifindex)?.mtu;
+        self.mtu.store(mtu, Ordering::Relaxed);
+        Ok(mtu)
     }
 
-    /// The interface's MTU as last read.
-    pub(crate) fn mtu(&self) -> Option<u32> {
-        self.mtu
+    /// The name of interface `ifindex`, for messages.
+    pub(crate) fn interface_name(&self, ifindex: u32) -> String {
+        lock(&self.tables)
+            .netlink
+            .link_name(ifindex)
+            .unwrap_or_else(|_| format!("interface {ifindex}"))
     }
 
-    /// Until when paths computed now may be reused.
-    pub(crate) fn valid_until(&self) -> Instant {
-        let age = if self.unresolved {
-            UNRESOLVED_RETRY
-        } else {
-            TABLES_TTL
-        };
-        self.read_at.unwrap_or_else(Instant::now) + age
+    /// Applies what one datagram of notifications reported, and moves to a
+    /// new generation if any answer may have changed.
+    pub(crate) fn apply(&self, changes: &[Change]) {
+        let mut tables = lock(&self.tables);
+        let mut changed = false;
+        for change in changes {
+            changed |= self.apply_one(&mut tables, change);
+        }
+        if changed {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Whether `change` may alter an answer given under the tables as they were.
+    fn apply_one(&self, tables: &mut Tables, change: &Change) -> bool {
+        match *change {
+            Change::Neighbour {
+                ifindex,
+                neighbour,
+                removed,
+            } => {
+                if ifindex != self.ifindex {
+                    return false;
+                }
+                // Not read yet: the read will see this change.
+                let Some(map) = tables.neighbours.as_mut() else {
+                    return false;
+                };
+                let now = match neighbour.mac {
+                    Some(mac) if !removed && neighbour.is_usable() => Some(mac),
+                    _ => None,
+                };
+                let before = match now {
+                    Some(mac) => map.insert(neighbour.addr, mac),
+                    None => map.remove(&neighbour.addr),
+                };
+                before != now
+            }
+            Change::Route { dst, len } => {
+                // Only lookups of addresses inside the changed prefix can
+                // have another answer now.
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(len.min(32)))
+                    .unwrap_or(0);
+                let prefix = u32::from(dst) & mask;
+                let before = tables.routes.len();
+                tables
+                    .routes
+                    .retain(|addr, _| u32::from(*addr) & mask != prefix);
+                tables.routes.len() != before
+            }
+            Change::Address { .. } | Change::Rules => {
+                tables.routes.clear();
+                true
+            }
+            Change::Link { ifindex, mtu } => {
+                if ifindex == self.ifindex {
+                    if let Some(mtu) = mtu {
+                        self.mtu.store(mtu, Ordering::Relaxed);
+                    }
+                    // Going down flushes the neighbours: read them afresh.
+                    tables.neighbours = None;
+                }
+                tables.routes.clear();
+                true
+            }
+        }
+    }
+
+    /// Notifications were lost: forget everything and read the tables
+    /// afresh before the next plan.
+    pub(crate) fn changes_lost(&self) {
+        let mut tables = lock(&self.tables);
+        self.overflows.fetch_add(1, Ordering::Relaxed);
+        tables.neighbours = None;
+        tables.routes.clear();
+        match tables.netlink.link_by_index(self.ifindex) {
+            Ok(link) => self.mtu.store(link.mtu, Ordering::Relaxed),
+            Err(err) => log::warn!("elec-broadcast: re-reading the interface failed: {err}"),
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The notifications cannot be read any more: plan every call afresh.
+    pub(crate) fn unwatched(&self) {
+        self.watched.store(false, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Holds the tables: notifications queue up in the kernel meanwhile
+    /// (for tests of what happens when they overflow).
+    pub(crate) fn hold(&self) -> impl Drop + '_ {
+        lock(&self.tables)
     }
 }
 
@@ -145,4 +286,154 @@ fn is_unroutable(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EINVAL | libc::EACCES | libc::EPERM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::Neighbour;
+
+    const IF: u32 = 7;
+    const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    const REACHABLE: u16 = 0x02;
+    const STALE: u16 = 0x04;
+    const FAILED: u16 = 0x20;
+
+    /// A resolver whose tables hold `neighbours` and `routes`, as if read.
+    fn resolver(neighbours: &[(Ipv4Addr, [u8; 6])], routes: &[(Ipv4Addr, Route)]) -> Resolver {
+        let resolver = Resolver::new(RouteSocket::open().unwrap(), IF, 1500);
+        {
+            let mut tables = lock(&resolver.tables);
+            tables.neighbours = Some(neighbours.iter().copied().collect());
+            tables.routes = routes.iter().copied().collect();
+        }
+        resolver
+    }
+
+    fn neighbour(addr: Ipv4Addr, mac: [u8; 6], state: u16, removed: bool) -> Change {
+        Change::Neighbour {
+            ifindex: IF,
+            neighbour: Neighbour {
+                addr,
+                mac: Some(mac),
+                state,
+            },
+            removed,
+        }
+    }
+
+    fn generation(r: &Resolver) -> u64 {
+        r.generation.load(Ordering::Relaxed)
+    }
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    #[test]
+    fn a_new_mac_or_a_lost_neighbour_moves_the_generation() {
+        let r = resolver(&[(A, MAC_A)], &[]);
+        let g = generation(&r);
+        r.apply(&[neighbour(A, MAC_B, REACHABLE, false)]);
+        assert_eq!(generation(&r), g + 1);
+        r.apply(&[neighbour(A, MAC_B, FAILED, false)]);
+        assert_eq!(generation(&r), g + 2);
+        r.apply(&[neighbour(A, MAC_B, STALE, false)]);
+        assert_eq!(generation(&r), g + 3);
+        r.apply(&[neighbour(A, MAC_B, STALE, true)]);
+        assert_eq!(generation(&r), g + 4);
+        assert!(lock(&r.tables).neighbours.as_ref().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_state_change_with_the_same_mac_changes_nothing() {
+        let r = resolver(&[(A, MAC_A)], &[]);
+        let g = generation(&r);
+        r.apply(&[neighbour(A, MAC_A, STALE, false)]);
+        r.apply(&[neighbour(A, MAC_A, REACHABLE, false)]);
+        // Another interface's neighbours are not ours.
+        r.apply(&[Change::Neighbour {
+            ifindex: IF + 1,
+            neighbour: Neighbour {
+                addr: A,
+                mac: Some(MAC_B),
+                state: REACHABLE,
+            },
+            removed: false,
+        }]);
+        assert_eq!(generation(&r), g);
+    }
+
+    #[test]
+    fn a_route_change_drops_the_lookups_inside_its_prefix_only() {
+        let inside = Ipv4Addr::new(10, 1, 2, 3);
+        let outside = Ipv4Addr::new(10, 2, 0, 1);
+        let here = Route::Here { next_hop: A };
+        let r = resolver(&[], &[(inside, here), (outside, here)]);
+        let g = generation(&r);
+        r.apply(&[Change::Route {
+            dst: Ipv4Addr::new(10, 3, 0, 0),
+            len: 16,
+        }]);
+        assert_eq!(generation(&r), g, "no cached lookup inside 10.3/16");
+        r.apply(&[Change::Route {
+            dst: Ipv4Addr::new(10, 1, 0, 0),
+            len: 16,
+        }]);
+        assert_eq!(generation(&r), g + 1);
+        let routes = &lock(&r.tables).routes;
+        assert!(!routes.contains_key(&inside) && routes.contains_key(&outside));
+    }
+
+    #[test]
+    fn a_default_route_change_drops_every_lookup() {
+        let here = Route::Here { next_hop: A };
+        let r = resolver(&[], &[(A, here), (Ipv4Addr::new(192, 0, 2, 1), here)]);
+        r.apply(&[Change::Route {
+            dst: Ipv4Addr::UNSPECIFIED,
+            len: 0,
+        }]);
+        assert!(lock(&r.tables).routes.is_empty());
+    }
+
+    #[test]
+    fn link_address_and_rule_changes_drop_every_lookup() {
+        for change in [
+            Change::Address { ifindex: 3 },
+            Change::Rules,
+            Change::Link {
+                ifindex: IF + 1,
+                mtu: Some(9000),
+            },
+        ] {
+            let r = resolver(&[], &[(A, Route::Kernel)]);
+            let g = generation(&r);
+            r.apply(std::slice::from_ref(&change));
+            assert_eq!(generation(&r), g + 1, "{change:?}");
+            assert!(lock(&r.tables).routes.is_empty(), "{change:?}");
+            assert_eq!(r.mtu(), 1500, "{change:?}: not our interface's MTU");
+        }
+    }
+
+    #[test]
+    fn our_link_change_sets_the_mtu_and_rereads_the_neighbours() {
+        let r = resolver(&[(A, MAC_A)], &[]);
+        r.apply(&[Change::Link {
+            ifindex: IF,
+            mtu: Some(1280),
+        }]);
+        assert_eq!(r.mtu(), 1280);
+        assert!(lock(&r.tables).neighbours.is_none());
+    }
+
+    #[test]
+    fn plans_are_current_until_a_change_or_until_unwatched() {
+        let r = resolver(&[(A, MAC_A)], &[]);
+        let g = generation(&r);
+        assert!(r.is_current(g));
+        r.apply(&[neighbour(A, MAC_B, REACHABLE, false)]);
+        assert!(!r.is_current(g));
+        let g = generation(&r);
+        r.unwatched();
+        assert!(!r.is_current(g) && !r.is_current(generation(&r)));
+    }
 }

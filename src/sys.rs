@@ -72,28 +72,48 @@ pub(crate) fn send_to_each(
     (sent, None)
 }
 
-/// Sends one datagram with a `UDP_SEGMENT` control message whose segment
-/// size is the whole payload: nothing is segmented, but the kernel then
+/// Sends the carrier datagram of a fan-out: `payload` to `dest`, with the
+/// arm's `tag` as its transmit time (`SCM_TXTIME`), which is how the program
+/// tells this datagram from every other one of the socket.
+///
+/// With `paged`, a `UDP_SEGMENT` control message whose segment size is the
+/// whole payload goes with it: nothing is segmented, but the kernel then
 /// builds the datagram with its payload in page fragments and only the
 /// headers in the linear part, so the kernel fan-out un-shares (copies) just
 /// the headers for each clone instead of the whole datagram.
-pub(crate) fn send_to_paged(
+pub(crate) fn send_carrier(
     socket: BorrowedFd<'_>,
     payload: &[u8],
     dest: &SocketAddrV4,
+    tag: u64,
+    paged: bool,
 ) -> io::Result<usize> {
-    let segment =
-        u16::try_from(payload.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let segment = if paged {
+        Some(
+            u16::try_from(payload.len())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        )
+    } else {
+        None
+    };
     let mut name = sockaddr_in(dest);
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),
     };
-    // Room for one cmsghdr and a u16, 8-aligned as cmsghdr requires.
-    let mut control = [0u64; 4];
+    // Room for a u64 and a u16 control message, 8-aligned as cmsghdr requires.
+    let mut control = [0u64; 6];
     // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
-    let (space, len) = unsafe { (libc::CMSG_SPACE(2), libc::CMSG_LEN(2)) };
-    debug_assert!(space as usize <= mem::size_of_val(&control));
+    let (tag_space, tag_len, segment_space, segment_len) = unsafe {
+        (
+            libc::CMSG_SPACE(8),
+            libc::CMSG_LEN(8),
+            libc::CMSG_SPACE(2),
+            libc::CMSG_LEN(2),
+        )
+    };
+    let space = tag_space + if segment.is_some() { segment_space } else { 0 };
+    assert!(space as usize <= mem::size_of_val(&control));
     // SAFETY: all-zero bytes are a valid msghdr.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
@@ -102,16 +122,23 @@ pub(crate) fn send_to_paged(
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
-    // SAFETY: msg_control points at `control`, which is large enough and
-    // aligned for one cmsghdr followed by a u16 (checked above), so
-    // CMSG_FIRSTHDR is non-null and CMSG_DATA stays inside the buffer; the
-    // u16 is written unaligned-safe.
+    // SAFETY: msg_control points at `control`, which is 8-aligned and large
+    // enough for both messages (asserted above), so CMSG_FIRSTHDR and the
+    // CMSG_NXTHDR after the first are non-null and every CMSG_DATA stays
+    // inside the buffer; the values are written unaligned-safe.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_UDP;
-        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-        (*cmsg).cmsg_len = len as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_TXTIME;
+        (*cmsg).cmsg_len = tag_len as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u64>(), tag);
+        if let Some(segment) = segment {
+            let cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = segment_len as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+        }
     }
     // SAFETY: `msg` and everything it points to (name, iov, payload,
     // control) are valid for the duration of the call.
@@ -121,6 +148,96 @@ pub(crate) fn send_to_paged(
     } else {
         Ok(sent as usize)
     }
+}
+
+fn get_int_option(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are writable and outlive the call; `len`
+    // says how large `value` is.
+    let done = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+fn set_option<T>(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a plain value of the size passed, alive across the call.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if done < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes an IPv4 socket refuse to fragment what it sends: a datagram larger
+/// than the interface's MTU then fails with `EMSGSIZE` (or `EINVAL` with
+/// `UDP_SEGMENT`) instead of leaving in fragments. The DF bit is kept as the
+/// socket's mode had it: `IP_PMTUDISC_WANT` (Linux's default, DF on what
+/// fits) becomes `IP_PMTUDISC_PROBE` (DF), `DONT` and `OMIT` (no DF) become
+/// `INTERFACE` (no DF); `DO`, `PROBE` and `INTERFACE` already refuse.
+/// Returns the mode now in force.
+pub(crate) fn refuse_fragmentation(socket: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    let mode = get_int_option(socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER)?;
+    let wanted = match mode {
+        libc::IP_PMTUDISC_WANT => libc::IP_PMTUDISC_PROBE,
+        libc::IP_PMTUDISC_DONT | libc::IP_PMTUDISC_OMIT => libc::IP_PMTUDISC_INTERFACE,
+        other => return Ok(other),
+    };
+    set_option(socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &wanted)?;
+    Ok(wanted)
+}
+
+/// Lets the socket's sends carry a transmit time (`SCM_TXTIME`), which
+/// the kernel refuses unless `SO_TXTIME` is on. The socket's own transmit
+/// time settings (clock, flags) are kept as they are; they only ever apply
+/// to datagrams that carry a transmit time.
+pub(crate) fn allow_transmit_times(socket: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: all-zero bytes are a valid sock_txtime.
+    let mut current: libc::sock_txtime = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sock_txtime>() as libc::socklen_t;
+    // SAFETY: `current` and `len` are writable and outlive the call; `len`
+    // says how large `current` is.
+    let done = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TXTIME,
+            (&mut current as *mut libc::sock_txtime).cast(),
+            &mut len,
+        )
+    };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    set_option(socket, libc::SOL_SOCKET, libc::SO_TXTIME, &current)
 }
 
 /// A shared, writable mapping of a `BPF_F_MMAPABLE` array map.

@@ -215,7 +215,7 @@ fn traffic_of_other_sockets_and_ordinary_sends_pass_untouched() {
         got.check_exactly_once(&[*dest], &expected).unwrap();
     }
     let [fan_outs, clones, ..] = broadcaster.kernel_counters().unwrap();
-    assert_eq!((fan_outs, clones), (1, dests.len() as u64 - 1));
+    assert_eq!((fan_outs, clones), (1, dests.len() as u64));
 }
 
 #[test]
@@ -456,7 +456,7 @@ fn a_closed_sockets_fd_reused_by_a_new_socket_still_delivers_exactly_once() {
 }
 
 #[test]
-fn destinations_routed_through_another_interface_take_the_ordinary_path() {
+fn destinations_routed_through_another_interface_are_refused_in_both_modes() {
     if !root_available() {
         return;
     }
@@ -488,31 +488,54 @@ fn destinations_routed_through_another_interface_take_the_ordinary_path() {
     ip(r0, "addr add 10.88.0.2/24 dev eth1");
     ip(r0, "link set eth1 up");
 
-    let broadcaster = broadcaster(&tb, Mode::Kernel);
-    let socket = sender_socket(&tb, 6100);
     let remote = tb.destinations(4, 7000);
     let rx = tb.receivers(&remote).unwrap();
     let side = elec_testbed::udp_socket_in(r0, "10.88.0.2:7200".parse().unwrap()).unwrap();
-    side.set_read_timeout(Some(WAIT)).unwrap();
+    side.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .unwrap();
     let mut targets = addrs(&remote);
     targets.insert(2, side.local_addr().unwrap());
+    let socket = sender_socket(&tb, 6100);
 
-    let message = pattern(5, 900);
-    let report = broadcaster.broadcast(&socket, &message, &targets).unwrap();
-    assert_complete(&report, targets.len());
-    assert_eq!(
-        (report.kernel_copies, report.fallback_copies),
-        (4, 1),
-        "{report:?}"
-    );
-    let mut buf = [0u8; 2048];
-    let (len, from) = side.recv_from(&mut buf).unwrap();
-    assert_eq!(
-        (&buf[..len], from),
-        (&message[..], socket.local_addr().unwrap())
-    );
-    rx.wait_for_total(remote.len(), WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&remote, &[message])
+    // On eth0, in either mode; and on lo, where the user-space backend would
+    // otherwise check sizes against lo's MTU and send through eth0 and eth1.
+    let on_lo = in_namespace(sender, || Broadcaster::with_mode("lo", Mode::UserSpace))
+        .unwrap()
         .unwrap();
+    for broadcaster in [
+        broadcaster(&tb, Mode::Kernel),
+        broadcaster(&tb, Mode::UserSpace),
+        on_lo,
+    ] {
+        let message = pattern(5, 900);
+        let err = broadcaster
+            .broadcast(&socket, &message, &targets)
+            .unwrap_err();
+        let expected = if broadcaster.interface() == "lo" {
+            targets[0]
+        } else {
+            targets[2]
+        };
+        match &err {
+            elec_broadcast::Error::OtherInterface {
+                destination,
+                interface,
+                route_interface,
+            } => {
+                assert_eq!(*destination, expected, "{err}");
+                assert_eq!(interface, broadcaster.interface(), "{err}");
+                assert_ne!(route_interface, interface, "{err}");
+            }
+            other => panic!(
+                "{:?}: expected OtherInterface, got {other:?}",
+                broadcaster.mode()
+            ),
+        }
+        eprintln!("{err}");
+        assert_eq!(broadcaster.stats().broadcasts, 0);
+    }
+    // Nothing was sent anywhere.
+    let mut buf = [0u8; 2048];
+    assert!(side.recv_from(&mut buf).is_err(), "eth1 got a datagram");
+    rx.finish(SETTLE).check_silent(&remote).unwrap();
 }

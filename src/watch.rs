@@ -1,0 +1,100 @@
+//! The thread that follows the kernel's table changes for a broadcaster.
+//!
+//! It sleeps in `poll(2)` on a [`ChangeSocket`] and hands every datagram of
+//! notifications to the [`Resolver`], which drops what the change could make
+//! wrong and moves to a new generation. Broadcasts never wait for it and
+//! never make a netlink call while their plan is current.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::netlink::ChangeSocket;
+use crate::resolve::Resolver;
+
+/// Runs the watching thread; stops and joins it on drop.
+pub(crate) struct Watcher {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Starts following `socket` for `resolver`. The socket must have been
+    /// opened before the resolver first reads the tables, so that no change
+    /// falls between the read and the subscription.
+    pub(crate) fn start(resolver: Arc<Resolver>, socket: ChangeSocket) -> io::Result<Watcher> {
+        let stop = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?);
+        let thread = thread::Builder::new()
+            .name("elec-broadcast-watch".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || watch(&resolver, socket, &stop)
+            })?;
+        Ok(Watcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if self.stop.write(1).is_err() {
+            log::warn!("elec-broadcast: could not stop the watching thread");
+            return; // Leave it running rather than wait forever.
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn watch(resolver: &Resolver, mut socket: ChangeSocket, stop: &EventFd) {
+    loop {
+        let (changes, stopping) = {
+            let mut fds = [
+                PollFd::new(socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return give_up(resolver, &err.into()),
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), ready(&fds[1]))
+        };
+        if stopping {
+            return;
+        }
+        if !changes {
+            continue;
+        }
+        match socket.read() {
+            Ok(changes) => resolver.apply(&changes),
+            // The socket's buffer overflowed: some changes are lost, so
+            // nothing derived from the tables can be trusted.
+            Err(err) if err.raw_os_error() == Some(libc::ENOBUFS) => resolver.changes_lost(),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            // A notification this code cannot parse: treat it as a change
+            // of anything.
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                log::warn!("elec-broadcast: {err}");
+                resolver.changes_lost();
+            }
+            Err(err) => return give_up(resolver, &err),
+        }
+    }
+}
+
+fn give_up(resolver: &Resolver, err: &io::Error) {
+    log::error!(
+        "elec-broadcast: cannot follow routing changes any more ({err}); \
+         every broadcast now reads the tables afresh"
+    );
+    resolver.unwatched();
+}
