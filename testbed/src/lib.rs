@@ -61,7 +61,7 @@ pub use ns::{
 pub use pattern::{is_pattern, pattern, PATTERN_MODULUS};
 pub use recv::{CountReport, Counters, Received, Receivers, RECEIVER_RCVBUF};
 pub use report::{backlog_drops, backlog_note, json_u64};
-pub use snmp::snmp_counter;
+pub use snmp::{link_counters, snmp_counter, LinkCounters};
 pub use testbed::{
     Testbed, TestbedConfig, BRIDGE, HUB_PORT_SENDER, IFACE, MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS,
     PREFIX_LEN, SENDER_ADDR,

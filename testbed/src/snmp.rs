@@ -1,4 +1,5 @@
-//! Reading `/proc/net/snmp` counters of a network namespace.
+//! Reading `/proc/net/snmp` and `/proc/net/dev` counters of a network
+//! namespace.
 
 use std::io;
 
@@ -35,6 +36,51 @@ pub fn snmp_counter(ns: &str, proto: &str, field: &str) -> io::Result<u64> {
     in_namespace(ns, || read_snmp_here(proto, field))?
 }
 
+/// Packet counters of one interface, from `/proc/net/dev`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCounters {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Packets dropped on receive (a full backlog, for a veth's peer).
+    pub rx_dropped: u64,
+    /// Packets transmitted.
+    pub tx_packets: u64,
+    /// Packets dropped on transmit (for a veth: its peer could not take them).
+    pub tx_dropped: u64,
+}
+
+/// Finds interface `iface` in the text of `/proc/net/dev`.
+pub(crate) fn parse_dev(text: &str, iface: &str) -> Option<LinkCounters> {
+    let line = text.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        (name.trim() == iface).then_some(rest)
+    })?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .map(|x| x.parse().ok())
+        .collect::<Option<_>>()?;
+    // rx: bytes packets errs drop fifo frame compressed multicast; tx: bytes packets errs drop ...
+    Some(LinkCounters {
+        rx_packets: *v.get(1)?,
+        rx_dropped: *v.get(3)?,
+        tx_packets: *v.get(9)?,
+        tx_dropped: *v.get(11)?,
+    })
+}
+
+/// The counters of interface `iface` in the network namespace `ns`.
+pub fn link_counters(ns: &str, iface: &str) -> io::Result<LinkCounters> {
+    in_namespace(ns, || {
+        let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+        parse_dev(&text, iface).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface {iface} in /proc/net/dev of {ns}"),
+            )
+        })
+    })?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +95,24 @@ mod tests {
         assert_eq!(parse_snmp(t, "Udp", "InDatagrams"), Some(10));
         assert_eq!(parse_snmp(t, "UdpLite", "InCsumErrors"), Some(99));
         assert_eq!(parse_snmp(t, "Udp", "Nope"), None);
+    }
+
+    #[test]
+    fn parses_dev() {
+        let t = "Inter-|   Receive                                                |  Transmit\n \
+                 face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+                 lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n  \
+                 eth0: 5000      40    0    3    0     0          0         0     9000      70    0    7    0     0       0          0\n";
+        let c = parse_dev(t, "eth0").unwrap();
+        assert_eq!(
+            c,
+            LinkCounters {
+                rx_packets: 40,
+                rx_dropped: 3,
+                tx_packets: 70,
+                tx_dropped: 7
+            }
+        );
+        assert_eq!(parse_dev(t, "eth1"), None);
     }
 }
