@@ -136,7 +136,7 @@ pub struct Broadcaster {
     fallback_reason: Option<Error>,
     kernel: Option<FanOut>,
     resolver: Arc<Resolver>,
-    _watcher: Watcher,
+    watcher: Watcher,
     sockets: Mutex<SocketTable>,
     next_tag: AtomicU64,
     counters: Counters,
@@ -214,7 +214,7 @@ impl Broadcaster {
             fallback_reason,
             kernel,
             resolver,
-            _watcher: watcher,
+            watcher,
             sockets: Mutex::new(SocketTable::default()),
             next_tag: AtomicU64::new(first_tag()),
             counters: Counters::default(),
@@ -291,12 +291,12 @@ impl Broadcaster {
         self.resolver.overflows()
     }
 
-    /// Keeps changes from being applied while the guard lives, so that the
-    /// kernel's notifications pile up (for tests of an overflow). A
-    /// broadcast that needs a new plan waits for the guard to go.
+    /// Keeps the kernel's change notifications from being read while the
+    /// guard lives, so that they pile up until their socket overflows (for
+    /// tests of what follows). Broadcasts go on meanwhile.
     #[doc(hidden)]
     pub fn hold_notifications(&self) -> impl Drop + '_ {
-        self.resolver.hold()
+        self.watcher.hold()
     }
 
     /// Sends `payload` once to every destination, through `socket`.
@@ -396,7 +396,15 @@ impl Broadcaster {
             }
         }
         if payload.len() > self.max_payload() {
-            return Err(self.payload_too_large(payload.len()));
+            // The MTU may have grown since its notification was applied:
+            // refuse only what the MTU refuses now.
+            let mtu = self
+                .resolver
+                .reread_mtu()
+                .map_err(Error::io("reading the interface's MTU"))?;
+            if payload.len() + HEADERS > mtu as usize {
+                return Err(self.payload_too_large(payload.len()));
+            }
         }
         Ok(())
     }

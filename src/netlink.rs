@@ -259,9 +259,10 @@ impl AsFd for ChangeSocket {
     }
 }
 
-/// Receive buffer of a [`ChangeSocket`]: room for tens of thousands of
-/// notifications.
-const CHANGE_BUFFER_BYTES: usize = 32 << 20;
+/// Receive buffer of a [`ChangeSocket`] (the kernel doubles it): room for
+/// about ten thousand notifications. A burst beyond that makes the reader
+/// read the tables afresh.
+const CHANGE_BUFFER_BYTES: usize = 4 << 20;
 
 /// The changes reported by one datagram of notifications.
 fn parse_changes(datagram: &[u8]) -> io::Result<Vec<Change>> {

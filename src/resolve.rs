@@ -273,12 +273,6 @@ impl Resolver {
         self.watched.store(false, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Release);
     }
-
-    /// Holds the tables: notifications queue up in the kernel meanwhile
-    /// (for tests of what happens when they overflow).
-    pub(crate) fn hold(&self) -> impl Drop + '_ {
-        lock(&self.tables)
-    }
 }
 
 fn is_unroutable(err: &io::Error) -> bool {

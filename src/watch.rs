@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -19,6 +19,9 @@ use crate::resolve::Resolver;
 /// Runs the watching thread; stops and joins it on drop.
 pub(crate) struct Watcher {
     stop: Arc<EventFd>,
+    /// Held by the thread while it reads and applies a datagram; held by
+    /// [`Watcher::hold`] to keep it from doing so.
+    pause: Arc<Mutex<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -28,17 +31,30 @@ impl Watcher {
     /// falls between the read and the subscription.
     pub(crate) fn start(resolver: Arc<Resolver>, socket: ChangeSocket) -> io::Result<Watcher> {
         let stop = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?);
+        let pause = Arc::new(Mutex::new(()));
         let thread = thread::Builder::new()
             .name("elec-broadcast-watch".into())
             .spawn({
-                let stop = Arc::clone(&stop);
-                move || watch(&resolver, socket, &stop)
+                let (stop, pause) = (Arc::clone(&stop), Arc::clone(&pause));
+                move || watch(&resolver, socket, &stop, &pause)
             })?;
         Ok(Watcher {
             stop,
+            pause,
             thread: Some(thread),
         })
     }
+
+    /// Keeps the thread from reading notifications while the guard lives:
+    /// they pile up in the socket, which overflows at last (for tests of
+    /// what follows).
+    pub(crate) fn hold(&self) -> MutexGuard<'_, ()> {
+        lock(&self.pause)
+    }
+}
+
+fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Drop for Watcher {
@@ -53,7 +69,7 @@ impl Drop for Watcher {
     }
 }
 
-fn watch(resolver: &Resolver, mut socket: ChangeSocket, stop: &EventFd) {
+fn watch(resolver: &Resolver, mut socket: ChangeSocket, stop: &EventFd, pause: &Mutex<()>) {
     loop {
         let (changes, stopping) = {
             let mut fds = [
@@ -74,6 +90,7 @@ fn watch(resolver: &Resolver, mut socket: ChangeSocket, stop: &EventFd) {
         if !changes {
             continue;
         }
+        let _running = lock(pause);
         match socket.read() {
             Ok(changes) => resolver.apply(&changes),
             // The socket's buffer overflowed: some changes are lost, so
