@@ -71,6 +71,9 @@ fn message(seq: u32) -> Vec<u8> {
     m
 }
 
+/// One sender's send of one datagram.
+type Sender = Box<dyn Fn(&[u8]) + Send>;
+
 /// UDP sockets bound in several namespaces, recording which sequence
 /// numbers arrived on each port, bytes checked.
 struct Catcher {
@@ -168,7 +171,7 @@ fn race(
     let sendto_target = SocketAddrV4::new(target, SENDTO_PORT);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let run = |send: Box<dyn Fn(&[u8]) + Send>| {
+    let run = |send: Sender| {
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
             let start = Instant::now();
