@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! broadcast --iface IFACE --bind IP:PORT --count K --size BYTES \
-//!           --mode kernel|sendmmsg|sendto [--pace-us N [--pace-every K]] DEST...
+//!           --mode kernel|sendmmsg|sendto [--pace-us N [--pace-every K]] \
+//!           [--keep-going] DEST...
 //! ```
 //!
 //! Message number s (from 0) of size S has byte j equal to (s + j) % 251, so a
@@ -13,6 +14,12 @@
 //! measured against. CPU time is `getrusage(RUSAGE_SELF)` over the send loop
 //! only (set-up such as loading the eBPF program is not counted).
 //! `--pace-every K` sleeps after every K broadcasts instead of each one.
+//!
+//! The JSON line is printed in every case: when a call fails, the run stops
+//! and the line says so in `"error"` (and the exit status is 1), unless
+//! `--keep-going` is given, in which case failed calls are counted in
+//! `"calls_failed"` and the run goes on. `"failed_per_destination"` counts
+//! the copies each DEST did not get, in the order given.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::ExitCode;
@@ -21,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use elec_broadcast::{Broadcaster, Mode};
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(about = "Broadcast K messages to every DEST and report sender CPU as JSON")]
@@ -48,6 +56,9 @@ struct Args {
     /// in every mode; K bounds the bursts the receivers see).
     #[arg(long, default_value_t = 1, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     pace_every: u64,
+    /// Count a failed call and go on, instead of stopping the run.
+    #[arg(long)]
+    keep_going: bool,
     /// Destinations, IP:PORT.
     #[arg(required = true)]
     dests: Vec<SocketAddr>,
@@ -82,9 +93,42 @@ fn cpu_times_us() -> (u64, u64) {
     (us(usage.user_time()), us(usage.system_time()))
 }
 
+/// What a run did, as far as it got.
+#[derive(Default)]
+struct Tally {
+    broadcasts: u64,
+    calls_failed: u64,
+    copies_sent: u64,
+    failed_per_destination: Vec<u64>,
+    cpu_user_us: u64,
+    cpu_sys_us: u64,
+    wall_us: u64,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args) {
+    let mut tally = Tally {
+        failed_per_destination: vec![0; args.dests.len()],
+        ..Tally::default()
+    };
+    let outcome = run(&args, &mut tally);
+    let mut line = json!({
+        "mode": args.mode.name(),
+        "broadcasts": tally.broadcasts,
+        "destinations": args.dests.len(),
+        "copies_sent": tally.copies_sent,
+        "copies_failed": tally.failed_per_destination.iter().sum::<u64>(),
+        "calls_failed": tally.calls_failed,
+        "failed_per_destination": tally.failed_per_destination,
+        "cpu_user_us": tally.cpu_user_us,
+        "cpu_sys_us": tally.cpu_sys_us,
+        "wall_us": tally.wall_us,
+    });
+    if let Err(err) = &outcome {
+        line["error"] = json!(err.to_string());
+    }
+    println!("{line}");
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("broadcast: {err}");
@@ -93,7 +137,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs the broadcasts, adding what they did to `tally` as it goes, so that
+/// a run stopped by an error still reports what it sent.
+fn run(args: &Args, tally: &mut Tally) -> Result<(), Box<dyn std::error::Error>> {
     let socket = UdpSocket::bind(args.bind)?;
     let broadcaster = match args.mode {
         SendMode::Kernel => Some(Broadcaster::with_mode(&args.iface, Mode::Kernel)?),
@@ -104,47 +150,70 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let messages: Vec<Vec<u8>> = (0..251).map(|s| message(s, args.size)).collect();
     let pace = args.pace_us.map(Duration::from_micros);
 
-    let (mut copies_sent, mut copies_failed) = (0u64, 0u64);
     let (user0, sys0) = cpu_times_us();
     let start = Instant::now();
     let mut deadline = start;
-    for seq in 0..args.count {
-        let payload = &messages[(seq % 251) as usize];
-        match &broadcaster {
-            Some(broadcaster) => {
-                let report = broadcaster.broadcast(&socket, payload, &args.dests)?;
-                copies_sent += report.copies_sent as u64;
-                copies_failed += report.failed.len() as u64;
+    let result = (|| {
+        for seq in 0..args.count {
+            let payload = &messages[(seq % 251) as usize];
+            tally.broadcasts += 1;
+            let call = send_one(broadcaster.as_ref(), &socket, payload, &args.dests, tally);
+            if let Err(err) = call {
+                // Every destination of a failed call got nothing.
+                tally.calls_failed += 1;
+                for failed in &mut tally.failed_per_destination {
+                    *failed += 1;
+                }
+                if !args.keep_going {
+                    return Err(err);
+                }
             }
-            None => {
-                for dest in &args.dests {
-                    match socket.send_to(payload, dest) {
-                        Ok(_) => copies_sent += 1,
-                        Err(_) => copies_failed += 1,
-                    }
+            if let Some(pace) = pace {
+                // Sleep to a deadline, so the average rate is exact.
+                deadline += pace;
+                if (seq + 1) % args.pace_every == 0 {
+                    thread::sleep(deadline.saturating_duration_since(Instant::now()));
                 }
             }
         }
-        if let Some(pace) = pace {
-            // Sleep to a deadline, so the average rate is exact.
-            deadline += pace;
-            if (seq + 1) % args.pace_every == 0 {
-                thread::sleep(deadline.saturating_duration_since(Instant::now()));
+        Ok(())
+    })();
+    tally.wall_us = start.elapsed().as_micros() as u64;
+    let (user1, sys1) = cpu_times_us();
+    tally.cpu_user_us = user1 - user0;
+    tally.cpu_sys_us = sys1 - sys0;
+    result
+}
+
+/// One broadcast; a failed copy is counted against its destination.
+fn send_one(
+    broadcaster: Option<&Broadcaster>,
+    socket: &UdpSocket,
+    payload: &[u8],
+    dests: &[SocketAddr],
+    tally: &mut Tally,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match broadcaster {
+        Some(broadcaster) => {
+            let report = broadcaster.broadcast(socket, payload, dests)?;
+            tally.copies_sent += report.copies_sent as u64;
+            // A destination listed twice counts against its mentions in turn.
+            let mut counted = vec![false; dests.len()];
+            for failed in &report.failed {
+                if let Some(i) = (0..dests.len()).find(|&i| !counted[i] && dests[i] == *failed) {
+                    counted[i] = true;
+                    tally.failed_per_destination[i] += 1;
+                }
+            }
+        }
+        None => {
+            for (i, dest) in dests.iter().enumerate() {
+                match socket.send_to(payload, dest) {
+                    Ok(_) => tally.copies_sent += 1,
+                    Err(_) => tally.failed_per_destination[i] += 1,
+                }
             }
         }
     }
-    let wall_us = start.elapsed().as_micros();
-    let (user1, sys1) = cpu_times_us();
-    println!(
-        "{{\"mode\":\"{}\",\"broadcasts\":{},\"destinations\":{},\"copies_sent\":{},\"copies_failed\":{},\"cpu_user_us\":{},\"cpu_sys_us\":{},\"wall_us\":{}}}",
-        args.mode.name(),
-        args.count,
-        args.dests.len(),
-        copies_sent,
-        copies_failed,
-        user1 - user0,
-        sys1 - sys0,
-        wall_us
-    );
     Ok(())
 }

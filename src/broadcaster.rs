@@ -863,10 +863,10 @@ impl Sender<'_> {
             return;
         }
         let addrs: Vec<SocketAddrV4> = indices.iter().map(|&i| v4(&self.destinations[i])).collect();
-        let (sent, err) = sys::send_to_each(self.socket, self.payload, &addrs);
-        self.report.fallback_copies += sent;
-        if let Some(err) = err {
-            self.failed(&indices[sent..], err);
+        let failed = sys::send_to_each(self.socket, self.payload, &addrs);
+        self.report.fallback_copies += indices.len() - failed.len();
+        for (i, err) in failed {
+            self.failed(&[indices[i]], err);
         }
     }
 

@@ -22,16 +22,19 @@ fn sockaddr_in(addr: &SocketAddrV4) -> libc::sockaddr_in {
 }
 
 /// Sends `payload` once to each of `dests` with as few `sendmmsg(2)` calls as
-/// possible. Returns how many leading destinations were sent to, and the
-/// error that stopped it, if any; the rest got nothing.
+/// possible. Returns the destinations (indices into `dests`) that got
+/// nothing, each with its error, in order. A destination the kernel refuses
+/// (no route, say) does not keep the ones after it from being tried; a full
+/// non-blocking socket (`WouldBlock`) does, since they would be refused too.
 pub(crate) fn send_to_each(
     socket: BorrowedFd<'_>,
     payload: &[u8],
     dests: &[SocketAddrV4],
-) -> (usize, Option<io::Error>) {
-    let mut sent = 0;
-    while sent < dests.len() {
-        let batch = &dests[sent..dests.len().min(sent + SENDMMSG_MAX)];
+) -> Vec<(usize, io::Error)> {
+    let mut failed = Vec::new();
+    let mut next = 0;
+    while next < dests.len() {
+        let batch = &dests[next..dests.len().min(next + SENDMMSG_MAX)];
         let mut names: Vec<libc::sockaddr_in> = batch.iter().map(sockaddr_in).collect();
         let mut iov = libc::iovec {
             iov_base: payload.as_ptr() as *mut libc::c_void,
@@ -61,15 +64,34 @@ pub(crate) fn send_to_each(
                 0,
             )
         };
-        if n < 0 {
-            return (sent, Some(io::Error::last_os_error()));
+        if n > 0 {
+            next += n as usize;
+            continue;
         }
-        if n == 0 {
-            return (sent, Some(io::Error::from(io::ErrorKind::WriteZero)));
+        // The first message of the batch failed (sendmmsg reports an error
+        // only then): it got nothing; go on after it.
+        let err = if n == 0 {
+            io::Error::from(io::ErrorKind::WriteZero)
+        } else {
+            io::Error::last_os_error()
+        };
+        match err.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {
+                let again = || match err.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::from(err.kind()),
+                };
+                failed.extend((next..dests.len()).map(|i| (i, again())));
+                break;
+            }
+            _ => {
+                failed.push((next, err));
+                next += 1;
+            }
         }
-        sent += n as usize;
     }
-    (sent, None)
+    failed
 }
 
 /// Sends the carrier datagram of a fan-out: `payload` to `dest`, with the

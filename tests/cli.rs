@@ -1,0 +1,252 @@
+//! The `broadcast` example reports what it did in one JSON line, also when a
+//! call fails, and can run across a fault with `--keep-going`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use elec_testbed::{Testbed, TestbedConfig};
+use serde_json::Value;
+
+/// The `broadcast` example, which `cargo test --all-targets` builds next to
+/// the test binaries.
+fn example() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let path = me
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("broadcast"))
+        .unwrap();
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --example broadcast` \
+         (cargo test --all-targets does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs the example in the sender namespace; returns its exit status and
+/// its JSON line.
+fn run(tb: &Testbed, args: &[String]) -> (Output, Value) {
+    let mut cmd = Command::new(example());
+    cmd.args(args);
+    let out = tb.run_in_sender(&mut cmd).unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no JSON line; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let json: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    (out, json)
+}
+
+fn args(
+    tb: &Testbed,
+    mode: &str,
+    count: u64,
+    size: usize,
+    extra: &[&str],
+    dests: &[String],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--iface",
+        "eth0",
+        "--bind",
+        &format!("{}:5000", tb.sender_addr()),
+        "--count",
+        &count.to_string(),
+        "--size",
+        &size.to_string(),
+        "--mode",
+        mode,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(dests.iter().cloned());
+    args
+}
+
+fn u(json: &Value, field: &str) -> u64 {
+    json[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {field} in {json}"))
+}
+
+fn per_destination(json: &Value) -> Vec<u64> {
+    json["failed_per_destination"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no failed_per_destination in {json}"))
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn the_json_line_counts_failures_per_destination_in_every_mode() {
+    if !root_available() {
+        return;
+    }
+    let tb = testbed(TestbedConfig {
+        receivers: 3,
+        ..Default::default()
+    });
+    let reachable = tb.destinations(3, 7000);
+    // The second destination has no route: every copy to it fails.
+    let mut dests: Vec<String> = reachable.iter().map(|d| d.to_string()).collect();
+    dests.insert(1, "192.0.2.1:7000".into());
+    for mode in ["kernel", "sendmmsg", "sendto"] {
+        let rx = tb.counting_receivers(&reachable, None).unwrap();
+        let (out, json) = run(
+            &tb,
+            &args(&tb, mode, 20, 300, &["--pace-us", "200"], &dests),
+        );
+        assert!(out.status.success(), "{mode}: {json}");
+        assert_eq!(json["mode"], mode);
+        assert!(json.get("error").is_none(), "{json}");
+        assert_eq!(u(&json, "broadcasts"), 20);
+        assert_eq!(u(&json, "calls_failed"), 0);
+        assert_eq!(u(&json, "copies_sent"), 60, "{json}");
+        assert_eq!(u(&json, "copies_failed"), 20, "{json}");
+        assert_eq!(per_destination(&json), [0, 20, 0, 0], "{mode}");
+        rx.wait_for_total(60, WAIT);
+        let counts = rx.stop();
+        assert_eq!(counts.counts, [20, 20, 20], "{mode}");
+        assert_eq!(counts.total_mismatches(), 0);
+    }
+}
+
+/// Lowers the sender's MTU below a 1400-byte payload after `after`, and
+/// raises it again after `for_how_long` (if given), from another thread.
+fn mtu_dip(
+    tb: &Testbed,
+    after: Duration,
+    for_how_long: Option<Duration>,
+) -> thread::JoinHandle<()> {
+    let ns = tb.sender_ns().to_string();
+    thread::spawn(move || {
+        let ip = |mtu: &str| {
+            let ok = Command::new("ip")
+                .args(["-n", &ns, "link", "set", "eth0", "mtu", mtu])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "setting the MTU to {mtu}");
+        };
+        thread::sleep(after);
+        ip("1000");
+        if let Some(d) = for_how_long {
+            thread::sleep(d);
+            ip("1500");
+        }
+    })
+}
+
+#[test]
+fn a_failed_call_ends_the_run_with_the_json_line_and_an_error() {
+    if !root_available() {
+        return;
+    }
+    let tb = testbed(TestbedConfig {
+        receivers: 2,
+        ..Default::default()
+    });
+    let reachable = tb.destinations(2, 7000);
+    let dests: Vec<String> = reachable.iter().map(|d| d.to_string()).collect();
+    let rx = tb.counting_receivers(&reachable, None).unwrap();
+    let dip = mtu_dip(&tb, Duration::from_millis(100), None);
+    let (out, json) = run(
+        &tb,
+        &args(&tb, "kernel", 2000, 1400, &["--pace-us", "500"], &dests),
+    );
+    dip.join().unwrap();
+    assert!(!out.status.success(), "{json}");
+    let error = json["error"].as_str().unwrap_or_else(|| panic!("{json}"));
+    assert!(error.contains("MTU 1000"), "{error}");
+    let broadcasts = u(&json, "broadcasts");
+    assert!(broadcasts > 1 && broadcasts < 2000, "{json}");
+    assert_eq!(u(&json, "calls_failed"), 1);
+    assert_eq!(u(&json, "copies_sent"), 2 * (broadcasts - 1), "{json}");
+    assert_eq!(per_destination(&json), [1, 1]);
+    rx.wait_for_total(2 * (broadcasts - 1), WAIT);
+    assert_eq!(rx.stop().total(), 2 * (broadcasts - 1));
+}
+
+#[test]
+fn keep_going_measures_a_run_across_a_fault_end_to_end() {
+    if !root_available() {
+        return;
+    }
+    let tb = testbed(TestbedConfig {
+        receivers: 2,
+        ..Default::default()
+    });
+    let reachable = tb.destinations(2, 7000);
+    let dests: Vec<String> = reachable.iter().map(|d| d.to_string()).collect();
+    for mode in ["kernel", "sendmmsg"] {
+        let rx = tb.counting_receivers(&reachable, None).unwrap();
+        let dip = mtu_dip(
+            &tb,
+            Duration::from_millis(100),
+            Some(Duration::from_millis(100)),
+        );
+        let (out, json) = run(
+            &tb,
+            &args(
+                &tb,
+                mode,
+                1000,
+                1400,
+                &["--pace-us", "500", "--keep-going"],
+                &dests,
+            ),
+        );
+        dip.join().unwrap();
+        assert!(out.status.success(), "{json}");
+        assert!(json.get("error").is_none(), "{json}");
+        assert_eq!(u(&json, "broadcasts"), 1000);
+        let failed = u(&json, "calls_failed");
+        assert!(failed > 0 && failed < 1000, "{mode}: {json}");
+        assert_eq!(u(&json, "copies_sent"), 2 * (1000 - failed), "{json}");
+        assert_eq!(per_destination(&json), [failed, failed]);
+        rx.wait_for_total(2 * (1000 - failed), WAIT);
+        let counts = rx.stop();
+        assert_eq!(counts.total(), 2 * (1000 - failed), "{mode}");
+        assert_eq!(counts.total_mismatches(), 0);
+        eprintln!("{mode}: {failed} of 1000 calls failed while the MTU was 1000");
+    }
+}
+
+#[test]
+fn user_space_mode_on_another_interface_than_the_route_refuses() {
+    if !root_available() {
+        return;
+    }
+    let tb = testbed(TestbedConfig {
+        receivers: 2,
+        ..Default::default()
+    });
+    let reachable = tb.destinations(2, 7000);
+    let dests: Vec<String> = reachable.iter().map(|d| d.to_string()).collect();
+    let rx = tb.counting_receivers(&reachable, None).unwrap();
+    let mut a = args(&tb, "sendmmsg", 5, 1400, &[], &dests);
+    a[1] = "lo".into();
+    let (out, json) = run(&tb, &a);
+    assert!(!out.status.success(), "{json}");
+    let error = json["error"].as_str().unwrap_or_else(|| panic!("{json}"));
+    assert!(
+        error.contains("routed through eth0, not through lo"),
+        "{error}"
+    );
+    assert_eq!(u(&json, "copies_sent"), 0);
+    thread::sleep(SETTLE);
+    assert_eq!(rx.stop().total(), 0);
+}
