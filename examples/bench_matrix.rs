@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -77,6 +77,9 @@ enum Task {
     Syscalls(SyscallArgs),
     /// Record `perf record -a -g` while one mode sends (for profiling).
     Profile(ProfileArgs),
+    /// Kernel mode of this build against kernel mode of another build of
+    /// the `broadcast` example (an earlier commit), side by side.
+    Compare(CompareArgs),
     /// (internal) The pacing sleeps of the broadcast example alone: prints the
     /// CPU time of COUNT sleeps of PACE_US, the same way it measures.
     #[command(hide = true)]
@@ -145,6 +148,30 @@ struct MatrixArgs {
 }
 
 #[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The `broadcast` example of the build to compare against.
+    #[arg(long)]
+    baseline: PathBuf,
+    /// Repeats (each runs both builds, in alternating order).
+    #[arg(long, default_value_t = 9)]
+    repeats: usize,
+    /// Destination counts.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64,256")]
+    ns: Vec<usize>,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,1200")]
+    sizes: Vec<usize>,
+    /// Broadcasts per run (at least; see --min-run-ms).
+    #[arg(long, default_value_t = 2000)]
+    count: u64,
+    /// Make each run last at least this long.
+    #[arg(long, default_value_t = 1000)]
+    min_run_ms: u64,
+}
+
+#[derive(clap::Args)]
 struct SyscallArgs {
     #[command(flatten)]
     common: Common,
@@ -190,6 +217,7 @@ fn main() -> ExitCode {
         Task::Matrix(args) => matrix(&args),
         Task::Syscalls(args) => syscalls(&args),
         Task::Profile(args) => profile(&args),
+        Task::Compare(args) => compare(&args),
         Task::Pacing {
             count,
             pace_us,
@@ -307,6 +335,7 @@ impl Bench {
     /// The `broadcast` example's command line for one run.
     fn broadcast_args(
         &self,
+        program: &Path,
         mode: &str,
         dests: &[SocketAddrV4],
         size: usize,
@@ -314,7 +343,7 @@ impl Bench {
         pacing: Pacing,
     ) -> Vec<String> {
         let mut args = vec![
-            self.broadcast.display().to_string(),
+            program.display().to_string(),
             "--iface".into(),
             self.tb.sender_iface().into(),
             "--bind".into(),
@@ -367,13 +396,25 @@ impl Bench {
 
     /// One run of the broadcast example, checked at the receivers.
     fn run(&self, mode: &str, n: usize, size: usize, count: u64) -> Result<Run, String> {
+        self.run_program(&self.broadcast, mode, n, size, count)
+    }
+
+    /// One run of `program` (a build of the broadcast example).
+    fn run_program(
+        &self,
+        program: &Path,
+        mode: &str,
+        n: usize,
+        size: usize,
+        count: u64,
+    ) -> Result<Run, String> {
         let dests = self.destinations(n);
         let pacing = self.pacing(n, size);
         let counters = self
             .tb
             .counting_receivers(&dests, Some(self.receiver_cpu))
             .map_err(|e| format!("starting the receivers: {e}"))?;
-        let argv = self.broadcast_args(mode, &dests, size, count, pacing);
+        let argv = self.broadcast_args(program, mode, &dests, size, count, pacing);
         let drops_before = backlog_drops();
         let output = self.run_pinned(&argv)?;
         let line = String::from_utf8_lossy(&output.stdout).trim().to_string();
@@ -688,6 +729,74 @@ fn matrix(args: &MatrixArgs) -> Result<(), String> {
             results.rejected.len()
         );
     }
+    Ok(())
+}
+
+/// Kernel mode of this build against kernel mode of `--baseline`, and
+/// sendmmsg of this build for scale: per point, the sender CPU per
+/// broadcast of each and the ratio this/baseline of each repeat.
+fn compare(args: &CompareArgs) -> Result<(), String> {
+    if !args.baseline.exists() {
+        return Err(format!("{} does not exist", args.baseline.display()));
+    }
+    let bench = Bench::new(&args.common)?;
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "Sender CPU per broadcast in µs (pacing subtracted), median (min–max) of {} \
+         repeats; this build and the baseline ({}) run side by side, in alternating order.\n",
+        args.repeats,
+        args.baseline.display()
+    );
+    let _ = writeln!(
+        table,
+        "| N | size | kernel, baseline | kernel, this build | this/baseline | sendmmsg, this build |"
+    );
+    let _ = writeln!(table, "|--:|--:|--:|--:|--:|--:|");
+    for &n in &args.ns {
+        for &size in &args.sizes {
+            let pacing = bench.pacing(n, size);
+            let count = args
+                .count
+                .max((args.min_run_ms * 1000).div_ceil(pacing.pace_us.max(1)));
+            let pacing_cpu_us = bench.pacing_cpu_us(count, pacing)?;
+            let (mut before, mut after, mut user, mut ratio) = (vec![], vec![], vec![], vec![]);
+            for repeat in 0..args.repeats {
+                let one = |program: &Path, mode: &str| -> Result<f64, String> {
+                    let mut run = bench.run_program(program, mode, n, size, count)?;
+                    run.pacing_cpu_us = pacing_cpu_us;
+                    Ok(run.per_broadcast_us())
+                };
+                let (b, a) = if repeat % 2 == 0 {
+                    let b = one(&args.baseline, "kernel")?;
+                    (b, one(&bench.broadcast, "kernel")?)
+                } else {
+                    let a = one(&bench.broadcast, "kernel")?;
+                    (one(&args.baseline, "kernel")?, a)
+                };
+                let u = one(&bench.broadcast, "sendmmsg")?;
+                eprintln!(
+                    "[{}/{}] N={n:<3} {size:>4} B baseline {b:8.2} this {a:8.2} sendmmsg {u:8.2} \
+                     µs/broadcast",
+                    repeat + 1,
+                    args.repeats
+                );
+                before.push(b);
+                after.push(a);
+                user.push(u);
+                ratio.push(a / b);
+            }
+            let _ = writeln!(
+                table,
+                "| {n} | {size} B | {} | {} | {} | {} |",
+                cell(Spread::of(&before), 2),
+                cell(Spread::of(&after), 2),
+                cell(Spread::of(&ratio), 3),
+                cell(Spread::of(&user), 2),
+            );
+        }
+    }
+    println!("{table}");
     Ok(())
 }
 
@@ -1424,7 +1533,7 @@ fn syscalls(args: &SyscallArgs) -> Result<(), String> {
                 "-o".into(),
                 trace.display().to_string(),
             ];
-            argv.extend(bench.broadcast_args(mode, &dests, args.size, k, pacing));
+            argv.extend(bench.broadcast_args(&bench.broadcast, mode, &dests, args.size, k, pacing));
             let counters = bench
                 .tb
                 .counting_receivers(&dests, Some(bench.receiver_cpu))
@@ -1510,7 +1619,14 @@ fn profile(args: &ProfileArgs) -> Result<(), String> {
         args.output.display().to_string(),
         "--".into(),
     ];
-    argv.extend(bench.broadcast_args(&args.mode, &dests, args.size, args.count, pacing));
+    argv.extend(bench.broadcast_args(
+        &bench.broadcast,
+        &args.mode,
+        &dests,
+        args.size,
+        args.count,
+        pacing,
+    ));
     let output = bench.run_pinned(&argv)?;
     let line = String::from_utf8_lossy(&output.stdout).trim().to_string();
     let expected = args.count * args.n as u64;

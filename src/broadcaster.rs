@@ -314,11 +314,12 @@ impl Broadcaster {
     /// all: [`Error::Send`], or [`Error::PayloadTooLarge`] when the MTU
     /// shrank under the payload.
     ///
-    /// The first broadcast on a socket makes it refuse fragmentation (a
-    /// datagram larger than the interface's MTU fails instead of leaving in
-    /// fragments; see the README), and in kernel mode lets its sends carry a
+    /// Copies are never fragmented: each leaves as one whole datagram or
+    /// not at all. The socket's own settings are left as they are, except
+    /// that in kernel mode the first broadcast lets its sends carry a
     /// transmit time (`SO_TXTIME`), which is how the program tells the
-    /// broadcast's datagram from every other datagram of the socket.
+    /// broadcast's datagram from every other datagram of the socket (see the
+    /// README).
     ///
     /// # Errors
     /// Bad input is rejected before anything is sent: an empty list, an IPv6
@@ -355,7 +356,7 @@ impl Broadcaster {
             }
             _ => false,
         };
-        sender.send_user_space(&plan.user_space);
+        self.send_user_space(&mut state, &mut sender, &plan.user_space);
         if bypassed {
             // Look at the socket and the tables again before the next call.
             state.plan = None;
@@ -429,7 +430,6 @@ impl Broadcaster {
             return Ok(Arc::clone(&entry.state));
         }
         let cookie = inspect(socket)?;
-        prepare(socket)?;
         let slot = match &self.kernel {
             Some(fan_out) => table.take_slot(fan_out).and_then(|slot| {
                 match self.register(fan_out, socket, cookie, slot) {
@@ -449,7 +449,7 @@ impl Broadcaster {
             slot,
             plan: None,
             slot_holds: None,
-            paged_sends: true,
+            whole_sends: true,
         }));
         table.by_fd.insert(
             socket.as_raw_fd(),
@@ -541,12 +541,12 @@ impl Broadcaster {
             }
             let count = chunk.dests.len() as u32;
             let carrier = v4(&sender.destinations[chunk.indices[0]]);
-            // With UDP_SEGMENT the kernel keeps the payload in page fragments
-            // (un-sharing a clone copies only its headers) and makes the
-            // datagram CHECKSUM_PARTIAL, which lets the program write each
-            // copy's headers at once. Sockets that refuse it (UDP checksums
-            // off, no checksum offload) get plain sends from then on.
-            let mut paged = state.paged_sends && !sender.payload.is_empty();
+            // As one whole UDP_SEGMENT datagram, the carrier is never
+            // fragmented, the kernel keeps its payload in page fragments
+            // (un-sharing a clone copies only its headers) and makes it
+            // CHECKSUM_PARTIAL, which lets the program write each copy's
+            // headers at once.
+            let mut paged = state.whole_sends && !sender.payload.is_empty();
             let mut tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
             slot.arm(tag, count, ip_len, paged);
             let mut sent = sys::send_carrier(sender.socket, sender.payload, &carrier, tag, paged);
@@ -557,7 +557,7 @@ impl Broadcaster {
                     // transmit times yet: all its copies go from user space,
                     // and it is taken over after this call.
                     bypassed = true;
-                    sender.send_user_space(&chunk.indices);
+                    self.send_user_space(state, sender, &chunk.indices);
                     continue;
                 }
             }
@@ -565,7 +565,7 @@ impl Broadcaster {
                 // Too large for the MTU now, or UDP_SEGMENT is not for this
                 // socket.
                 if self.fits_after_all(sender.payload.len()) {
-                    state.paged_sends = false;
+                    state.whole_sends = false;
                     paged = false;
                     tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
                     slot.arm(tag, count, ip_len, paged);
@@ -584,7 +584,7 @@ impl Broadcaster {
                         // destination as sent; the rest go from user space.
                         bypassed = true;
                         sender.report.fallback_copies += 1;
-                        sender.send_user_space(&chunk.indices[1..]);
+                        self.send_user_space(state, sender, &chunk.indices[1..]);
                     }
                 }
                 continue;
@@ -613,6 +613,42 @@ impl Broadcaster {
         bypassed
     }
 
+    /// Sends to `indices` (into the destination list) from user space, each
+    /// copy one whole datagram where the socket allows it.
+    fn send_user_space(&self, state: &mut SocketState, sender: &mut Sender<'_>, indices: &[usize]) {
+        if indices.is_empty() {
+            return;
+        }
+        let whole = state.whole_sends && !sender.payload.is_empty();
+        let mut failed = sender.send_to_each(indices, whole);
+        if whole && failed.iter().any(|(_, err)| refused_before_sending(err)) {
+            let refused: Vec<usize> = failed
+                .iter()
+                .filter(|(_, err)| refused_before_sending(err))
+                .map(|(at, _)| *at)
+                .collect();
+            failed.retain(|(_, err)| !refused_before_sending(err));
+            if self.fits_after_all(sender.payload.len()) {
+                // Not the size: UDP_SEGMENT is not for this socket or route.
+                state.whole_sends = false;
+                let again: Vec<usize> = refused.iter().map(|&at| indices[at]).collect();
+                let failed_again = sender.send_to_each(&again, false);
+                failed.extend(failed_again.into_iter().map(|(at, err)| (refused[at], err)));
+            } else {
+                failed.extend(
+                    refused
+                        .into_iter()
+                        .map(|at| (at, io::Error::from_raw_os_error(libc::EMSGSIZE))),
+                );
+            }
+            failed.sort_by_key(|(at, _)| *at);
+        }
+        sender.report.fallback_copies += indices.len() - failed.len();
+        for (at, err) in failed {
+            sender.failed(&[indices[at]], err);
+        }
+    }
+
     /// After the kernel refused a send: whether a payload of `len` bytes
     /// still fits the interface's MTU, read afresh.
     fn fits_after_all(&self, len: usize) -> bool {
@@ -633,7 +669,6 @@ impl Broadcaster {
             return Ok(());
         }
         inspect(socket)?;
-        prepare(socket)?;
         state.plan = None;
         if let Some(fan_out) = &self.kernel {
             fan_out.unregister(state.cookie);
@@ -749,15 +784,6 @@ fn inspect(socket: BorrowedFd<'_>) -> Result<u64, Error> {
         .map_err(Error::io("reading the socket cookie"))
 }
 
-/// What every socket broadcast on gets, in both modes: it never fragments.
-fn prepare(socket: BorrowedFd<'_>) -> Result<(), Error> {
-    sys::refuse_fragmentation(socket)
-        .map(drop)
-        .map_err(Error::io(
-            "making the socket refuse fragmentation (IP_MTU_DISCOVER)",
-        ))
-}
-
 #[derive(Default)]
 struct SocketTable {
     by_fd: HashMap<RawFd, TableEntry>,
@@ -818,8 +844,13 @@ struct SocketState {
     plan: Option<Plan>,
     /// Which chunk of `plan` the slot's destination array holds.
     slot_holds: Option<usize>,
-    /// Whether the socket accepts `UDP_SEGMENT` sends (see `fan_out`).
-    paged_sends: bool,
+    /// Whether the socket accepts `UDP_SEGMENT` sends, with which every
+    /// datagram the library sends is one whole datagram: refused, never
+    /// fragmented, when it does not fit the MTU (see `sys::send_to_each`).
+    /// Sockets with UDP checksums off, or routes through devices without
+    /// checksum offload, refuse them; they get plain sends, checked against
+    /// the MTU just before.
+    whole_sends: bool,
 }
 
 /// How one destination list is sent, under one generation of the tables.
@@ -857,17 +888,11 @@ impl Sender<'_> {
         self.first_error.get_or_insert(err);
     }
 
-    /// Sends to `indices` from user space, with `sendmmsg`.
-    fn send_user_space(&mut self, indices: &[usize]) {
-        if indices.is_empty() {
-            return;
-        }
+    /// Sends to `indices` from user space, with `sendmmsg`; returns the
+    /// positions in `indices` that got nothing, with their errors.
+    fn send_to_each(&self, indices: &[usize], whole: bool) -> Vec<(usize, io::Error)> {
         let addrs: Vec<SocketAddrV4> = indices.iter().map(|&i| v4(&self.destinations[i])).collect();
-        let failed = sys::send_to_each(self.socket, self.payload, &addrs);
-        self.report.fallback_copies += indices.len() - failed.len();
-        for (i, err) in failed {
-            self.failed(&[indices[i]], err);
-        }
+        sys::send_to_each(self.socket, self.payload, &addrs, whole)
     }
 
     /// The report, or the error that kept anything from being sent.

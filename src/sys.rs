@@ -26,12 +26,25 @@ fn sockaddr_in(addr: &SocketAddrV4) -> libc::sockaddr_in {
 /// nothing, each with its error, in order. A destination the kernel refuses
 /// (no route, say) does not keep the ones after it from being tried; a full
 /// non-blocking socket (`WouldBlock`) does, since they would be refused too.
+///
+/// With `whole`, every datagram carries a `UDP_SEGMENT` control message
+/// whose segment size is the whole payload (see [`whole_datagram`]): the
+/// kernel then refuses a datagram too large for the MTU (`EINVAL`) instead
+/// of fragmenting it.
 pub(crate) fn send_to_each(
     socket: BorrowedFd<'_>,
     payload: &[u8],
     dests: &[SocketAddrV4],
+    whole: bool,
 ) -> Vec<(usize, io::Error)> {
     let mut failed = Vec::new();
+    let segment = match whole.then(|| whole_datagram(payload)).transpose() {
+        Ok(segment) => segment,
+        Err(err) => {
+            let again = || io::Error::from(err.kind());
+            return (0..dests.len()).map(|i| (i, again())).collect();
+        }
+    };
     let mut next = 0;
     while next < dests.len() {
         let batch = &dests[next..dests.len().min(next + SENDMMSG_MAX)];
@@ -40,6 +53,11 @@ pub(crate) fn send_to_each(
             iov_base: payload.as_ptr() as *mut libc::c_void,
             iov_len: payload.len(),
         };
+        // One control buffer serves every message: the kernel only reads it.
+        let mut control = Control::new();
+        if let Some(segment) = segment {
+            control.push(libc::SOL_UDP, libc::UDP_SEGMENT, &segment.to_ne_bytes());
+        }
         let mut headers: Vec<libc::mmsghdr> = names
             .iter_mut()
             .map(|name| {
@@ -50,6 +68,7 @@ pub(crate) fn send_to_each(
                 header.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
                 header.msg_hdr.msg_iov = &mut iov;
                 header.msg_hdr.msg_iovlen = 1;
+                control.attach(&mut header.msg_hdr);
                 header
             })
             .collect();
@@ -94,74 +113,104 @@ pub(crate) fn send_to_each(
     failed
 }
 
+/// The segment size that makes a `UDP_SEGMENT` send one whole datagram:
+/// the payload's length. Nothing is segmented, but the kernel refuses the
+/// send (`EINVAL`) when the datagram does not fit the MTU instead of
+/// fragmenting it, and keeps the payload in page fragments.
+fn whole_datagram(payload: &[u8]) -> io::Result<u16> {
+    match u16::try_from(payload.len()) {
+        Ok(0) | Err(_) => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        Ok(len) => Ok(len),
+    }
+}
+
+/// Control messages for `sendmsg`/`sendmmsg`: at most a u64 and a u16.
+struct Control {
+    /// 8-aligned, as cmsghdr requires.
+    buffer: [u64; 6],
+    len: usize,
+}
+
+impl Control {
+    fn new() -> Control {
+        Control {
+            buffer: [0; 6],
+            len: 0,
+        }
+    }
+
+    /// Appends one control message.
+    fn push(&mut self, level: libc::c_int, kind: libc::c_int, data: &[u8]) {
+        // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+        let (space, len) = unsafe {
+            (
+                libc::CMSG_SPACE(data.len() as u32) as usize,
+                libc::CMSG_LEN(data.len() as u32) as usize,
+            )
+        };
+        assert!(
+            self.len + space <= mem::size_of_val(&self.buffer),
+            "control buffer full"
+        );
+        // SAFETY: the message starts at an 8-aligned offset of `buffer` (every
+        // CMSG_SPACE is a multiple of 8) and its `space` bytes fit (asserted);
+        // the header is written as a whole and the data byte-wise after it,
+        // at the offset CMSG_DATA would give (CMSG_LEN(0)).
+        unsafe {
+            let at = self.buffer.as_mut_ptr().cast::<u8>().add(self.len);
+            let header = libc::cmsghdr {
+                cmsg_len: len as _,
+                cmsg_level: level,
+                cmsg_type: kind,
+            };
+            std::ptr::write(at.cast::<libc::cmsghdr>(), header);
+            let data_at = at.add(libc::CMSG_LEN(0) as usize);
+            std::ptr::copy_nonoverlapping(data.as_ptr(), data_at, data.len());
+        }
+        self.len += space;
+    }
+
+    /// Points `msg` at these control messages (none: no control at all).
+    fn attach(&mut self, msg: &mut libc::msghdr) {
+        if self.len > 0 {
+            msg.msg_control = self.buffer.as_mut_ptr().cast();
+            msg.msg_controllen = self.len as _;
+        }
+    }
+}
+
 /// Sends the carrier datagram of a fan-out: `payload` to `dest`, with the
 /// arm's `tag` as its transmit time (`SCM_TXTIME`), which is how the program
 /// tells this datagram from every other one of the socket.
 ///
-/// With `paged`, a `UDP_SEGMENT` control message whose segment size is the
-/// whole payload goes with it: nothing is segmented, but the kernel then
-/// builds the datagram with its payload in page fragments and only the
-/// headers in the linear part, so the kernel fan-out un-shares (copies) just
-/// the headers for each clone instead of the whole datagram.
+/// With `whole`, a `UDP_SEGMENT` control message makes it one whole datagram
+/// (see [`whole_datagram`]): never fragmented, and with its payload in page
+/// fragments, so that un-sharing a clone copies only its headers.
 pub(crate) fn send_carrier(
     socket: BorrowedFd<'_>,
     payload: &[u8],
     dest: &SocketAddrV4,
     tag: u64,
-    paged: bool,
+    whole: bool,
 ) -> io::Result<usize> {
-    let segment = if paged {
-        Some(
-            u16::try_from(payload.len())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
-        )
-    } else {
-        None
-    };
+    let mut control = Control::new();
+    control.push(libc::SOL_SOCKET, libc::SCM_TXTIME, &tag.to_ne_bytes());
+    if whole {
+        let segment = whole_datagram(payload)?;
+        control.push(libc::SOL_UDP, libc::UDP_SEGMENT, &segment.to_ne_bytes());
+    }
     let mut name = sockaddr_in(dest);
     let mut iov = libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),
     };
-    // Room for a u64 and a u16 control message, 8-aligned as cmsghdr requires.
-    let mut control = [0u64; 6];
-    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
-    let (tag_space, tag_len, segment_space, segment_len) = unsafe {
-        (
-            libc::CMSG_SPACE(8),
-            libc::CMSG_LEN(8),
-            libc::CMSG_SPACE(2),
-            libc::CMSG_LEN(2),
-        )
-    };
-    let space = tag_space + if segment.is_some() { segment_space } else { 0 };
-    assert!(space as usize <= mem::size_of_val(&control));
     // SAFETY: all-zero bytes are a valid msghdr.
     let mut msg: libc::msghdr = unsafe { mem::zeroed() };
     msg.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
     msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points at `control`, which is 8-aligned and large
-    // enough for both messages (asserted above), so CMSG_FIRSTHDR and the
-    // CMSG_NXTHDR after the first are non-null and every CMSG_DATA stays
-    // inside the buffer; the values are written unaligned-safe.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_TXTIME;
-        (*cmsg).cmsg_len = tag_len as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u64>(), tag);
-        if let Some(segment) = segment {
-            let cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            (*cmsg).cmsg_level = libc::SOL_UDP;
-            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-            (*cmsg).cmsg_len = segment_len as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
-        }
-    }
+    control.attach(&mut msg);
     // SAFETY: `msg` and everything it points to (name, iov, payload,
     // control) are valid for the duration of the call.
     let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, 0) };
@@ -170,30 +219,6 @@ pub(crate) fn send_carrier(
     } else {
         Ok(sent as usize)
     }
-}
-
-fn get_int_option(
-    socket: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-) -> io::Result<libc::c_int> {
-    let mut value: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are writable and outlive the call; `len`
-    // says how large `value` is.
-    let done = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if done < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(value)
 }
 
 fn set_option<T>(
@@ -217,24 +242,6 @@ fn set_option<T>(
     } else {
         Ok(())
     }
-}
-
-/// Makes an IPv4 socket refuse to fragment what it sends: a datagram larger
-/// than the interface's MTU then fails with `EMSGSIZE` (or `EINVAL` with
-/// `UDP_SEGMENT`) instead of leaving in fragments. The DF bit is kept as the
-/// socket's mode had it: `IP_PMTUDISC_WANT` (Linux's default, DF on what
-/// fits) becomes `IP_PMTUDISC_PROBE` (DF), `DONT` and `OMIT` (no DF) become
-/// `INTERFACE` (no DF); `DO`, `PROBE` and `INTERFACE` already refuse.
-/// Returns the mode now in force.
-pub(crate) fn refuse_fragmentation(socket: BorrowedFd<'_>) -> io::Result<libc::c_int> {
-    let mode = get_int_option(socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER)?;
-    let wanted = match mode {
-        libc::IP_PMTUDISC_WANT => libc::IP_PMTUDISC_PROBE,
-        libc::IP_PMTUDISC_DONT | libc::IP_PMTUDISC_OMIT => libc::IP_PMTUDISC_INTERFACE,
-        other => return Ok(other),
-    };
-    set_option(socket, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, &wanted)?;
-    Ok(wanted)
 }
 
 /// Lets the socket's sends carry a transmit time (`SCM_TXTIME`), which

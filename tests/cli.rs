@@ -215,11 +215,19 @@ fn keep_going_measures_a_run_across_a_fault_end_to_end() {
         assert_eq!(u(&json, "broadcasts"), 1000);
         let failed = u(&json, "calls_failed");
         assert!(failed > 0 && failed < 1000, "{mode}: {json}");
-        assert_eq!(u(&json, "copies_sent"), 2 * (1000 - failed), "{json}");
-        assert_eq!(per_destination(&json), [failed, failed]);
-        rx.wait_for_total(2 * (1000 - failed), WAIT);
+        // A call can also lose one copy and send the other, when the MTU
+        // changes between its two sends.
+        let sent = u(&json, "copies_sent");
+        let per = per_destination(&json);
+        assert_eq!(sent + u(&json, "copies_failed"), 2000, "{json}");
+        assert_eq!(per.iter().sum::<u64>(), u(&json, "copies_failed"), "{json}");
+        assert!(
+            per.iter().all(|&f| f >= failed && f <= failed + 2),
+            "{json}"
+        );
+        rx.wait_for_total(sent, WAIT);
         let counts = rx.stop();
-        assert_eq!(counts.total(), 2 * (1000 - failed), "{mode}");
+        assert_eq!(counts.total(), sent, "{mode}");
         assert_eq!(counts.total_mismatches(), 0);
         eprintln!("{mode}: {failed} of 1000 calls failed while the MTU was 1000");
     }

@@ -274,3 +274,64 @@ fn ordinary_sends_of_another_process_on_the_socket_are_never_fanned_out() {
     eprintln!("broadcasts whose copies carried another sender's bytes: {hijacked}");
     assert_eq!(hijacked, 0);
 }
+
+#[test]
+fn broadcasters_of_two_programs_share_one_socket_at_once() {
+    if !root_available() {
+        return;
+    }
+    // Two broadcasters (two programs on one interface, as two processes
+    // would have) broadcast on one socket at the same time, each to its own
+    // destinations: their tags keep their datagrams apart.
+    let tb = testbed(TestbedConfig {
+        receivers: 4,
+        addrs_per_receiver: 2,
+        ..Default::default()
+    });
+    let socket = Arc::new(sender_socket(&tb, 5002));
+    let dests = tb.destinations(16, 7000);
+    let rx = tb.receivers(&dests).unwrap();
+    let (first, second) = dests.split_at(8);
+    let runs: Vec<_> = [(0u8, first.to_vec()), (1u8, second.to_vec())]
+        .into_iter()
+        .map(|(sub, dests)| {
+            let broadcaster = broadcaster(&tb, Mode::Kernel);
+            let socket = Arc::clone(&socket);
+            thread::spawn(move || {
+                for id in 0..1000 {
+                    let report = broadcaster
+                        .broadcast(&*socket, &message(BROADCAST, sub, id), &addrs(&dests))
+                        .unwrap();
+                    assert_eq!(report.kernel_copies, dests.len(), "{report:?}");
+                    if id % 8 == 7 {
+                        thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+    rx.wait_for_total(16 * 1000, WAIT);
+    let got = rx.finish(SETTLE);
+    for (half, sub) in [(first, 0u8), (second, 1u8)] {
+        for dest in half {
+            let mut ids: Vec<u32> = got
+                .datagrams(dest)
+                .iter()
+                .map(|p| {
+                    let (kind, from, id) = identify(p).expect("a datagram nobody sent");
+                    assert_eq!(
+                        (kind, from),
+                        (BROADCAST, sub),
+                        "{dest} got the other's datagram"
+                    );
+                    id
+                })
+                .collect();
+            ids.sort_unstable();
+            assert_eq!(ids, (0..1000).collect::<Vec<_>>(), "{dest}");
+        }
+    }
+}
