@@ -750,9 +750,10 @@ fn compare(args: &CompareArgs) -> Result<(), String> {
     );
     let _ = writeln!(
         table,
-        "| N | size | kernel, baseline | kernel, this build | this/baseline | sendmmsg, this build |"
+        "| N | size | kernel, baseline | kernel, this build | this/baseline | sendmmsg, baseline \
+         | sendmmsg, this build |"
     );
-    let _ = writeln!(table, "|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(table, "|--:|--:|--:|--:|--:|--:|--:|");
     for &n in &args.ns {
         for &size in &args.sizes {
             let pacing = bench.pacing(n, size);
@@ -760,7 +761,8 @@ fn compare(args: &CompareArgs) -> Result<(), String> {
                 .count
                 .max((args.min_run_ms * 1000).div_ceil(pacing.pace_us.max(1)));
             let pacing_cpu_us = bench.pacing_cpu_us(count, pacing)?;
-            let (mut before, mut after, mut user, mut ratio) = (vec![], vec![], vec![], vec![]);
+            let (mut before, mut after, mut ratio) = (vec![], vec![], vec![]);
+            let (mut user_before, mut user) = (vec![], vec![]);
             for repeat in 0..args.repeats {
                 let one = |program: &Path, mode: &str| -> Result<f64, String> {
                     let mut run = bench.run_program(program, mode, n, size, count)?;
@@ -774,24 +776,27 @@ fn compare(args: &CompareArgs) -> Result<(), String> {
                     let a = one(&bench.broadcast, "kernel")?;
                     (one(&args.baseline, "kernel")?, a)
                 };
+                let ub = one(&args.baseline, "sendmmsg")?;
                 let u = one(&bench.broadcast, "sendmmsg")?;
                 eprintln!(
-                    "[{}/{}] N={n:<3} {size:>4} B baseline {b:8.2} this {a:8.2} sendmmsg {u:8.2} \
-                     µs/broadcast",
+                    "[{}/{}] N={n:<3} {size:>4} B kernel: baseline {b:8.2} this {a:8.2}; \
+                     sendmmsg: baseline {ub:8.2} this {u:8.2} µs/broadcast",
                     repeat + 1,
                     args.repeats
                 );
                 before.push(b);
                 after.push(a);
+                user_before.push(ub);
                 user.push(u);
                 ratio.push(a / b);
             }
             let _ = writeln!(
                 table,
-                "| {n} | {size} B | {} | {} | {} | {} |",
+                "| {n} | {size} B | {} | {} | {} | {} | {} |",
                 cell(Spread::of(&before), 2),
                 cell(Spread::of(&after), 2),
                 cell(Spread::of(&ratio), 3),
+                cell(Spread::of(&user_before), 2),
                 cell(Spread::of(&user), 2),
             );
         }

@@ -337,11 +337,6 @@ impl Broadcaster {
         let socket = socket.as_fd();
         let entry = self.socket_entry(socket)?;
         let mut state = lock(&entry);
-        if self.kernel.is_none() {
-            // No program sees our datagrams, so nothing else would notice a
-            // new socket behind the same fd.
-            self.recheck_socket(&mut state, socket)?;
-        }
         let plan = self.plan(&mut state, destinations)?;
         let mut sender = Sender {
             socket,
@@ -659,8 +654,8 @@ impl Broadcaster {
     }
 
     /// If the fd now names another socket (closed, and its number reused),
-    /// takes the new socket over: inspects it, makes it refuse
-    /// fragmentation and moves the registration to it.
+    /// takes the new socket over: inspects it and moves the registration to
+    /// it.
     fn recheck_socket(&self, state: &mut SocketState, socket: BorrowedFd<'_>) -> Result<(), Error> {
         let cookie = SockRef::from(&socket)
             .cookie()
