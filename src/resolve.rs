@@ -61,6 +61,9 @@ pub(crate) struct Resolver {
     mtu: AtomicU32,
     /// Times notifications were lost (the socket's buffer overflowed).
     overflows: AtomicU64,
+    /// [`crate::watch::forks`] when made: a forked child has no watching
+    /// thread, so it makes every plan afresh.
+    forks: u64,
     tables: Mutex<Tables>,
 }
 
@@ -87,6 +90,7 @@ impl Resolver {
             watched: AtomicBool::new(true),
             mtu: AtomicU32::new(mtu),
             overflows: AtomicU64::new(0),
+            forks: crate::watch::forks(),
             tables: Mutex::new(Tables {
                 netlink,
                 neighbours: None,
@@ -99,6 +103,7 @@ impl Resolver {
     pub(crate) fn is_current(&self, generation: u64) -> bool {
         self.generation.load(Ordering::Acquire) == generation
             && self.watched.load(Ordering::Relaxed)
+            && self.forks == crate::watch::forks()
     }
 
     /// The interface's MTU as last reported.
@@ -427,6 +432,12 @@ mod tests {
         r.apply(&[neighbour(A, MAC_B, REACHABLE, false)]);
         assert!(!r.is_current(g));
         let g = generation(&r);
+        // In a forked child, whose watching thread did not come along.
+        crate::watch::forked_child();
+        assert!(!r.is_current(g));
+        let r = resolver(&[(A, MAC_A)], &[]);
+        let g = generation(&r);
+        assert!(r.is_current(g));
         r.unwatched();
         assert!(!r.is_current(g) && !r.is_current(generation(&r)));
     }

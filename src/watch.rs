@@ -7,7 +7,8 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -15,6 +16,23 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::netlink::ChangeSocket;
 use crate::resolve::Resolver;
+
+/// Forks of this process so far, as seen by the child: a child inherits
+/// the broadcasters but not their watching threads, so its plans must not
+/// be trusted to be followed.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static COUNT_FORKS: Once = Once::new();
+
+pub(crate) extern "C" fn forked_child() {
+    // Async-signal-safe: one atomic add.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many times this process (or its ancestors, since the first
+/// broadcaster) was forked; counted once a broadcaster has started.
+pub(crate) fn forks() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}
 
 /// Runs the watching thread; stops and joins it on drop.
 pub(crate) struct Watcher {
@@ -30,6 +48,14 @@ impl Watcher {
     /// opened before the resolver first reads the tables, so that no change
     /// falls between the read and the subscription.
     pub(crate) fn start(resolver: Arc<Resolver>, socket: ChangeSocket) -> io::Result<Watcher> {
+        COUNT_FORKS.call_once(|| {
+            // SAFETY: registers a handler that only does an atomic add, which
+            // is allowed in a forked child of a threaded process.
+            let done = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+            if done != 0 {
+                log::warn!("elec-broadcast: cannot count forks (pthread_atfork: {done})");
+            }
+        });
         let stop = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC)?);
         let pause = Arc::new(Mutex::new(()));
         let thread = thread::Builder::new()
