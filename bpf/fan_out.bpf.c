@@ -264,30 +264,30 @@ int fan_out(struct __sk_buff *skb)
 	if (READ_ONCE(slot->armed) != tag)
 		return PASS;
 
-	counters = bpf_map_lookup_elem(&stats, &zero);
-	if (!counters)
+	/* Take the arm: exactly one fan-out per tag. If user space took it back
+	 * first (it gave up waiting for this datagram), send it as it is. The
+	 * compare-and-swap is a full barrier: the slot is read after it. */
+	skb->tstamp = 0; /* the tag is not a transmit time: no copy carries it on */
+	if (__sync_val_compare_and_swap(&slot->armed, tag, 0) != tag)
 		return PASS;
-	/* The datagram must have the shape the fixed offsets above assume.
-	 * If not (IP options, say), it goes to dests[0] as sent: the arm stays,
-	 * and user space, finding it untaken, sends the other copies itself. */
+	counters = bpf_map_lookup_elem(&stats, &zero);
+	/* The datagram must have the shape the fixed offsets above assume. If
+	 * not (IP options, say), it goes to dests[0] as sent, and the result
+	 * says so: user space sends the other copies itself. */
 	count = slot->count;
-	if (bpf_skb_load_bytes(skb, 0, &f.orig.eth, FRAME_LEN) || f.orig.ip.ihl != 5 ||
+	if (!counters || bpf_skb_load_bytes(skb, 0, &f.orig.eth, FRAME_LEN) || f.orig.ip.ihl != 5 ||
 	    f.orig.ip.protocol != IPPROTO_UDP ||
 	    (f.orig.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
 	    bpf_ntohs(f.orig.ip.tot_len) != slot->ip_len || count == 0 || count > EB_MAX_DESTS ||
 	    f.orig.ip.daddr != slot->dests[0].addr || f.orig.udp.dest != slot->dests[0].port) {
-		skb->tstamp = 0;
-		counters->mismatches++;
+		if (counters)
+			counters->mismatches++;
+		slot->copies = 0;
+		slot->failures = 0;
+		slot->lost_from = EB_NOT_FANNED_OUT;
+		__sync_lock_test_and_set(&slot->done, tag);
 		return PASS;
 	}
-	/* Take the arm: exactly one fan-out per tag. If user space took it back
-	 * first (it gave up waiting for this datagram), send it as it is. */
-	if (__sync_val_compare_and_swap(&slot->armed, tag, 0) != tag) {
-		skb->tstamp = 0;
-		return PASS;
-	}
-	/* The tag is not a transmit time: no copy may carry it on. */
-	skb->tstamp = 0;
 
 	/* The single-write path needs a CHECKSUM_PARTIAL seed. User space says
 	 * so for datagrams sent with UDP_SEGMENT (the kernel refuses those

@@ -21,6 +21,11 @@
  * CHECKSUM_PARTIAL: its UDP checksum field holds the pseudo-header sum. */
 #define EB_SLOT_PARTIAL 1
 
+/* `lost_from` of a datagram the program took but could not fan out (not
+ * IPv4/UDP without options, fragmented, not as armed): it went to dests[0]
+ * as sent, and no other destination got anything. */
+#define EB_NOT_FANNED_OUT 0xffffffff
+
 /* One destination of a fan-out, already resolved by user space. */
 struct eb_dest {
 	__u8 mac[6];  /* Ethernet address of the next hop */
@@ -48,7 +53,8 @@ struct eb_slot {
 	__u32 copies;    /* result: clones that the interface accepted */
 	__u32 failures;  /* result: clones that bpf_clone_redirect could not deliver */
 	__u32 lost_from; /* result: dests[lost_from..count) got nothing because a
-			  * header rewrite failed (no memory); == count if none */
+			  * header rewrite failed (no memory); == count if none;
+			  * EB_NOT_FANNED_OUT if there was no fan-out */
 	__u32 flags;     /* EB_SLOT_* for the armed send */
 	__u64 failed[EB_MAX_DESTS / 64]; /* result: bit i set = the clone for dests[i] failed */
 	struct eb_dest dests[EB_MAX_DESTS];

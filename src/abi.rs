@@ -28,6 +28,8 @@ pub(crate) const MAX_DESTS: usize = 256;
 pub(crate) const MAX_SOCKETS: u32 = 1024;
 /// `EB_SLOT_PARTIAL`: the armed datagram is CHECKSUM_PARTIAL.
 pub(crate) const SLOT_PARTIAL: u32 = 1;
+/// `EB_NOT_FANNED_OUT`: the `lost_from` of a datagram taken but not fanned out.
+pub(crate) const NOT_FANNED_OUT: u32 = u32::MAX;
 
 const _: () = {
     assert!(size_of::<Dest>() == 12);

@@ -338,12 +338,20 @@ impl Broadcaster {
         let entry = self.socket_entry(socket)?;
         let mut state = lock(&entry);
         let plan = self.plan(&mut state, destinations)?;
+        if let Some(mtu) = plan
+            .mtu
+            .filter(|&mtu| payload.len() + HEADERS > mtu as usize)
+        {
+            state.plan = Some(plan);
+            return Err(self.payload_too_large(payload.len(), Some(mtu)));
+        }
         let mut sender = Sender {
             socket,
             payload,
             destinations,
             report: Report::default(),
             first_error: None,
+            too_large_to: None,
         };
         let bypassed = match (&self.kernel, state.slot) {
             (Some(fan_out), Some(slot)) => {
@@ -361,15 +369,16 @@ impl Broadcaster {
         } else {
             state.plan = Some(plan);
         }
-        if sender
-            .first_error
-            .as_ref()
-            .is_some_and(|err| err.raw_os_error() == Some(libc::EMSGSIZE))
-        {
-            // The MTU changed under us: learn it now, not at the notification.
-            let _ = self.resolver.reread_mtu();
-        }
-        let report = sender.finish(|| self.payload_too_large(payload.len()))?;
+        // The MTU changed under us (the interface's, a route's, or one the
+        // kernel learned for the path): learn it now, not at the
+        // notification, and plan afresh.
+        let too_large = sender.too_large_to.map(|to| {
+            state.plan = None;
+            self.resolver
+                .path_mtu(*to.ip())
+                .unwrap_or_else(|_| self.resolver.mtu())
+        });
+        let report = sender.finish(|| self.payload_too_large(payload.len(), too_large))?;
         add(&self.counters.broadcasts, 1);
         add(&self.counters.fallback_sends, report.fallback_copies);
         add(&self.counters.copies_failed, report.failed.len());
@@ -399,14 +408,16 @@ impl Broadcaster {
                 .reread_mtu()
                 .map_err(Error::io("reading the interface's MTU"))?;
             if payload.len() + HEADERS > mtu as usize {
-                return Err(self.payload_too_large(payload.len()));
+                return Err(self.payload_too_large(payload.len(), Some(mtu)));
             }
         }
         Ok(())
     }
 
-    fn payload_too_large(&self, len: usize) -> Error {
-        let mtu = self.resolver.mtu();
+    /// The error for a payload of `len` bytes that does not fit `mtu` (by
+    /// default the interface's).
+    fn payload_too_large(&self, len: usize, mtu: Option<u32>) -> Error {
+        let mtu = mtu.unwrap_or_else(|| self.resolver.mtu());
         Error::PayloadTooLarge {
             len,
             max: (mtu as usize).saturating_sub(HEADERS),
@@ -479,13 +490,13 @@ impl Broadcaster {
         }
         state.slot_holds = None;
         let addresses: Vec<Ipv4Addr> = destinations.iter().map(|d| *v4(d).ip()).collect();
-        let (generation, paths) = self
+        let paths = self
             .resolver
             .paths(&addresses)
             .map_err(Error::io("reading the routing and neighbour tables"))?;
         let mut fanned = Vec::new();
         let mut user_space = Vec::new();
-        for (i, path) in paths.into_iter().enumerate() {
+        for (i, path) in paths.to.into_iter().enumerate() {
             match path {
                 PathTo::FanOut(mac) if state.slot.is_some() => {
                     fanned.push((i, Dest::new(mac, v4(&destinations[i]))));
@@ -502,7 +513,8 @@ impl Broadcaster {
         }
         Ok(Plan {
             destinations: destinations.to_vec(),
-            generation,
+            generation: paths.generation,
+            mtu: paths.mtu,
             chunks: fanned
                 .chunks(MAX_DESTS)
                 .map(|chunk| Chunk {
@@ -541,42 +553,45 @@ impl Broadcaster {
             // (un-sharing a clone copies only its headers) and makes it
             // CHECKSUM_PARTIAL, which lets the program write each copy's
             // headers at once.
-            let mut paged = state.whole_sends && !sender.payload.is_empty();
+            let whole = state.whole_sends && !sender.payload.is_empty();
             let mut tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-            slot.arm(tag, count, ip_len, paged);
-            let mut sent = sys::send_carrier(sender.socket, sender.payload, &carrier, tag, paged);
-            if sent.as_ref().is_err_and(refused_before_sending) {
-                slot.disarm();
-                if socket_replaced(state, sender.socket) {
-                    // The fd names a new socket now, which does not take
-                    // transmit times yet: all its copies go from user space,
-                    // and it is taken over after this call.
-                    bypassed = true;
-                    self.send_user_space(state, sender, &chunk.indices);
-                    continue;
+            slot.arm(tag, count, ip_len, whole);
+            let mut sent = sys::send_carrier(sender.socket, sender.payload, &carrier, tag, whole);
+            let mut taken = slot.disarm();
+            if let (false, Err(err)) = (taken, &sent) {
+                match refusal(state, sender.socket, err, whole) {
+                    Refusal::SocketReplaced => {
+                        // The fd names a new socket now, which does not take
+                        // transmit times yet: all its copies go from user
+                        // space, and it is taken over after this call.
+                        bypassed = true;
+                        self.send_user_space(state, sender, &chunk.indices);
+                        continue;
+                    }
+                    Refusal::NotWhole => {
+                        state.whole_sends = false;
+                        tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+                        slot.arm(tag, count, ip_len, false);
+                        sent =
+                            sys::send_carrier(sender.socket, sender.payload, &carrier, tag, false);
+                        taken = slot.disarm();
+                    }
+                    Refusal::TooLarge => {
+                        sender.too_large(carrier);
+                        sender.failed(&chunk.indices, too_large_error());
+                        continue;
+                    }
+                    Refusal::Other => {}
                 }
             }
-            if paged && sent.as_ref().is_err_and(refused_before_sending) {
-                // Too large for the MTU now, or UDP_SEGMENT is not for this
-                // socket.
-                if self.fits_after_all(sender.payload.len()) {
-                    state.whole_sends = false;
-                    paged = false;
-                    tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-                    slot.arm(tag, count, ip_len, paged);
-                    sent = sys::send_carrier(sender.socket, sender.payload, &carrier, tag, paged);
-                } else {
-                    sent = Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
-                }
-            }
-            if !slot.disarm() {
+            if !taken {
                 match sent {
                     Err(err) => sender.failed(&chunk.indices, err),
                     Ok(_) => {
                         // The program did not see the datagram (another route,
                         // a program before ours, the fd now names another
-                        // socket, IP options): the carrier reached its
-                        // destination as sent; the rest go from user space.
+                        // socket): the carrier reached its destination as
+                        // sent; the rest go from user space.
                         bypassed = true;
                         sender.report.fallback_copies += 1;
                         self.send_user_space(state, sender, &chunk.indices[1..]);
@@ -592,6 +607,14 @@ impl Broadcaster {
                 sender.failed(&chunk.indices, io::Error::from(io::ErrorKind::TimedOut));
                 continue;
             };
+            if !outcome.fanned_out() {
+                // Taken, but not in a shape the program can fan out (IP
+                // options, say): it went to the carrier as sent.
+                bypassed = true;
+                sender.report.fallback_copies += 1;
+                self.send_user_space(state, sender, &chunk.indices[1..]);
+                continue;
+            }
             add(&self.counters.fan_outs, 1);
             add(&self.counters.kernel_copies, outcome.copies as usize);
             let mut clone_failures = 0;
@@ -616,40 +639,29 @@ impl Broadcaster {
         }
         let whole = state.whole_sends && !sender.payload.is_empty();
         let mut failed = sender.send_to_each(indices, whole);
-        if whole && failed.iter().any(|(_, err)| refused_before_sending(err)) {
-            let refused: Vec<usize> = failed
-                .iter()
-                .filter(|(_, err)| refused_before_sending(err))
-                .map(|(at, _)| *at)
-                .collect();
-            failed.retain(|(_, err)| !refused_before_sending(err));
-            if self.fits_after_all(sender.payload.len()) {
-                // Not the size: UDP_SEGMENT is not for this socket or route.
-                state.whole_sends = false;
-                let again: Vec<usize> = refused.iter().map(|&at| indices[at]).collect();
-                let failed_again = sender.send_to_each(&again, false);
-                failed.extend(failed_again.into_iter().map(|(at, err)| (refused[at], err)));
-            } else {
-                failed.extend(
-                    refused
-                        .into_iter()
-                        .map(|at| (at, io::Error::from_raw_os_error(libc::EMSGSIZE))),
-                );
+        let mut again = Vec::new();
+        for (at, err) in &mut failed {
+            match refusal(state, sender.socket, err, whole) {
+                Refusal::NotWhole => again.push(*at),
+                Refusal::TooLarge => {
+                    sender.too_large(v4(&sender.destinations[indices[*at]]));
+                    *err = too_large_error();
+                }
+                Refusal::SocketReplaced | Refusal::Other => {}
             }
+        }
+        if !again.is_empty() {
+            // UDP_SEGMENT is not for this socket: plain sends from now on.
+            state.whole_sends = false;
+            failed.retain(|(at, _)| !again.contains(at));
+            let retried: Vec<usize> = again.iter().map(|&at| indices[at]).collect();
+            let failed_again = sender.send_to_each(&retried, false);
+            failed.extend(failed_again.into_iter().map(|(at, err)| (again[at], err)));
             failed.sort_by_key(|(at, _)| *at);
         }
         sender.report.fallback_copies += indices.len() - failed.len();
         for (at, err) in failed {
             sender.failed(&[indices[at]], err);
-        }
-    }
-
-    /// After the kernel refused a send: whether a payload of `len` bytes
-    /// still fits the interface's MTU, read afresh.
-    fn fits_after_all(&self, len: usize) -> bool {
-        match self.resolver.reread_mtu() {
-            Ok(mtu) => len + HEADERS <= mtu as usize,
-            Err(_) => true,
         }
     }
 
@@ -722,13 +734,36 @@ fn socket_replaced(state: &SocketState, socket: BorrowedFd<'_>) -> bool {
         .is_ok_and(|cookie| cookie != state.cookie)
 }
 
-/// Errors with which the kernel refuses a carrier send (its `UDP_SEGMENT`
-/// or `SCM_TXTIME` control message) before anything is sent.
-fn refused_before_sending(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT)
-    )
+/// Why the kernel refused a send the library made.
+enum Refusal {
+    /// The fd names another socket than the one registered (which does not
+    /// take transmit times).
+    SocketReplaced,
+    /// The datagram does not fit the path's MTU: it was not fragmented.
+    TooLarge,
+    /// `UDP_SEGMENT` is not for this socket (UDP checksums off) or route (no
+    /// checksum offload, IPsec), or this kernel lacks it.
+    NotWhole,
+    /// Anything else: reported as it is.
+    Other,
+}
+
+/// Tells apart the ways the kernel refuses a send (`whole`: it carried a
+/// `UDP_SEGMENT` control message). Older kernels refuse a whole datagram too
+/// large for the path's MTU with `EINVAL`, as they do one of a socket with
+/// UDP checksums off; newer ones say `EMSGSIZE`.
+fn refusal(state: &SocketState, socket: BorrowedFd<'_>, err: &io::Error, whole: bool) -> Refusal {
+    match err.raw_os_error() {
+        Some(libc::EMSGSIZE) => Refusal::TooLarge,
+        Some(libc::EINVAL) if socket_replaced(state, socket) => Refusal::SocketReplaced,
+        Some(libc::EINVAL) if whole && !sys::checksums_off(socket) => Refusal::TooLarge,
+        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT) if whole => Refusal::NotWhole,
+        _ => Refusal::Other,
+    }
+}
+
+fn too_large_error() -> io::Error {
+    io::Error::from_raw_os_error(libc::EMSGSIZE)
 }
 
 fn v4(destination: &SocketAddr) -> SocketAddrV4 {
@@ -852,6 +887,9 @@ struct SocketState {
 struct Plan {
     destinations: Vec<SocketAddr>,
     generation: u64,
+    /// The smallest MTU among the destinations' routes, where a route has
+    /// one of its own below the interface's.
+    mtu: Option<u32>,
     /// The destinations fanned out in the kernel, at most 256 per chunk.
     chunks: Vec<Chunk>,
     /// Indices of destinations sent from user space.
@@ -873,9 +911,16 @@ struct Sender<'a> {
     destinations: &'a [SocketAddr],
     report: Report,
     first_error: Option<io::Error>,
+    /// A destination whose copy the kernel refused as too large for its
+    /// path's MTU.
+    too_large_to: Option<SocketAddrV4>,
 }
 
 impl Sender<'_> {
+    fn too_large(&mut self, to: SocketAddrV4) {
+        self.too_large_to.get_or_insert(to);
+    }
+
     fn failed(&mut self, indices: &[usize], err: io::Error) {
         self.report
             .failed

@@ -17,7 +17,8 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{AsRawLibbpf, Link, MapCore, MapFlags, OpenObject, TcHookBuilder, TC_EGRESS};
 
 use crate::abi::{
-    Dest, FanOutSkel, FanOutSkelBuilder, KernelStats, Slot, MAX_DESTS, MAX_SOCKETS, SLOT_PARTIAL,
+    Dest, FanOutSkel, FanOutSkelBuilder, KernelStats, Slot, MAX_DESTS, MAX_SOCKETS, NOT_FANNED_OUT,
+    SLOT_PARTIAL,
 };
 use crate::sys::{self, MapMemory};
 use crate::Error;
@@ -345,6 +346,12 @@ pub(crate) struct Outcome {
 }
 
 impl Outcome {
+    /// Whether the program fanned the datagram out. If not, it went to the
+    /// first destination as sent, and the others got nothing.
+    pub(crate) fn fanned_out(&self) -> bool {
+        self.lost_from != NOT_FANNED_OUT
+    }
+
     /// Whether destination `i` of the chunk got no copy.
     pub(crate) fn lost(&self, i: usize) -> bool {
         i >= self.lost_from as usize || self.clone_failed(i)

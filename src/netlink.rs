@@ -59,7 +59,10 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 const RTA_PREFSRC: u16 = 7;
+const RTA_METRICS: u16 = 8;
 const RTA_VIA: u16 = 18;
+/// `RTAX_MTU`, inside `RTA_METRICS`.
+const RTAX_MTU: u16 = 2;
 const RTN_UNICAST: u8 = 1;
 const RTN_LOCAL: u8 = 2;
 const RTN_BROADCAST: u8 = 3;
@@ -120,6 +123,10 @@ pub(crate) struct Route {
     pub(crate) gateway: Option<Ipv4Addr>,
     /// Source address the kernel would pick (`RTA_PREFSRC`).
     pub(crate) prefsrc: Option<Ipv4Addr>,
+    /// The route's MTU (`RTAX_MTU` of `RTA_METRICS`): set on the route, or
+    /// learned from the path and cached by the kernel; `None`: the
+    /// interface's MTU applies.
+    pub(crate) mtu: Option<u32>,
 }
 
 impl Route {
@@ -807,6 +814,7 @@ fn parse_route(payload: &[u8]) -> io::Result<Route> {
         oif: 0,
         gateway: None,
         prefsrc: None,
+        mtu: None,
     };
     for attribute in Attributes::after_header(payload, RTMSG_LEN)? {
         let attribute = attribute?;
@@ -814,6 +822,15 @@ fn parse_route(payload: &[u8]) -> io::Result<Route> {
             RTA_OIF => route.oif = u32::from_ne_bytes(exact(&attribute, "RTA_OIF")?),
             RTA_GATEWAY => route.gateway = Some(exact::<4>(&attribute, "RTA_GATEWAY")?.into()),
             RTA_PREFSRC => route.prefsrc = Some(exact::<4>(&attribute, "RTA_PREFSRC")?.into()),
+            RTA_METRICS => {
+                for metric in Attributes::after_header(attribute.payload, 0)? {
+                    let metric = metric?;
+                    if metric.kind == RTAX_MTU {
+                        let mtu = u32::from_ne_bytes(exact(&metric, "RTAX_MTU")?);
+                        route.mtu = (mtu > 0).then_some(mtu);
+                    }
+                }
+            }
             RTA_VIA => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
@@ -1228,6 +1245,7 @@ mod tests {
             ip("neigh replace 10.99.0.10 dev nl0 nud failed");
             ip("neigh replace 10.99.0.12 lladdr 02:00:00:00:00:0c dev nl0peer nud permanent");
             ip("route add 10.98.0.0/24 via 10.99.0.254 dev nl0");
+            ip("route add 10.97.0.0/24 via 10.99.0.254 dev nl0 mtu 1280");
 
             let on_link = Ipv4Addr::new(10, 99, 0, 7);
             let route = socket.route_to(on_link).expect("route to on-link host");
@@ -1238,9 +1256,14 @@ mod tests {
                     oif: nl0_index,
                     gateway: None,
                     prefsrc: Some(Ipv4Addr::new(10, 99, 0, 1)),
+                    mtu: None,
                 }
             );
             assert_eq!(route.next_hop(on_link), on_link);
+            let narrow = socket
+                .route_to(Ipv4Addr::new(10, 97, 0, 1))
+                .expect("route with an MTU");
+            assert_eq!(narrow.mtu, Some(1280));
 
             let remote = Ipv4Addr::new(10, 98, 0, 5);
             let route = socket.route_to(remote).expect("route via gateway");
@@ -1465,6 +1488,14 @@ mod tests {
                 attribute(RTA_GATEWAY, &[10, 99, 0, 254]),
                 attribute(RTA_PREFSRC, &[10, 99, 0, 1]),
                 attribute(99, &[1, 2, 3]), // unknown, unaligned length
+                attribute(
+                    RTA_METRICS,
+                    &[
+                        attribute(7, &5u32.to_ne_bytes()), // RTAX_HOPLIMIT, not ours
+                        attribute(RTAX_MTU, &1280u32.to_ne_bytes()),
+                    ]
+                    .concat(),
+                ),
             ],
         );
         assert_eq!(
@@ -1474,6 +1505,7 @@ mod tests {
                 oif: 3,
                 gateway: Some(Ipv4Addr::new(10, 99, 0, 254)),
                 prefsrc: Some(Ipv4Addr::new(10, 99, 0, 1)),
+                mtu: Some(1280),
             }
         );
         assert_eq!(

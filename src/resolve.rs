@@ -39,13 +39,29 @@ pub(crate) enum PathTo {
 
 /// What a route lookup said about one destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+struct Route {
+    to: RouteTo,
+    /// The route's own MTU, if it has one below the interface's.
+    mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouteTo {
     /// Out of our interface, to this next hop.
     Here { next_hop: Ipv4Addr },
     /// Out of another interface.
     Elsewhere(u32),
     /// Anything the kernel handles itself: local, unreachable, broadcast.
     Kernel,
+}
+
+/// The paths to a list of destinations, valid under one generation.
+pub(crate) struct Paths {
+    pub(crate) generation: u64,
+    pub(crate) to: Vec<PathTo>,
+    /// The smallest MTU of their routes, where a route has its own (set on
+    /// the route, or learned from the path): larger datagrams are refused.
+    pub(crate) mtu: Option<u32>,
 }
 
 /// The routing and neighbour tables of one interface, as far as broadcasts
@@ -118,7 +134,7 @@ impl Resolver {
 
     /// The path to each of `destinations`, and the generation under which
     /// these answers hold.
-    pub(crate) fn paths(&self, destinations: &[Ipv4Addr]) -> io::Result<(u64, Vec<PathTo>)> {
+    pub(crate) fn paths(&self, destinations: &[Ipv4Addr]) -> io::Result<Paths> {
         let mut tables = lock(&self.tables);
         // Read under the lock: changes are applied and counted under it too,
         // so these answers reflect at least every change counted so far.
@@ -132,7 +148,11 @@ impl Resolver {
                     .collect(),
             );
         }
-        let mut paths = Vec::with_capacity(destinations.len());
+        let mut paths = Paths {
+            generation,
+            to: Vec::with_capacity(destinations.len()),
+            mtu: None,
+        };
         for &dst in destinations {
             let route = match tables.routes.get(&dst) {
                 Some(route) => *route,
@@ -142,10 +162,13 @@ impl Resolver {
                     route
                 }
             };
-            paths.push(match route {
-                Route::Kernel => PathTo::UserSpace,
-                Route::Elsewhere(ifindex) => PathTo::Elsewhere(ifindex),
-                Route::Here { next_hop } => {
+            if let Some(mtu) = route.mtu {
+                paths.mtu = Some(paths.mtu.map_or(mtu, |m| m.min(mtu)));
+            }
+            paths.to.push(match route.to {
+                RouteTo::Kernel => PathTo::UserSpace,
+                RouteTo::Elsewhere(ifindex) => PathTo::Elsewhere(ifindex),
+                RouteTo::Here { next_hop } => {
                     match tables.neighbours.as_ref().and_then(|n| n.get(&next_hop)) {
                         Some(mac) => PathTo::FanOut(*mac),
                         None => PathTo::UserSpace,
@@ -153,24 +176,39 @@ impl Resolver {
                 }
             });
         }
-        Ok((generation, paths))
+        Ok(paths)
     }
 
     fn look_up(&self, netlink: &RouteSocket, dst: Ipv4Addr) -> io::Result<Route> {
-        Ok(match netlink.route_to(dst) {
-            Ok(route) if route.kind == RouteKind::Unicast && route.oif == self.ifindex => {
-                Route::Here {
+        let (to, mtu) = match netlink.route_to(dst) {
+            Ok(route) if route.kind == RouteKind::Unicast && route.oif == self.ifindex => (
+                RouteTo::Here {
                     next_hop: route.next_hop(dst),
-                }
-            }
+                },
+                route.mtu,
+            ),
             Ok(route) if route.kind == RouteKind::Unicast && route.oif != 0 => {
-                Route::Elsewhere(route.oif)
+                (RouteTo::Elsewhere(route.oif), route.mtu)
             }
-            Ok(_) => Route::Kernel,
+            Ok(route) => (RouteTo::Kernel, route.mtu),
             // No route: the send reports it to the caller.
-            Err(err) if is_unroutable(&err) => Route::Kernel,
+            Err(err) if is_unroutable(&err) => (RouteTo::Kernel, None),
             Err(err) => return Err(err),
-        })
+        };
+        Ok(Route { to, mtu })
+    }
+
+    /// The MTU of the path to `dst` now: its route's, read afresh, or the
+    /// interface's (also read afresh). After a send was refused as too
+    /// large: every route lookup is dropped too, since the kernel may have
+    /// learned a smaller MTU for a path without saying so.
+    pub(crate) fn path_mtu(&self, dst: Ipv4Addr) -> io::Result<u32> {
+        let interface = self.reread_mtu()?;
+        let mut tables = lock(&self.tables);
+        tables.routes.clear();
+        self.generation.fetch_add(1, Ordering::Release);
+        let route = tables.netlink.route_to(dst).ok().and_then(|r| r.mtu);
+        Ok(route.map_or(interface, |mtu| mtu.min(interface)))
     }
 
     /// Reads the interface's MTU now (after a send said the payload is too
@@ -366,7 +404,10 @@ mod tests {
     fn a_route_change_drops_the_lookups_inside_its_prefix_only() {
         let inside = Ipv4Addr::new(10, 1, 2, 3);
         let outside = Ipv4Addr::new(10, 2, 0, 1);
-        let here = Route::Here { next_hop: A };
+        let here = Route {
+            to: RouteTo::Here { next_hop: A },
+            mtu: None,
+        };
         let r = resolver(&[], &[(inside, here), (outside, here)]);
         let g = generation(&r);
         r.apply(&[Change::Route {
@@ -385,7 +426,10 @@ mod tests {
 
     #[test]
     fn a_default_route_change_drops_every_lookup() {
-        let here = Route::Here { next_hop: A };
+        let here = Route {
+            to: RouteTo::Here { next_hop: A },
+            mtu: None,
+        };
         let r = resolver(&[], &[(A, here), (Ipv4Addr::new(192, 0, 2, 1), here)]);
         r.apply(&[Change::Route {
             dst: Ipv4Addr::UNSPECIFIED,
@@ -404,7 +448,11 @@ mod tests {
                 mtu: Some(9000),
             },
         ] {
-            let r = resolver(&[], &[(A, Route::Kernel)]);
+            let kernel = Route {
+                to: RouteTo::Kernel,
+                mtu: None,
+            };
+            let r = resolver(&[], &[(A, kernel)]);
             let g = generation(&r);
             r.apply(std::slice::from_ref(&change));
             assert_eq!(generation(&r), g + 1, "{change:?}");

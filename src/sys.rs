@@ -244,10 +244,30 @@ fn set_option<T>(
     }
 }
 
+/// Whether the socket sends UDP datagrams without checksums (`SO_NO_CHECK`),
+/// which makes the kernel refuse `UDP_SEGMENT`.
+pub(crate) fn checksums_off(socket: BorrowedFd<'_>) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are writable and outlive the call; `len`
+    // says how large `value` is.
+    let done = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    done == 0 && value != 0
+}
+
 /// Lets the socket's sends carry a transmit time (`SCM_TXTIME`), which
-/// the kernel refuses unless `SO_TXTIME` is on. The socket's own transmit
-/// time settings (clock, flags) are kept as they are; they only ever apply
-/// to datagrams that carry a transmit time.
+/// the kernel refuses unless `SO_TXTIME` is on. Transmit time settings the
+/// socket already has (clock, flags) are kept; a socket with none gets
+/// `CLOCK_MONOTONIC` (allowed without privileges). They only ever apply to
+/// datagrams that carry a transmit time.
 pub(crate) fn allow_transmit_times(socket: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: all-zero bytes are a valid sock_txtime.
     let mut current: libc::sock_txtime = unsafe { mem::zeroed() };
@@ -265,6 +285,12 @@ pub(crate) fn allow_transmit_times(socket: BorrowedFd<'_>) -> io::Result<()> {
     };
     if done < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if current.clockid == libc::CLOCK_REALTIME && current.flags == 0 {
+        // The socket's defaults: nothing set yet. The kernel wants
+        // CAP_NET_ADMIN for any clock but CLOCK_MONOTONIC, which is also the
+        // clock the tags are kept in the past of.
+        current.clockid = libc::CLOCK_MONOTONIC;
     }
     set_option(socket, libc::SOL_SOCKET, libc::SO_TXTIME, &current)
 }

@@ -36,6 +36,8 @@ pub(crate) fn forks() -> u64 {
 
 /// Runs the watching thread; stops and joins it on drop.
 pub(crate) struct Watcher {
+    /// [`forks`] when started: the thread exists in that process only.
+    forks: u64,
     stop: Arc<EventFd>,
     /// Held by the thread while it reads and applies a datagram; held by
     /// [`Watcher::hold`] to keep it from doing so.
@@ -65,6 +67,7 @@ impl Watcher {
                 move || watch(&resolver, socket, &stop, &pause)
             })?;
         Ok(Watcher {
+            forks: forks(),
             stop,
             pause,
             thread: Some(thread),
@@ -85,6 +88,11 @@ fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
+        if self.forks != forks() {
+            // A forked child: the thread is its parent's, and so is the
+            // eventfd's other end. Stopping it would stop the parent's.
+            return;
+        }
         if self.stop.write(1).is_err() {
             log::warn!("elec-broadcast: could not stop the watching thread");
             return; // Leave it running rather than wait forever.
@@ -111,6 +119,8 @@ fn watch(resolver: &Resolver, mut socket: ChangeSocket, stop: &EventFd, pause: &
             (ready(&fds[0]), ready(&fds[1]))
         };
         if stopping {
+            // Whatever asked, plans are no longer followed from here on.
+            resolver.unwatched();
             return;
         }
         if !changes {

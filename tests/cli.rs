@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::*;
-use elec_testbed::{Testbed, TestbedConfig};
+use elec_testbed::{Counters, Testbed, TestbedConfig};
 use serde_json::Value;
 
 /// The `broadcast` example, which `cargo test --all-targets` builds next to
@@ -124,30 +124,27 @@ fn the_json_line_counts_failures_per_destination_in_every_mode() {
     }
 }
 
-/// Lowers the sender's MTU below a 1400-byte payload after `after`, and
-/// raises it again after `for_how_long` (if given), from another thread.
-fn mtu_dip(
-    tb: &Testbed,
-    after: Duration,
-    for_how_long: Option<Duration>,
-) -> thread::JoinHandle<()> {
-    let ns = tb.sender_ns().to_string();
-    thread::spawn(move || {
-        let ip = |mtu: &str| {
-            let ok = Command::new("ip")
-                .args(["-n", &ns, "link", "set", "eth0", "mtu", mtu])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "setting the MTU to {mtu}");
-        };
-        thread::sleep(after);
-        ip("1000");
-        if let Some(d) = for_how_long {
-            thread::sleep(d);
-            ip("1500");
-        }
-    })
+/// Lowers the sender's MTU below a 1400-byte payload once `rx` has counted
+/// `after` datagrams (so that the run is well under way whatever the load),
+/// and raises it again after `for_how_long` (if given).
+fn mtu_dip(tb: &Testbed, rx: &Counters, after: u64, for_how_long: Option<Duration>) {
+    let ip = |mtu: &str| {
+        let ok = Command::new("ip")
+            .args(["-n", tb.sender_ns(), "link", "set", "eth0", "mtu", mtu])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "setting the MTU to {mtu}");
+    };
+    assert!(
+        rx.wait_for_total(after, WAIT) >= after,
+        "the run never got going"
+    );
+    ip("1000");
+    if let Some(d) = for_how_long {
+        thread::sleep(d);
+        ip("1500");
+    }
 }
 
 #[test]
@@ -162,12 +159,13 @@ fn a_failed_call_ends_the_run_with_the_json_line_and_an_error() {
     let reachable = tb.destinations(2, 7000);
     let dests: Vec<String> = reachable.iter().map(|d| d.to_string()).collect();
     let rx = tb.counting_receivers(&reachable, None).unwrap();
-    let dip = mtu_dip(&tb, Duration::from_millis(100), None);
-    let (out, json) = run(
-        &tb,
-        &args(&tb, "kernel", 2000, 1400, &["--pace-us", "500"], &dests),
-    );
-    dip.join().unwrap();
+    let (out, json) = thread::scope(|scope| {
+        scope.spawn(|| mtu_dip(&tb, &rx, 100, None));
+        run(
+            &tb,
+            &args(&tb, "kernel", 2000, 1400, &["--pace-us", "500"], &dests),
+        )
+    });
     assert!(!out.status.success(), "{json}");
     let error = json["error"].as_str().unwrap_or_else(|| panic!("{json}"));
     assert!(error.contains("MTU 1000"), "{error}");
@@ -193,23 +191,20 @@ fn keep_going_measures_a_run_across_a_fault_end_to_end() {
     let dests: Vec<String> = reachable.iter().map(|d| d.to_string()).collect();
     for mode in ["kernel", "sendmmsg"] {
         let rx = tb.counting_receivers(&reachable, None).unwrap();
-        let dip = mtu_dip(
-            &tb,
-            Duration::from_millis(100),
-            Some(Duration::from_millis(100)),
-        );
-        let (out, json) = run(
-            &tb,
-            &args(
+        let (out, json) = thread::scope(|scope| {
+            scope.spawn(|| mtu_dip(&tb, &rx, 100, Some(Duration::from_millis(100))));
+            run(
                 &tb,
-                mode,
-                1000,
-                1400,
-                &["--pace-us", "500", "--keep-going"],
-                &dests,
-            ),
-        );
-        dip.join().unwrap();
+                &args(
+                    &tb,
+                    mode,
+                    1000,
+                    1400,
+                    &["--pace-us", "500", "--keep-going"],
+                    &dests,
+                ),
+            )
+        });
         assert!(out.status.success(), "{json}");
         assert!(json.get("error").is_none(), "{json}");
         assert_eq!(u(&json, "broadcasts"), 1000);

@@ -138,11 +138,18 @@ fn check(
                 dests[0]
             );
         }
-        assert!(
-            i > 0 || seen.is_empty(),
-            "{dest} got unexpected datagrams: {:?}",
-            seen.keys().take(5).collect::<Vec<_>>()
-        );
+        if seen.is_empty() {
+            continue;
+        }
+        // Fanned-out foreign datagrams in place of broadcasts are counted in
+        // `missing` (the caller asserts it is 0); any foreign datagram at
+        // all, also one fanned out besides the broadcasts, fails here.
+        if missing.is_empty() {
+            panic!(
+                "{dest} got datagrams not meant for it: {:?}",
+                seen.keys().take(5).collect::<Vec<_>>()
+            );
+        }
     }
     missing.len()
 }

@@ -434,12 +434,12 @@ fn an_address_moving_onto_the_sender_gets_its_copies_locally_then_back() {
 }
 
 #[test]
-fn routes_that_change_without_a_broadcast_are_seen_by_the_next_one() {
+fn a_route_through_another_interface_is_refused_once_it_is_there_and_not_after() {
     if !root_available() {
         return;
     }
-    // Plans are made from the tables at the first broadcast and kept; the
-    // next broadcast after a change must not use them.
+    // Plans are made from the tables at the first broadcast and kept; once
+    // the watching thread has seen a change, broadcasts must not use them.
     let tb = small_testbed();
     let broadcaster = broadcaster(&tb, Mode::Kernel);
     let socket = sender_socket(&tb, 5000);
@@ -539,8 +539,81 @@ fn the_mtu_follows_the_interface_and_nothing_is_ever_fragmented() {
         assert_complete(&broadcaster.broadcast(&socket, &big, &targets).unwrap(), 4);
         sent.push(big.clone());
         assert_eq!(broadcaster.max_payload(), 1472);
+
         rx.wait_for_total(4 * sent.len(), WAIT);
         rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
+
+        // A route of one destination with a smaller MTU than the interface:
+        // refused before anything is sent, with the route's MTU. Until the
+        // route's notification is read, a broadcast may still go (the
+        // kernel refuses the copy it would have to fragment); every attempt
+        // carries its own payload, and each destination must get exactly
+        // the attempts reported sent to it.
+        let rx = tb.receivers(&dests).unwrap();
+        let narrow = dests[2].ip();
+        ip(
+            tb.sender_ns(),
+            &format!("route add {narrow}/32 dev eth0 mtu 1200"),
+        );
+        let attempt = |k: u64| [message(100 + k as u32).as_slice(); 7].concat();
+        let mut outcomes = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        for k in 0.. {
+            match broadcaster.broadcast(&socket, &attempt(k), &targets) {
+                Err(elec_broadcast::Error::PayloadTooLarge { mtu: 1200, .. }) => break,
+                Ok(report) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{mode:?}: the route MTU is ignored"
+                    );
+                    outcomes.push(report.failed);
+                }
+                other => panic!("{mode:?}: {other:?} with a route MTU of 1200"),
+            }
+        }
+        let small_after = message(3);
+        assert_complete(
+            &broadcaster
+                .broadcast(&socket, &small_after, &targets)
+                .unwrap(),
+            4,
+        );
+        ip(tb.sender_ns(), &format!("route del {narrow}/32 dev eth0"));
+        let deadline = Instant::now() + WAIT;
+        let big_after = attempt(99);
+        while broadcaster
+            .broadcast(&socket, &big_after, &targets)
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{mode:?}: the route is gone, the error is not"
+            );
+        }
+        tb.wait_quiet(Duration::from_millis(50), WAIT).unwrap();
+        let got = rx.finish(SETTLE);
+        for (i, dest) in dests.iter().enumerate() {
+            let count = |m: &[u8]| got.datagrams(dest).iter().filter(|d| *d == m).count();
+            for (k, failed) in outcomes.iter().enumerate() {
+                let expected = usize::from(!failed.contains(&targets[i]));
+                assert_eq!(
+                    count(&attempt(k as u64)),
+                    expected,
+                    "{mode:?} {dest} attempt {k}"
+                );
+            }
+            assert_eq!(count(&small_after), 1, "{mode:?} {dest}");
+            assert_eq!(count(&big_after), 1, "{mode:?} {dest}");
+            assert_eq!(
+                got.datagrams(dest).len(),
+                outcomes.iter().filter(|f| !f.contains(&targets[i])).count() + 2,
+                "{mode:?} {dest}: datagrams nobody sent"
+            );
+        }
+        eprintln!(
+            "{mode:?}: {} broadcasts went before the route MTU was seen",
+            outcomes.len()
+        );
     }
     assert_eq!(frag_creates(), fragmented_before, "the sender fragmented");
 }
