@@ -270,7 +270,7 @@ impl Sender {
         let Some(report) = report else { return };
         let by_mode = match self.mode {
             SendMode::Kernel => report.kernel_copies,
-            _ => report.fallback_copies,
+            _ => report.user_space_copies,
         };
         assert!(
             report.failed.is_empty() && report.copies_sent == n && by_mode == n,

@@ -34,17 +34,22 @@ pub enum Mode {
 }
 
 /// What one [`Broadcaster::broadcast`] call did.
+///
+/// Every destination is counted once: in `kernel_copies`, in
+/// `user_space_copies`, or in `failed`. [`Stats`] sums these over calls.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Report {
-    /// Datagrams that left: one per destination that got its copy.
+    /// Datagrams that left: one per destination that got its copy
+    /// (`kernel_copies + user_space_copies`).
     pub copies_sent: usize,
-    /// Of these, copies made by the kernel fan-out (clones the interface
+    /// Of these, copies the kernel fan-out made (clones the interface
     /// accepted).
     pub kernel_copies: usize,
-    /// Of these, copies sent from user space (user-space mode, or
-    /// destinations the fan-out could not take, see [`Broadcaster`]).
-    pub fallback_copies: usize,
+    /// Of these, copies sent from user space, with `sendmmsg` (user-space
+    /// mode, or destinations the fan-out cannot take: local ones, neighbours
+    /// not resolved yet; see [`Broadcaster`]).
+    pub user_space_copies: usize,
     /// Destinations that got no copy, in the order they were given. A
     /// destination listed twice is counted twice.
     pub failed: Vec<SocketAddr>,
@@ -57,24 +62,41 @@ impl Report {
     }
 }
 
-/// Counters over the life of a [`Broadcaster`].
+/// Counters over the life of a [`Broadcaster`]: the sums of the [`Report`]s
+/// of its calls, and how many fan-outs they took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Calls to [`Broadcaster::broadcast`] that sent something.
+    /// Calls to [`Broadcaster::broadcast`] that sent something (that did not
+    /// return an error).
     pub broadcasts: u64,
     /// Datagrams the kernel program fanned out (at most 256 destinations each).
     pub fan_outs: u64,
-    /// Copies made in the kernel: clones that the interface accepted (the
-    /// sum of [`Report::kernel_copies`]).
+    /// The sum of [`Report::kernel_copies`].
     pub kernel_copies: u64,
-    /// Clones the kernel could not deliver (for example a full receive
-    /// backlog); their destinations were reported as failed.
-    pub clone_failures: u64,
-    /// Datagrams sent from user space.
-    pub fallback_sends: u64,
-    /// Destinations reported in [`Report::failed`], summed over all calls.
+    /// The sum of [`Report::user_space_copies`].
+    pub user_space_copies: u64,
+    /// The sum of the lengths of [`Report::failed`].
     pub copies_failed: u64,
+}
+
+/// The kernel program's own counters (from its per-CPU `stats` map), for
+/// monitoring and for checking [`Stats`] against.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KernelCounters {
+    /// Datagrams fanned out.
+    pub fan_outs: u64,
+    /// Clones the interface accepted: every copy of a fan-out that left.
+    pub clones: u64,
+    /// Clones the device, its queue or the receiving backlog dropped, or
+    /// that could not be made.
+    pub clone_failures: u64,
+    /// Destinations lost because a header could not be rewritten (no memory).
+    pub rewrite_failures: u64,
+    /// Datagrams with an armed tag that could not be fanned out (IP options,
+    /// fragments, not as armed); they went to their first destination.
+    pub mismatches: u64,
 }
 
 #[derive(Default)]
@@ -82,8 +104,7 @@ struct Counters {
     broadcasts: AtomicU64,
     fan_outs: AtomicU64,
     kernel_copies: AtomicU64,
-    clone_failures: AtomicU64,
-    fallback_sends: AtomicU64,
+    user_space_copies: AtomicU64,
     copies_failed: AtomicU64,
 }
 
@@ -136,6 +157,8 @@ pub struct Broadcaster {
     fallback_reason: Option<Error>,
     kernel: Option<FanOut>,
     resolver: Arc<Resolver>,
+    // Held for its Drop, which stops the thread (and for a test hook).
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     watcher: Watcher,
     sockets: Mutex<SocketTable>,
     next_tag: AtomicU64,
@@ -153,13 +176,6 @@ impl Broadcaster {
     /// [`Mode::Kernel`], a kernel backend that cannot be used is an error.
     pub fn with_mode(interface: &str, mode: Mode) -> Result<Broadcaster, Error> {
         Broadcaster::build(interface, mode, false)
-    }
-
-    /// Kernel mode attached with clsact even where TCX exists (for tests of
-    /// the path older kernels take).
-    #[doc(hidden)]
-    pub fn with_clsact(interface: &str) -> Result<Broadcaster, Error> {
-        Broadcaster::build(interface, Mode::Kernel, true)
     }
 
     fn build(interface: &str, mode: Mode, force_clsact: bool) -> Result<Broadcaster, Error> {
@@ -258,45 +274,21 @@ impl Broadcaster {
             broadcasts: c.broadcasts.load(Ordering::Relaxed),
             fan_outs: c.fan_outs.load(Ordering::Relaxed),
             kernel_copies: c.kernel_copies.load(Ordering::Relaxed),
-            clone_failures: c.clone_failures.load(Ordering::Relaxed),
-            fallback_sends: c.fallback_sends.load(Ordering::Relaxed),
+            user_space_copies: c.user_space_copies.load(Ordering::Relaxed),
             copies_failed: c.copies_failed.load(Ordering::Relaxed),
         }
     }
 
-    /// The kernel program's own counters: fan-outs, clones, clone failures,
-    /// rewrite failures, mismatches (for tests that cross-check [`Stats`]).
-    #[doc(hidden)]
-    pub fn kernel_counters(&self) -> Option<[u64; 5]> {
+    /// The kernel program's own counters; `None` in user-space mode.
+    pub fn kernel_counters(&self) -> Option<KernelCounters> {
         let s = self.kernel.as_ref()?.kernel_stats().ok()?;
-        Some([
-            s.fan_outs,
-            s.clones,
-            s.clone_failures,
-            s.rewrite_failures,
-            s.mismatches,
-        ])
-    }
-
-    /// Whether the program is attached with TCX (else clsact).
-    #[doc(hidden)]
-    pub fn uses_tcx(&self) -> Option<bool> {
-        self.kernel.as_ref().map(FanOut::uses_tcx)
-    }
-
-    /// Times the change notifications overflowed and the tables were read
-    /// afresh (for tests).
-    #[doc(hidden)]
-    pub fn notification_overflows(&self) -> u64 {
-        self.resolver.overflows()
-    }
-
-    /// Keeps the kernel's change notifications from being read while the
-    /// guard lives, so that they pile up until their socket overflows (for
-    /// tests of what follows). Broadcasts go on meanwhile.
-    #[doc(hidden)]
-    pub fn hold_notifications(&self) -> impl Drop + '_ {
-        self.watcher.hold()
+        Some(KernelCounters {
+            fan_outs: s.fan_outs,
+            clones: s.clones,
+            clone_failures: s.clone_failures,
+            rewrite_failures: s.rewrite_failures,
+            mismatches: s.mismatches,
+        })
     }
 
     /// Sends `payload` once to every destination, through `socket`.
@@ -380,7 +372,8 @@ impl Broadcaster {
         });
         let report = sender.finish(|| self.payload_too_large(payload.len(), too_large))?;
         add(&self.counters.broadcasts, 1);
-        add(&self.counters.fallback_sends, report.fallback_copies);
+        add(&self.counters.kernel_copies, report.kernel_copies);
+        add(&self.counters.user_space_copies, report.user_space_copies);
         add(&self.counters.copies_failed, report.failed.len());
         Ok(report)
     }
@@ -593,7 +586,7 @@ impl Broadcaster {
                         // socket): the carrier reached its destination as
                         // sent; the rest go from user space.
                         bypassed = true;
-                        sender.report.fallback_copies += 1;
+                        sender.report.user_space_copies += 1;
                         self.send_user_space(state, sender, &chunk.indices[1..]);
                     }
                 }
@@ -611,22 +604,18 @@ impl Broadcaster {
                 // Taken, but not in a shape the program can fan out (IP
                 // options, say): it went to the carrier as sent.
                 bypassed = true;
-                sender.report.fallback_copies += 1;
+                sender.report.user_space_copies += 1;
                 self.send_user_space(state, sender, &chunk.indices[1..]);
                 continue;
             }
             add(&self.counters.fan_outs, 1);
-            add(&self.counters.kernel_copies, outcome.copies as usize);
-            let mut clone_failures = 0;
             for (i, &dest) in chunk.indices.iter().enumerate() {
                 if outcome.lost(i) {
-                    clone_failures += usize::from(outcome.clone_failed(i));
                     sender.report.failed.push(sender.destinations[dest]);
                 } else {
                     sender.report.kernel_copies += 1;
                 }
             }
-            add(&self.counters.clone_failures, clone_failures);
         }
         bypassed
     }
@@ -659,7 +648,7 @@ impl Broadcaster {
             failed.extend(failed_again.into_iter().map(|(at, err)| (again[at], err)));
             failed.sort_by_key(|(at, _)| *at);
         }
-        sender.report.fallback_copies += indices.len() - failed.len();
+        sender.report.user_space_copies += indices.len() - failed.len();
         for (at, err) in failed {
             sender.failed(&[indices[at]], err);
         }
@@ -689,6 +678,35 @@ impl Broadcaster {
         }
         state.cookie = cookie;
         Ok(())
+    }
+}
+
+/// Test hooks: only with the `test-hooks` feature (which the crate's own
+/// tests turn on); not part of the API.
+#[cfg(feature = "test-hooks")]
+impl Broadcaster {
+    /// Kernel mode attached with clsact even where TCX exists (for tests of
+    /// the path older kernels take).
+    pub fn with_clsact(interface: &str) -> Result<Broadcaster, Error> {
+        Broadcaster::build(interface, Mode::Kernel, true)
+    }
+
+    /// Whether the program is attached with TCX (else clsact).
+    pub fn uses_tcx(&self) -> Option<bool> {
+        self.kernel.as_ref().map(FanOut::uses_tcx)
+    }
+
+    /// Times the change notifications overflowed and the tables were read
+    /// afresh.
+    pub fn notification_overflows(&self) -> u64 {
+        self.resolver.overflows()
+    }
+
+    /// Keeps the kernel's change notifications from being read while the
+    /// guard lives, so that they pile up until their socket overflows.
+    /// Broadcasts go on meanwhile.
+    pub fn hold_notifications(&self) -> impl Drop + '_ {
+        self.watcher.hold()
     }
 }
 
@@ -937,7 +955,7 @@ impl Sender<'_> {
 
     /// The report, or the error that kept anything from being sent.
     fn finish(mut self, too_large: impl FnOnce() -> Error) -> Result<Report, Error> {
-        self.report.copies_sent = self.report.kernel_copies + self.report.fallback_copies;
+        self.report.copies_sent = self.report.kernel_copies + self.report.user_space_copies;
         match self.first_error {
             Some(err) if self.report.copies_sent == 0 => {
                 if err.raw_os_error() == Some(libc::EMSGSIZE) {

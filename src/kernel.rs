@@ -136,6 +136,7 @@ pub(crate) struct FanOut {
     slot_stride: usize,
     skel: FanOutSkel<'static>,
     _cell: ObjectCell,
+    #[cfg(feature = "test-hooks")]
     attached_with_tcx: bool,
 }
 
@@ -200,6 +201,7 @@ impl FanOut {
         let memory = MapMemory::map(slots.as_fd(), slot_stride * MAX_SOCKETS as usize)
             .map_err(Error::io("mapping the slots map"))?;
 
+        #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
         let (attachment, attached_with_tcx) = if force_clsact {
             (attach_clsact(&skel, ifindex, interface)?, false)
         } else {
@@ -220,10 +222,12 @@ impl FanOut {
             slot_stride,
             skel,
             _cell: cell,
+            #[cfg(feature = "test-hooks")]
             attached_with_tcx,
         })
     }
 
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn uses_tcx(&self) -> bool {
         self.attached_with_tcx
     }
@@ -340,7 +344,6 @@ fn attach_clsact(
 
 /// Results of one fan-out, as the program wrote them.
 pub(crate) struct Outcome {
-    pub(crate) copies: u32,
     pub(crate) failed: [u64; MAX_DESTS / 64],
     pub(crate) lost_from: u32,
 }
@@ -431,7 +434,6 @@ impl SlotHandle<'_> {
                 // written (Acquire pairs with the program's atomic store).
                 return Some(unsafe {
                     Outcome {
-                        copies: ptr::read_volatile(addr_of!((*self.ptr).copies)),
                         failed: ptr::read_volatile(addr_of!((*self.ptr).failed)),
                         lost_from: ptr::read_volatile(addr_of!((*self.ptr).lost_from)),
                     }

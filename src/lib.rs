@@ -46,7 +46,7 @@ mod resolve;
 mod sys;
 mod watch;
 
-pub use broadcaster::{Broadcaster, Mode, Report, Stats};
+pub use broadcaster::{Broadcaster, KernelCounters, Mode, Report, Stats};
 pub use error::Error;
 
 /// Most destinations one datagram is fanned out to in the kernel; longer

@@ -128,6 +128,7 @@ impl Resolver {
     }
 
     /// Times notifications were lost and the tables read afresh.
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn overflows(&self) -> u64 {
         self.overflows.load(Ordering::Relaxed)
     }

@@ -40,7 +40,8 @@ pub(crate) struct Watcher {
     forks: u64,
     stop: Arc<EventFd>,
     /// Held by the thread while it reads and applies a datagram; held by
-    /// [`Watcher::hold`] to keep it from doing so.
+    /// `Watcher::hold` (a test hook) to keep it from doing so.
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pause: Arc<Mutex<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -77,6 +78,7 @@ impl Watcher {
     /// Keeps the thread from reading notifications while the guard lives:
     /// they pile up in the socket, which overflows at last (for tests of
     /// what follows).
+    #[cfg(feature = "test-hooks")]
     pub(crate) fn hold(&self) -> MutexGuard<'_, ()> {
         lock(&self.pause)
     }

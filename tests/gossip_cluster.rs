@@ -114,7 +114,7 @@ fn kernel_mode_cluster_learns_every_member_and_every_update() {
     for (node, before) in nodes.iter().zip(&before) {
         let stats = node.stats();
         let kernel = stats.broadcast.kernel_copies - before.broadcast.kernel_copies;
-        let user = stats.broadcast.fallback_sends - before.broadcast.fallback_sends;
+        let user = stats.broadcast.user_space_copies - before.broadcast.user_space_copies;
         assert!(kernel > 0, "{}: {stats:?}", node.id());
         assert_eq!(user, 0, "{}: {stats:?}", node.id());
         assert_eq!(stats.protocol.dropped(), 0, "{}: {stats:?}", node.id());

@@ -191,7 +191,7 @@ fn normal_run(n: usize) {
     let b = leader.broadcast;
     assert_eq!(b.fan_outs, b.broadcasts, "{b:?}");
     assert_eq!(b.kernel_copies, (n as u64 - 1) * b.fan_outs, "{b:?}");
-    assert_eq!((b.clone_failures, b.fallback_sends), (0, 0), "{b:?}");
+    assert_eq!((b.copies_failed, b.user_space_copies), (0, 0), "{b:?}");
     for r in reports.iter().flatten() {
         assert_eq!(r.rejected_datagrams, 0);
         assert_eq!(r.stats.view_changes, 0);
@@ -291,5 +291,5 @@ fn user_space_broadcasts_serve_the_same_protocol() {
     let leader = reports[0].as_ref().expect("leader report");
     assert_eq!(leader.mode, Mode::UserSpace);
     assert_eq!(leader.broadcast.kernel_copies, 0);
-    assert!(leader.broadcast.fallback_sends >= 2 * 1_000);
+    assert!(leader.broadcast.user_space_copies >= 2 * 1_000);
 }

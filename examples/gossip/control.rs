@@ -262,7 +262,7 @@ fn stats_json(node: &Handle) -> String {
             "\"dropped_oversized\":{},\"dropped_truncated\":{},\"dropped_not_gossip\":{},",
             "\"dropped_bad_mac\":{},\"dropped_malformed\":{},\"dropped\":{},",
             "\"broadcasts\":{},\"kernel_fan_outs\":{},\"kernel_copies\":{},",
-            "\"clone_failures\":{},\"user_space_sends\":{},\"oversize_sends\":{},",
+            "\"copies_failed\":{},\"user_space_copies\":{},\"oversize_sends\":{},",
             "\"send_failures\":{}}}"
         ),
         node.id(),
@@ -293,8 +293,8 @@ fn stats_json(node: &Handle) -> String {
         b.broadcasts,
         b.fan_outs,
         b.kernel_copies,
-        b.clone_failures,
-        b.fallback_sends,
+        b.copies_failed,
+        b.user_space_copies,
         s.oversize_sends,
         s.send_failures,
     )

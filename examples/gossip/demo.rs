@@ -87,7 +87,7 @@ struct Measured {
     datagrams_out: u64,
     broadcasts: u64,
     kernel_copies: u64,
-    user_space_sends: u64,
+    user_space_copies: u64,
     window: Duration,
 }
 
@@ -295,7 +295,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
     m.datagrams_out = delta("datagrams_out");
     m.broadcasts = delta("broadcasts");
     m.kernel_copies = delta("kernel_copies");
-    m.user_space_sends = delta("user_space_sends");
+    m.user_space_copies = delta("user_space_copies");
     println!(
         "quiet window of {:?}: {} datagrams, {:.1} ms CPU over all nodes",
         args.window,
@@ -516,7 +516,7 @@ fn print_table(args: &DemoArgs, timeout: Duration, results: &[Measured]) {
         (
             "copies cloned in the kernel".into(),
             Box::new(|m| {
-                let all = m.kernel_copies + m.user_space_sends;
+                let all = m.kernel_copies + m.user_space_copies;
                 format!(
                     "{:.1} %",
                     100.0 * m.kernel_copies as f64 / all.max(1) as f64

@@ -260,7 +260,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
             report.commit_number,
             report.broadcast.broadcasts,
             report.broadcast.kernel_copies,
-            report.broadcast.fallback_sends
+            report.broadcast.user_space_copies
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -87,7 +87,7 @@ impl ReplicaReport {
                 "{{\"index\":{},\"mode\":\"{}\",\"view\":{},\"leader\":{},\"commit_number\":{},",
                 "\"prepares\":{},\"commits\":{},\"executed\":{},\"view_changes\":{},",
                 "\"state_requests\":{},\"duplicate_requests\":{},\"broadcasts\":{},",
-                "\"fan_outs\":{},\"kernel_copies\":{},\"clone_failures\":{},\"fallback_sends\":{},",
+                "\"fan_outs\":{},\"kernel_copies\":{},\"copies_failed\":{},\"user_space_copies\":{},",
                 "\"incomplete_broadcasts\":{},\"rejected_datagrams\":{}}}"
             ),
             self.index,
@@ -104,8 +104,8 @@ impl ReplicaReport {
             b.broadcasts,
             b.fan_outs,
             b.kernel_copies,
-            b.clone_failures,
-            b.fallback_sends,
+            b.copies_failed,
+            b.user_space_copies,
             self.incomplete_broadcasts,
             self.rejected_datagrams,
         )
