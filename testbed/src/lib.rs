@@ -59,7 +59,7 @@ pub use ns::{
     in_namespace, output_in, spawn_in, spawn_in_namespace, udp_socket_in, NsThread, NETNS_RUN_DIR,
 };
 pub use pattern::{is_pattern, pattern, PATTERN_MODULUS};
-pub use recv::{CountReport, Counters, Received, Receivers, RECEIVER_RCVBUF};
+pub use recv::{pin_current_thread, CountReport, Counters, Received, Receivers, RECEIVER_RCVBUF};
 pub use report::{backlog_drops, backlog_note, json_u64};
 pub use snmp::{link_counters, snmp_counter, LinkCounters};
 pub use testbed::{

@@ -118,7 +118,7 @@ fn bind_groups(groups: &[Group]) -> io::Result<Vec<Vec<UdpSocket>>> {
 }
 
 /// Pins the calling thread to `cpu`.
-pub(crate) fn pin_current_thread(cpu: usize) -> io::Result<()> {
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain old data; CPU_ZERO/CPU_SET only write into
     // `set`, and sched_setaffinity reads `set` with its exact size.
     let rc = unsafe {
