@@ -37,18 +37,18 @@
     clippy::undocumented_unsafe_blocks
 )]
 
-mod abi;
 mod broadcaster;
 mod error;
 mod kernel;
-mod netlink;
-mod resolve;
+mod report;
+mod send;
 mod sys;
-mod watch;
+mod tables;
 
-pub use broadcaster::{Broadcaster, KernelCounters, Mode, Report, Stats};
+pub use broadcaster::{Broadcaster, Mode};
 pub use error::Error;
+pub use report::{KernelCounters, Report, Stats};
 
 /// Most destinations one datagram is fanned out to in the kernel; longer
 /// lists are split into several fan-outs by [`Broadcaster::broadcast`].
-pub const MAX_DESTINATIONS_PER_FAN_OUT: usize = abi::MAX_DESTS;
+pub const MAX_DESTINATIONS_PER_FAN_OUT: usize = kernel::MAX_DESTS;

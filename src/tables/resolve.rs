@@ -1,6 +1,6 @@
 //! Which destinations the kernel fan-out can serve, and with which next-hop
 //! MAC, read from the kernel's own routing and neighbour tables and kept
-//! current by the kernel's change notifications (see [`crate::watch`]).
+//! current by the kernel's change notifications (see [`super::watch`]).
 //!
 //! A destination is fanned out only when its route leaves through the
 //! interface the program is attached to and the next hop's neighbour entry
@@ -21,7 +21,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::netlink::{Change, RouteKind, RouteSocket};
+use super::netlink::{Change, RouteKind, RouteSocket};
 
 /// How one destination is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub(crate) struct Resolver {
     mtu: AtomicU32,
     /// Times notifications were lost (the socket's buffer overflowed).
     overflows: AtomicU64,
-    /// [`crate::watch::forks`] when made: a forked child has no watching
+    /// [`super::watch::forks`] when made: a forked child has no watching
     /// thread, so it makes every plan afresh.
     forks: u64,
     tables: Mutex<Tables>,
@@ -106,7 +106,7 @@ impl Resolver {
             watched: AtomicBool::new(true),
             mtu: AtomicU32::new(mtu),
             overflows: AtomicU64::new(0),
-            forks: crate::watch::forks(),
+            forks: super::watch::forks(),
             tables: Mutex::new(Tables {
                 netlink,
                 neighbours: None,
@@ -119,7 +119,7 @@ impl Resolver {
     pub(crate) fn is_current(&self, generation: u64) -> bool {
         self.generation.load(Ordering::Acquire) == generation
             && self.watched.load(Ordering::Relaxed)
-            && self.forks == crate::watch::forks()
+            && self.forks == super::watch::forks()
     }
 
     /// The interface's MTU as last reported.
@@ -329,7 +329,7 @@ fn is_unroutable(err: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::Neighbour;
+    use crate::tables::netlink::Neighbour;
 
     const IF: u32 = 7;
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
@@ -482,7 +482,7 @@ mod tests {
         assert!(!r.is_current(g));
         let g = generation(&r);
         // In a forked child, whose watching thread did not come along.
-        crate::watch::forked_child();
+        crate::tables::watch::forked_child();
         assert!(!r.is_current(g));
         let r = resolver(&[(A, MAC_A)], &[]);
         let g = generation(&r);

@@ -14,8 +14,8 @@ use std::thread::{self, JoinHandle};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use crate::netlink::ChangeSocket;
-use crate::resolve::Resolver;
+use super::netlink::ChangeSocket;
+use super::resolve::Resolver;
 
 /// Forks of this process so far, as seen by the child: a child inherits
 /// the broadcasters but not their watching threads, so its plans must not

@@ -1,0 +1,185 @@
+//! The fan-out program: loads `bpf/fan_out.bpf.c` with its maps, attaches
+//! it (see [`super::attach`]), registers sockets, reads its counters, and
+//! hands out the per-socket slots (see [`super::slots`]).
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{MapCore, MapFlags, OpenObject};
+
+use super::abi::{FanOutSkel, FanOutSkelBuilder, KernelStats, Slot, MAX_SOCKETS};
+use super::attach::{attach_clsact, attach_tcx, Attachment};
+use super::slots::{SlotHandle, Slots};
+use crate::{sys, Error};
+
+/// Owns the heap cell the skeleton's object lives in; freed after the
+/// skeleton (see the field order of [`Program`]).
+struct ObjectCell(NonNull<MaybeUninit<OpenObject>>);
+
+impl ObjectCell {
+    fn new() -> ObjectCell {
+        ObjectCell(NonNull::from(Box::leak(Box::new(MaybeUninit::uninit()))))
+    }
+}
+
+impl Drop for ObjectCell {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::leak in `new` and the skeleton
+        // that borrowed it has been dropped (it is declared before this field
+        // in `Program`, and before the cell in `Program::attach`). MaybeUninit
+        // does not drop its content: the skeleton already dropped the object.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// The loaded and attached fan-out program. Fields drop in order: the
+/// program is detached first, then the mapping goes, then maps and program
+/// are closed, and the object's cell is freed last.
+pub(crate) struct Program {
+    // Held for its Drop, which detaches the program.
+    _attachment: Attachment,
+    slots: Slots,
+    skel: FanOutSkel<'static>,
+    _cell: ObjectCell,
+    #[cfg(feature = "test-hooks")]
+    attached_with_tcx: bool,
+}
+
+// SAFETY: FanOutSkel is Send + Sync; the attachment is touched only by Drop
+// (&mut self), and Slots is Send + Sync.
+unsafe impl Send for Program {}
+// SAFETY: as above; shared access only reads immutable handles or goes
+// through `Slot`, whose exclusivity the caller of `slot()` guarantees.
+unsafe impl Sync for Program {}
+
+pub(super) fn to_io(err: libbpf_rs::Error) -> io::Error {
+    io::Error::other(format!("{err:#}"))
+}
+
+fn load_error(err: libbpf_rs::Error) -> Error {
+    Error::Load {
+        reason: format!("{err:#}"),
+    }
+}
+
+impl Program {
+    /// Checks capabilities, loads the program and attaches it to the egress
+    /// of `ifindex`: with TCX where the kernel has it, else with clsact.
+    pub(crate) fn attach(
+        interface: &str,
+        ifindex: u32,
+        force_clsact: bool,
+    ) -> Result<Program, Error> {
+        use caps::Capability::{CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN};
+        let has = |cap| sys::has_capability(cap).map_err(Error::io("reading the capability set"));
+        if !has(CAP_BPF)? && !has(CAP_SYS_ADMIN)? {
+            return Err(Error::MissingCapability {
+                capability: "CAP_BPF",
+            });
+        }
+        if !has(CAP_NET_ADMIN)? {
+            return Err(Error::MissingCapability {
+                capability: "CAP_NET_ADMIN",
+            });
+        }
+
+        let cell = ObjectCell::new();
+        // SAFETY: the cell is a valid, exclusively owned allocation that
+        // outlives the skeleton: `Program` drops `skel` before `_cell`, and on
+        // the error paths below the skeleton is a local declared after `cell`.
+        let storage: &'static mut MaybeUninit<OpenObject> = unsafe { &mut *cell.0.as_ptr() };
+        let open = FanOutSkelBuilder::default()
+            .open(storage)
+            .map_err(load_error)?;
+        let skel = open.load().map_err(load_error)?;
+
+        let slots = &skel.maps.slots;
+        if slots.value_size() as usize != size_of::<Slot>() || slots.max_entries() != MAX_SOCKETS {
+            return Err(Error::Load {
+                reason: "the slots map does not match include/elec_broadcast.h".into(),
+            });
+        }
+        let slots = Slots::map(slots.as_fd()).map_err(Error::io("mapping the slots map"))?;
+
+        #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
+        let (attachment, attached_with_tcx) = if force_clsact {
+            (attach_clsact(&skel, ifindex, interface)?, false)
+        } else {
+            match attach_tcx(&skel, ifindex) {
+                Ok(link) => (Attachment::Tcx(link), true),
+                Err(tcx_err) => match attach_clsact(&skel, ifindex, interface) {
+                    Ok(attachment) => {
+                        log::info!("TCX unavailable ({tcx_err}); attached with clsact instead");
+                        (attachment, false)
+                    }
+                    Err(err) => return Err(err),
+                },
+            }
+        };
+        Ok(Program {
+            _attachment: attachment,
+            slots,
+            skel,
+            _cell: cell,
+            #[cfg(feature = "test-hooks")]
+            attached_with_tcx,
+        })
+    }
+
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn uses_tcx(&self) -> bool {
+        self.attached_with_tcx
+    }
+
+    /// Lets the program fan out the datagrams of the socket with `cookie`,
+    /// using slot `index`.
+    pub(crate) fn register(&self, cookie: u64, index: u32) -> io::Result<()> {
+        self.skel
+            .maps
+            .sockets
+            .update(&cookie.to_ne_bytes(), &index.to_ne_bytes(), MapFlags::ANY)
+            .map_err(to_io)
+    }
+
+    pub(crate) fn unregister(&self, cookie: u64) {
+        // A socket that is no longer there may already be gone from the map.
+        let _ = self.skel.maps.sockets.delete(&cookie.to_ne_bytes());
+    }
+
+    /// The program's own counters, summed over CPUs.
+    pub(crate) fn kernel_stats(&self) -> io::Result<KernelStats> {
+        let per_cpu = self
+            .skel
+            .maps
+            .stats
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .map_err(to_io)?
+            .unwrap_or_default();
+        let mut sum = [0u64; 5];
+        for value in per_cpu {
+            for (total, bytes) in sum.iter_mut().zip(value.chunks_exact(8)) {
+                *total += u64::from_ne_bytes(bytes.try_into().expect("chunks of 8"));
+            }
+        }
+        let [fan_outs, clones, clone_failures, rewrite_failures, mismatches] = sum;
+        Ok(KernelStats {
+            fan_outs,
+            clones,
+            clone_failures,
+            rewrite_failures,
+            mismatches,
+        })
+    }
+
+    /// Slot `index`.
+    ///
+    /// # Safety
+    /// As for [`Slots::slot`].
+    pub(crate) unsafe fn slot(&self, index: u32) -> SlotHandle<'_> {
+        // SAFETY: passed on to the caller.
+        unsafe { self.slots.slot(index) }
+    }
+}
