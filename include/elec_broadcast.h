@@ -4,8 +4,10 @@
  *
  * This header is the only definition of the map layout. The Rust side does not
  * restate it: libbpf-cargo turns the BTF of these structs into Rust types
- * (`skel::types::eb_slot`, ...) and src/abi.rs asserts at compile time that
- * sizes and offsets are what the loader expects.
+ * (`skel::types::eb_slot`, ...), build.rs turns every `#define EB_NAME value`
+ * into a Rust constant (one name and one number per line), and
+ * src/kernel/abi.rs asserts at compile time that sizes and offsets are what
+ * the loader expects.
  */
 #ifndef ELEC_BROADCAST_H
 #define ELEC_BROADCAST_H

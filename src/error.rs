@@ -1,3 +1,6 @@
+//! The one error type of the crate: every way a broadcast or a set-up can
+//! fail, each message saying what to do about it.
+
 use std::io;
 use std::net::SocketAddr;
 
@@ -116,13 +119,10 @@ pub enum Error {
         capability: &'static str,
     },
 
-    /// The kernel refused the eBPF program.
-    #[error(
-        "the kernel refused to load the eBPF fan-out program (it needs Linux 5.17 or newer for \
-         bpf_loop): {reason}; use Mode::UserSpace on this kernel"
-    )]
+    /// The eBPF program could not be loaded.
+    #[error("loading the eBPF fan-out program failed: {reason}; use Mode::UserSpace here")]
     Load {
-        /// What libbpf reported.
+        /// What went wrong: the kernel's or libbpf's words, and what to check.
         reason: String,
     },
 

@@ -1,9 +1,11 @@
 //! The map layout shared with `bpf/fan_out.bpf.c`.
 //!
-//! The structs are defined once, in `include/elec_broadcast.h`; the Rust types
-//! here are generated from the compiled object's BTF by libbpf-cargo. The
-//! asserts below pin the few facts the loader relies on, so a change on the C
-//! side that the Rust side does not follow fails the build.
+//! Everything is defined once, in `include/elec_broadcast.h`: the structs
+//! reach Rust through the compiled object's BTF (libbpf-cargo generates the
+//! types), the `#define` constants through `build.rs`, which generates them
+//! from the header. The asserts below pin the few facts the loader relies on,
+//! so a change on the C side that the Rust side does not follow fails the
+//! build.
 
 #[allow(
     clippy::all,
@@ -22,14 +24,18 @@ pub(crate) use skel::{FanOutSkel, FanOutSkelBuilder};
 
 use std::mem::{offset_of, size_of};
 
-/// `EB_MAX_DESTS`: destinations one packet fans out to.
-pub(crate) const MAX_DESTS: usize = 256;
-/// `EB_MAX_SOCKETS`: entries of the `slots` and `sockets` maps.
-pub(crate) const MAX_SOCKETS: u32 = 1024;
-/// `EB_SLOT_PARTIAL`: the armed datagram is CHECKSUM_PARTIAL.
-pub(crate) const SLOT_PARTIAL: u32 = 1;
-/// `EB_NOT_FANNED_OUT`: the `lost_from` of a datagram taken but not fanned out.
-pub(crate) const NOT_FANNED_OUT: u32 = u32::MAX;
+mod constants {
+    include!(concat!(env!("OUT_DIR"), "/abi_constants.rs"));
+}
+
+/// Destinations one packet fans out to.
+pub(crate) const MAX_DESTS: usize = constants::EB_MAX_DESTS as usize;
+/// Entries of the `slots` and `sockets` maps.
+pub(crate) const MAX_SOCKETS: u32 = constants::EB_MAX_SOCKETS;
+/// The armed datagram is CHECKSUM_PARTIAL.
+pub(crate) const SLOT_PARTIAL: u32 = constants::EB_SLOT_PARTIAL;
+/// The `lost_from` of a datagram taken but not fanned out.
+pub(crate) const NOT_FANNED_OUT: u32 = constants::EB_NOT_FANNED_OUT;
 
 const _: () = {
     assert!(size_of::<Dest>() == 12);

@@ -59,9 +59,14 @@ pub(super) fn to_io(err: libbpf_rs::Error) -> io::Error {
     io::Error::other(format!("{err:#}"))
 }
 
+/// A program the kernel refused, or libbpf could not prepare: the usual
+/// cause is a kernel older than the program needs.
 fn load_error(err: libbpf_rs::Error) -> Error {
     Error::Load {
-        reason: format!("{err:#}"),
+        reason: format!(
+            "{err:#} (the program needs Linux 5.17 or newer, for bpf_loop, with BTF; \
+             libbpf's log above says what the kernel refused)"
+        ),
     }
 }
 
@@ -99,7 +104,10 @@ impl Program {
         let slots = &skel.maps.slots;
         if slots.value_size() as usize != size_of::<Slot>() || slots.max_entries() != MAX_SOCKETS {
             return Err(Error::Load {
-                reason: "the slots map does not match include/elec_broadcast.h".into(),
+                reason: "the kernel's slots map does not have the layout this library was \
+                         built with (include/elec_broadcast.h): the program and the library \
+                         come from different builds"
+                    .into(),
             });
         }
         let slots = Slots::map(slots.as_fd()).map_err(Error::io("mapping the slots map"))?;
