@@ -494,13 +494,6 @@ fn root_available() -> bool {
     );
 }
 
-fn pin_current_thread(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu)
-        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
-        .unwrap_or_else(|e| panic!("pinning the sending thread to CPU {cpu}: {e}"));
-}
-
 /// Median CPU time of an empty measurement window (two clock reads), which
 /// every broadcast's window includes once and which is subtracted.
 fn clock_overhead_ns() -> u64 {
@@ -533,7 +526,8 @@ fn main() {
     })
     .expect("setting up the testbed (needs root and iproute2)");
     // Threads spawned from here on inherit this; the receivers pin themselves.
-    pin_current_thread(SENDER_CPU);
+    elec_testbed::pin_current_thread(SENDER_CPU)
+        .unwrap_or_else(|e| panic!("pinning the sending thread: {e}"));
     let burst_copies = match std::env::var(BURST_ENV) {
         Ok(v) => v
             .parse::<usize>()

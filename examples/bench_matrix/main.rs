@@ -1,0 +1,231 @@
+//! The sender-CPU matrix behind `docs/benchmarks.md`: kernel fan-out against
+//! one `sendmmsg` and a `sendto` loop, for N in {4, ..., 256} destinations and
+//! 64 B and 1200 B payloads, measured side by side and repeated.
+//!
+//! ```text
+//! bench_matrix matrix   [--repeats 5] [--ns 4,8,...] [--sizes 64,1200] [--out-dir docs/benchmarks]
+//! bench_matrix syscalls [--n 16] [--size 64]        # system calls per broadcast, with strace
+//! bench_matrix profile  [--n 64] [--mode kernel]    # perf record -a -g while one mode sends
+//! ```
+//!
+//! Every run is one process of the `broadcast` example (built next to this
+//! one) inside the sender namespace of a fresh testbed (8 receiver
+//! namespaces with 4 addresses each, several ports per address), pinned to
+//! the sender CPU; it reports its own CPU time (`getrusage`, user + system)
+//! over its send loop. Receive-side work goes to the other CPU: RPS on the
+//! bridge port facing the sender, counting receivers pinned there. Sends are
+//! paced so that the receivers keep up, and after every run each destination
+//! must have received every copy, intact: a run that lost or mangled a copy
+//! is rejected (reported, retried, never used).
+//!
+//! The `broadcast` example's CPU window includes its pacing sleeps, so each
+//! (N, size) point also runs a pacing-only process with the same count and
+//! pause (`bench_matrix pacing`), and its CPU time is subtracted.
+//!
+//! Within one repeat the three modes run back to back for the same (N, size),
+//! in an order rotated from repeat to repeat, so the ratios kernel/sendto and
+//! kernel/sendmmsg compare runs made under the same machine load. Medians and
+//! min-max ranges over the repeats are reported.
+//!
+//! Needs root (network namespaces, eBPF) and the `broadcast` example built
+//! in the same profile: `scripts/bench.sh` does both.
+//!
+//! Layout: this file is the command line; `bench.rs` sets up the testbed and
+//! runs the `broadcast` example on it, pinned and checked at the receivers;
+//! `pacing.rs` is the pacing of those runs and the pacing-only process;
+//! `spread.rs` medians and ranges; `matrix.rs` the `matrix` subcommand and
+//! its table, `results.rs` its results.json and `plot.rs` its SVG figures;
+//! `compare.rs`, `syscalls.rs` (strace) and `profile.rs` (perf) the other
+//! subcommands.
+
+mod bench;
+mod compare;
+mod matrix;
+mod pacing;
+mod plot;
+mod profile;
+mod results;
+mod spread;
+mod syscalls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Sender CPU per broadcast: kernel fan-out vs sendmmsg vs sendto")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the full matrix and write results.json, results.md and the plots.
+    Matrix(MatrixArgs),
+    /// Count the system calls per broadcast of each mode with `strace -f -c`.
+    Syscalls(SyscallArgs),
+    /// Record `perf record -a -g` while one mode sends (for profiling).
+    Profile(ProfileArgs),
+    /// Kernel mode of this build against kernel mode of another build of
+    /// the `broadcast` example (an earlier commit), side by side.
+    Compare(CompareArgs),
+    /// (internal) The pacing sleeps of the broadcast example alone: prints the
+    /// CPU time of COUNT sleeps of PACE_US, the same way it measures.
+    #[command(hide = true)]
+    Pacing {
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        pace_us: u64,
+        #[arg(long, default_value_t = 1)]
+        pace_every: u64,
+    },
+}
+
+/// Options every subcommand shares.
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// CPU the sender runs on.
+    #[arg(long, default_value_t = 0)]
+    sender_cpu: usize,
+    /// CPU the receivers (and, through RPS, receive processing) run on.
+    #[arg(long, default_value_t = 1)]
+    receiver_cpu: usize,
+    /// Pause per broadcast in µs (default: 40 + 6 per destination, +50% for
+    /// payloads over 512 B), so that the receivers keep up.
+    #[arg(long)]
+    pace_us: Option<u64>,
+    /// Sleep after bursts of about this many copies (every max(1, B / N)
+    /// broadcasts, for the pauses of all of them) rather than after every
+    /// broadcast: each sleep costs the sender CPU, and with receivers on the
+    /// same machine every wake-up of the idle receive CPU costs the sender an
+    /// IPI, which a busy sender with remote receivers would not pay. 1 =
+    /// sleep after every broadcast.
+    #[arg(long, default_value_t = 256)]
+    burst_copies: usize,
+    /// The `broadcast` example (default: next to this program).
+    #[arg(long)]
+    broadcast: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct MatrixArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Repeats of the whole matrix.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Destination counts.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64,128,256")]
+    ns: Vec<usize>,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,1200")]
+    sizes: Vec<usize>,
+    /// Broadcasts per run (at least; see --min-run-ms).
+    #[arg(long, default_value_t = 2000)]
+    count: u64,
+    /// Make each run last at least this long (more broadcasts at small N),
+    /// so that a passing disturbance from other jobs weighs less.
+    #[arg(long, default_value_t = 1000)]
+    min_run_ms: u64,
+    /// Attempts after a rejected (lossy) run before the point is given up.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Where results.json, results.md, sender-cpu.svg and ratio.svg go.
+    #[arg(long, default_value = "docs/benchmarks")]
+    out_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The `broadcast` example of the build to compare against.
+    #[arg(long)]
+    baseline: PathBuf,
+    /// Repeats (each runs both builds, in alternating order).
+    #[arg(long, default_value_t = 9)]
+    repeats: usize,
+    /// Destination counts.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64,256")]
+    ns: Vec<usize>,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,1200")]
+    sizes: Vec<usize>,
+    /// Broadcasts per run (at least; see --min-run-ms).
+    #[arg(long, default_value_t = 2000)]
+    count: u64,
+    /// Make each run last at least this long.
+    #[arg(long, default_value_t = 1000)]
+    min_run_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct SyscallArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Destinations per broadcast.
+    #[arg(long, default_value_t = 16)]
+    n: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// The two broadcast counts whose difference is divided out (set-up
+    /// system calls cancel).
+    #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
+    counts: Vec<u64>,
+}
+
+#[derive(clap::Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Destinations per broadcast.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// kernel, sendmmsg or sendto.
+    #[arg(long, default_value = "kernel")]
+    mode: String,
+    /// Broadcasts.
+    #[arg(long, default_value_t = 20000)]
+    count: u64,
+    /// perf.data to write.
+    #[arg(long, default_value = "/tmp/elec-broadcast-perf.data")]
+    output: PathBuf,
+    /// perf event (`cpu-clock` works in VMs without hardware counters).
+    #[arg(long, default_value = "cpu-clock")]
+    event: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Matrix(args) => matrix::run(&args),
+        Task::Syscalls(args) => syscalls::run(&args),
+        Task::Profile(args) => profile::run(&args),
+        Task::Compare(args) => compare::run(&args),
+        Task::Pacing {
+            count,
+            pace_us,
+            pace_every,
+        } => pacing::run(
+            count,
+            pacing::Pacing {
+                pace_us,
+                every: pace_every.max(1),
+            },
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench_matrix: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
