@@ -12,7 +12,8 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use clap::Parser;
-use elec_testbed::{json_u64, Testbed, TestbedConfig};
+use elec_testbed::{Testbed, TestbedConfig};
+use serde::Deserialize;
 
 #[derive(Parser)]
 #[command(about = "Kernel fan-out vs user-space sends on a local namespace testbed")]
@@ -35,6 +36,15 @@ struct Args {
 }
 
 const MODES: [&str; 3] = ["kernel", "sendmmsg", "sendto"];
+
+/// The fields of the `broadcast` example's JSON line read here.
+#[derive(Deserialize)]
+struct BroadcastLine {
+    copies_sent: u64,
+    copies_failed: u64,
+    cpu_user_us: u64,
+    cpu_sys_us: u64,
+}
 
 struct Run {
     mode: &'static str,
@@ -117,18 +127,19 @@ fn demo(args: &Args) -> Result<(), String> {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let json = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let copies_sent = json_u64(&json, "copies_sent")?;
-        counters.wait_for_total(copies_sent, Duration::from_secs(5));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line: BroadcastLine = serde_json::from_str(stdout.trim())
+            .map_err(|e| format!("reading broadcast's JSON line: {e}: {stdout:?}"))?;
+        counters.wait_for_total(line.copies_sent, Duration::from_secs(5));
         std::thread::sleep(Duration::from_millis(50));
         let counted = counters.stop();
         runs.push(Run {
             mode,
-            copies_sent,
-            copies_failed: json_u64(&json, "copies_failed")?,
+            copies_sent: line.copies_sent,
+            copies_failed: line.copies_failed,
             delivered: counted.total(),
             corrupted: counted.total_mismatches(),
-            cpu_us: json_u64(&json, "cpu_user_us")? + json_u64(&json, "cpu_sys_us")?,
+            cpu_us: line.cpu_user_us + line.cpu_sys_us,
         });
     }
     let csum_errors: u64 = tb

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::shell::Handle;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,8 +123,10 @@ impl Response {
         Response::new(status, "text/plain", body)
     }
 
-    fn json(body: String) -> Self {
-        Response::new("200 OK", "application/json", body + "\n")
+    fn json(body: &impl Serialize) -> Self {
+        let mut body = serde_json::to_vec(body).expect("plain structs serialize");
+        body.push(b'\n');
+        Response::new("200 OK", "application/json", body)
     }
 }
 
@@ -195,10 +199,9 @@ fn read_request(reader: &mut impl BufRead, max_body: usize) -> io::Result<Reques
 
 fn route(request: &Request, node: &Handle) -> Response {
     match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/members") => {
-            let members: Vec<String> = node.members().iter().map(|m| format!("\"{m}\"")).collect();
-            Response::json(format!("{{\"members\":[{}]}}", members.join(",")))
-        }
+        ("GET", "/members") => Response::json(&MembersJson {
+            members: node.members().iter().map(ToString::to_string).collect(),
+        }),
         ("GET", "/metadata") => {
             let metadata = node.read();
             let mut response = Response::new("200 OK", "application/octet-stream", metadata.data);
@@ -207,7 +210,7 @@ fn route(request: &Request, node: &Handle) -> Response {
                 .push(("X-Version", metadata.version.to_string()));
             response
         }
-        ("GET", "/stats") => Response::json(stats_json(node)),
+        ("GET", "/stats") => Response::json(&StatsJson::of(node)),
         ("POST", "/publish") => match node.publish(request.body.clone()) {
             Ok(version) => Response::text("200 OK", version.to_string()),
             Err(err) => Response::text("413 Payload Too Large", err.to_string()),
@@ -249,55 +252,90 @@ fn parse_peers(body: &[u8]) -> Result<Vec<SocketAddrV4>, String> {
         .collect()
 }
 
-fn stats_json(node: &Handle) -> String {
-    let s = node.stats();
-    let p = s.protocol;
-    let b = s.broadcast;
-    format!(
-        concat!(
-            "{{\"id\":\"{}\",\"mode\":\"{}\",\"joined\":{},\"paused\":{},\"members\":{},\"version\":\"{}\",",
-            "\"packets_in\":{},\"datagrams_out\":{},\"rumours_started\":{},",
-            "\"rumours_forwarded\":{},\"duplicates\":{},\"stale\":{},\"syncs\":{},",
-            "\"fetches\":{},\"fetch_failures\":{},\"evictions\":{},",
-            "\"dropped_oversized\":{},\"dropped_truncated\":{},\"dropped_not_gossip\":{},",
-            "\"dropped_bad_mac\":{},\"dropped_malformed\":{},\"dropped\":{},",
-            "\"broadcasts\":{},\"kernel_fan_outs\":{},\"kernel_copies\":{},",
-            "\"copies_failed\":{},\"user_space_copies\":{},\"oversize_sends\":{},",
-            "\"send_failures\":{}}}"
-        ),
-        node.id(),
-        match s.mode {
-            elec_broadcast::Mode::Kernel => "kernel",
-            _ => "user",
-        },
-        s.joined,
-        s.paused,
-        s.members,
-        s.version,
-        p.packets_in,
-        p.datagrams_out,
-        p.rumours_started,
-        p.rumours_forwarded,
-        p.duplicates,
-        p.stale,
-        p.syncs,
-        p.fetches,
-        p.fetch_failures,
-        p.evictions,
-        p.dropped_oversized,
-        p.dropped_truncated,
-        p.dropped_not_gossip,
-        p.dropped_bad_mac,
-        p.dropped_malformed,
-        p.dropped(),
-        b.broadcasts,
-        b.fan_outs,
-        b.kernel_copies,
-        b.copies_failed,
-        b.user_space_copies,
-        s.oversize_sends,
-        s.send_failures,
-    )
+/// The body of `GET /members`.
+#[derive(Debug, Serialize)]
+pub struct MembersJson {
+    /// Live members, `IP:PORT`.
+    pub members: Vec<String>,
+}
+
+/// The body of `GET /stats`: the node's counters, flat.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatsJson {
+    pub id: String,
+    /// `kernel` or `user`.
+    pub mode: String,
+    pub joined: bool,
+    pub paused: bool,
+    pub members: u64,
+    /// The metadata's version, as `POST /publish` returns it.
+    pub version: String,
+    pub packets_in: u64,
+    pub datagrams_out: u64,
+    pub rumours_started: u64,
+    pub rumours_forwarded: u64,
+    pub duplicates: u64,
+    pub stale: u64,
+    pub syncs: u64,
+    pub fetches: u64,
+    pub fetch_failures: u64,
+    pub evictions: u64,
+    pub dropped_oversized: u64,
+    pub dropped_truncated: u64,
+    pub dropped_not_gossip: u64,
+    pub dropped_bad_mac: u64,
+    pub dropped_malformed: u64,
+    pub dropped: u64,
+    pub broadcasts: u64,
+    pub kernel_fan_outs: u64,
+    pub kernel_copies: u64,
+    pub copies_failed: u64,
+    pub user_space_copies: u64,
+    pub oversize_sends: u64,
+    pub send_failures: u64,
+}
+
+impl StatsJson {
+    fn of(node: &Handle) -> StatsJson {
+        let s = node.stats();
+        let p = s.protocol;
+        let b = s.broadcast;
+        StatsJson {
+            id: node.id().to_string(),
+            mode: match s.mode {
+                elec_broadcast::Mode::Kernel => "kernel",
+                _ => "user",
+            }
+            .to_string(),
+            joined: s.joined,
+            paused: s.paused,
+            members: s.members as u64,
+            version: s.version.to_string(),
+            packets_in: p.packets_in,
+            datagrams_out: p.datagrams_out,
+            rumours_started: p.rumours_started,
+            rumours_forwarded: p.rumours_forwarded,
+            duplicates: p.duplicates,
+            stale: p.stale,
+            syncs: p.syncs,
+            fetches: p.fetches,
+            fetch_failures: p.fetch_failures,
+            evictions: p.evictions,
+            dropped_oversized: p.dropped_oversized,
+            dropped_truncated: p.dropped_truncated,
+            dropped_not_gossip: p.dropped_not_gossip,
+            dropped_bad_mac: p.dropped_bad_mac,
+            dropped_malformed: p.dropped_malformed,
+            dropped: p.dropped(),
+            broadcasts: b.broadcasts,
+            kernel_fan_outs: b.fan_outs,
+            kernel_copies: b.kernel_copies,
+            copies_failed: b.copies_failed,
+            user_space_copies: b.user_space_copies,
+            oversize_sends: s.oversize_sends,
+            send_failures: s.send_failures,
+        }
+    }
 }
 
 /// A minimal HTTP/1.0 client for the control interface (used by the demo):
@@ -354,6 +392,17 @@ mod tests {
                 path: "/publish".into(),
                 body: b"hello".to_vec()
             }
+        );
+    }
+
+    #[test]
+    fn members_reply_is_a_list_of_addresses() {
+        let members = MembersJson {
+            members: vec!["10.0.0.1:7946".into(), "10.0.0.2:7946".into()],
+        };
+        assert_eq!(
+            serde_json::to_string(&members).unwrap(),
+            r#"{"members":["10.0.0.1:7946","10.0.0.2:7946"]}"#
         );
     }
 

@@ -12,7 +12,7 @@ use clap::builder::TypedValueParser as _;
 use clap::{Args, ValueEnum};
 use elec_testbed::{in_namespace, Testbed, TestbedConfig};
 
-use crate::control;
+use crate::control::{self, StatsJson};
 use crate::BroadcastMode;
 
 const NODE_PORT: u16 = 7946;
@@ -202,8 +202,8 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
                 } else {
                     "kernel"
                 };
-                if mode != BroadcastMode::Auto && field_str(&stats, "mode") != Some(want) {
-                    return Err(format!("node {} runs in {stats}", node.addr).into());
+                if mode != BroadcastMode::Auto && stats.mode != want {
+                    return Err(format!("node {} runs in {} mode", node.addr, stats.mode).into());
                 }
                 break;
             }
@@ -235,9 +235,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
                 .map(drop)
         })
     })?;
-    m.members_converged = wait_for(&nodes, start, limit, |s| {
-        field(s, "members") == Some(n as u64)
-    })?;
+    m.members_converged = wait_for(&nodes, start, limit, |s| s.members == n as u64)?;
     println!(
         "every node knows all {n} members after {:?}",
         m.members_converged
@@ -258,9 +256,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
             return Err(format!("publish: {status} {}", String::from_utf8_lossy(&body)).into());
         }
         let version = String::from_utf8_lossy(&body).trim().to_string();
-        *slot = wait_for(&nodes, start, limit, |s| {
-            field_str(s, "version") == Some(version.as_str())
-        })?;
+        *slot = wait_for(&nodes, start, limit, |s| s.version == version)?;
         println!(
             "{label} update ({} B, version {version}) on every node after {:?}",
             data.len(),
@@ -269,11 +265,11 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
     }
 
     // 3. The quiet window: heartbeats and anti-entropy only, nobody polls.
-    let before: Vec<String> = nodes.iter().map(stats).collect::<io::Result<_>>()?;
+    let before: Vec<StatsJson> = nodes.iter().map(stats).collect::<io::Result<_>>()?;
     let proc_before: Vec<ProcSample> = nodes.iter().map(sample).collect::<io::Result<_>>()?;
     std::thread::sleep(args.window);
     let proc_after: Vec<ProcSample> = nodes.iter().map(sample).collect::<io::Result<_>>()?;
-    let after: Vec<String> = nodes.iter().map(stats).collect::<io::Result<_>>()?;
+    let after: Vec<StatsJson> = nodes.iter().map(stats).collect::<io::Result<_>>()?;
     for (a, b) in proc_before.iter().zip(&proc_after) {
         m.cpu_ns += b.cpu_ns.saturating_sub(a.cpu_ns);
         m.user_ticks += b.user_ticks.saturating_sub(a.user_ticks);
@@ -281,21 +277,17 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
         m.tx_packets += b.tx_packets.saturating_sub(a.tx_packets);
         m.tx_bytes += b.tx_bytes.saturating_sub(a.tx_bytes);
     }
-    let delta = |key: &str| -> u64 {
+    let delta = |counter: fn(&StatsJson) -> u64| -> u64 {
         before
             .iter()
             .zip(&after)
-            .map(|(a, b)| {
-                field(b, key)
-                    .unwrap_or(0)
-                    .saturating_sub(field(a, key).unwrap_or(0))
-            })
+            .map(|(a, b)| counter(b).saturating_sub(counter(a)))
             .sum()
     };
-    m.datagrams_out = delta("datagrams_out");
-    m.broadcasts = delta("broadcasts");
-    m.kernel_copies = delta("kernel_copies");
-    m.user_space_copies = delta("user_space_copies");
+    m.datagrams_out = delta(|s| s.datagrams_out);
+    m.broadcasts = delta(|s| s.broadcasts);
+    m.kernel_copies = delta(|s| s.kernel_copies);
+    m.user_space_copies = delta(|s| s.user_space_copies);
     println!(
         "quiet window of {:?}: {} datagrams, {:.1} ms CPU over all nodes",
         args.window,
@@ -307,9 +299,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
     let mut victim = nodes.pop().ok_or("no nodes")?;
     let killed_at = Instant::now();
     victim.kill();
-    m.eviction = wait_for(&nodes, killed_at, limit, |s| {
-        field(s, "members") == Some(n as u64 - 1)
-    })?;
+    m.eviction = wait_for(&nodes, killed_at, limit, |s| s.members == n as u64 - 1)?;
     println!(
         "killed node {} removed by all {} others after {:?}\n",
         victim.addr,
@@ -335,12 +325,12 @@ fn control_request(
     control::request(stream, method, path, body)
 }
 
-fn stats(node: &NodeProcess) -> io::Result<String> {
+fn stats(node: &NodeProcess) -> io::Result<StatsJson> {
     let (status, _, body) = control_request(node, "GET", "/stats", b"")?;
     if status != 200 {
         return Err(io::Error::other(format!("GET /stats: {status}")));
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    serde_json::from_slice(&body).map_err(|e| io::Error::other(format!("GET /stats: {e}")))
 }
 
 /// Polls every node's /stats until `done` holds for all; returns the time
@@ -349,7 +339,7 @@ fn wait_for(
     nodes: &[NodeProcess],
     start: Instant,
     limit: Duration,
-    done: impl Fn(&str) -> bool,
+    done: impl Fn(&StatsJson) -> bool,
 ) -> Result<Duration, BoxError> {
     let mut pending: Vec<&NodeProcess> = nodes.iter().collect();
     loop {
@@ -369,25 +359,6 @@ fn wait_for(
         pending = still;
         std::thread::sleep(POLL);
     }
-}
-
-/// A numeric field of the flat JSON object /stats returns.
-fn field(json: &str, key: &str) -> Option<u64> {
-    let raw = raw_field(json, key)?;
-    raw.parse().ok()
-}
-
-/// A string field of that object.
-fn field_str<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    raw_field(json, key)?.strip_prefix('"')?.strip_suffix('"')
-}
-
-fn raw_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let tag = format!("\"{key}\":");
-    let at = json.find(&tag)? + tag.len();
-    let rest = &json[at..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim())
 }
 
 /// CPU time and eth0 transmit counters of a node process.
@@ -560,12 +531,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_fields_of_the_stats_json() {
-        let json =
-            r#"{"id":"10.0.0.1:7946","mode":"kernel","members":16,"version":"3@10.0.0.1:7946"}"#;
-        assert_eq!(field(json, "members"), Some(16));
-        assert_eq!(field_str(json, "mode"), Some("kernel"));
-        assert_eq!(field_str(json, "version"), Some("3@10.0.0.1:7946"));
-        assert_eq!(field(json, "absent"), None);
+    fn reads_the_stats_json() {
+        let mut json = serde_json::json!({
+            "id": "10.0.0.1:7946",
+            "mode": "kernel",
+            "joined": true,
+            "paused": false,
+            "members": 16,
+            "version": "3@10.0.0.1:7946",
+        });
+        for counter in [
+            "packets_in",
+            "datagrams_out",
+            "rumours_started",
+            "rumours_forwarded",
+            "duplicates",
+            "stale",
+            "syncs",
+            "fetches",
+            "fetch_failures",
+            "evictions",
+            "dropped_oversized",
+            "dropped_truncated",
+            "dropped_not_gossip",
+            "dropped_bad_mac",
+            "dropped_malformed",
+            "dropped",
+            "broadcasts",
+            "kernel_fan_outs",
+            "kernel_copies",
+            "copies_failed",
+            "user_space_copies",
+            "oversize_sends",
+            "send_failures",
+        ] {
+            json[counter] = 7.into();
+        }
+        let stats: StatsJson = serde_json::from_str(&json.to_string()).unwrap();
+        assert_eq!(stats.members, 16);
+        assert_eq!(stats.mode, "kernel");
+        assert_eq!(stats.version, "3@10.0.0.1:7946");
+        assert_eq!(stats.user_space_copies, 7);
+        // And back, field for field.
+        assert_eq!(serde_json::to_value(&stats).unwrap(), json);
+        json.as_object_mut().unwrap().remove("members");
+        assert!(serde_json::from_value::<StatsJson>(json).is_err());
     }
 }

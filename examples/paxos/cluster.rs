@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use elec_broadcast::Mode;
 use elec_testbed::{Testbed, TestbedConfig, IFACE, SENDER_ADDR};
+use serde::Serialize;
 
 use crate::config::Config;
 use crate::history;
-use crate::shell::{mode_name, run_clients, ClientOptions, ClientReport, Phases};
+use crate::shell::{mode_name, run_clients, ClientOptions, ClientReport, Phases, ReplicaJson};
 
 /// Pids of live replica processes, for the Ctrl-C handler.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -94,7 +95,7 @@ impl Replicas {
 
     /// Asks every live replica to stop (SIGTERM), collects the JSON line
     /// each prints, and reaps them.
-    fn stop(&mut self) -> Vec<Option<String>> {
+    fn stop(&mut self) -> Vec<Option<ReplicaJson>> {
         for child in self.children.iter().flatten() {
             signal(child.id(), libc::SIGTERM);
         }
@@ -119,7 +120,7 @@ impl Replicas {
                 out.lines()
                     .rev()
                     .find(|l| l.starts_with('{'))
-                    .map(str::to_string),
+                    .and_then(|l| serde_json::from_str(l).ok()),
             );
         }
         lines
@@ -335,8 +336,55 @@ fn loss_drops(tb: &Testbed) -> Option<u64> {
     after.split_whitespace().next()?.parse().ok()
 }
 
-/// Runs the cluster and the workload; returns one line of JSON.
-pub fn run_cluster(opts: &ClusterOptions) -> Result<String, String> {
+/// What `paxos cluster` prints: one line of JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterJson {
+    pub replicas: usize,
+    /// `kernel` or `user`.
+    pub broadcast: &'static str,
+    pub loss_percent: u32,
+    pub killed_follower: bool,
+    pub threads: usize,
+    pub requests: usize,
+    pub completed: usize,
+    pub gave_up: usize,
+    /// Seconds, to the millisecond.
+    pub elapsed_s: f64,
+    /// Requests per second, rounded.
+    pub throughput: u64,
+    pub mean_us: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    pub retries: u64,
+    /// Two decimals.
+    pub leader_cpu_us_per_request: f64,
+    /// One decimal.
+    pub leader_cpu_percent: f64,
+    /// Two decimals.
+    pub machine_cpu_us_per_request: f64,
+    /// One decimal.
+    pub machine_busy_percent: f64,
+    /// Frames the loss rule dropped (null without `--loss`).
+    pub frames_dropped: Option<u64>,
+    /// The checker's verdict (null with `--no-check`).
+    pub linearizable: Option<bool>,
+    /// Operations in the history.
+    pub history: usize,
+    /// Each replica's report (null for one killed or silent).
+    pub replica_stats: Vec<Option<ReplicaJson>>,
+}
+
+/// `x` rounded to `decimals` decimal places.
+pub fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+/// Runs the cluster and the workload; returns what `paxos cluster` prints.
+pub fn run_cluster(opts: &ClusterOptions) -> Result<ClusterJson, String> {
     let n = opts.replicas;
     if n < 3 || n % 2 == 0 || n > 253 {
         return Err(format!("--replicas must be odd, 3 to 253 (2f+1), got {n}"));
@@ -427,14 +475,14 @@ pub fn run_cluster(opts: &ClusterOptions) -> Result<String, String> {
     let stats = replicas.stop();
     let linearizable = if opts.check {
         match history::check(&report.history) {
-            Ok(_) => "true".to_string(),
+            Ok(_) => Some(true),
             Err(e) => {
                 eprintln!("{e}");
-                "false".to_string()
+                Some(false)
             }
         }
     } else {
-        "null".to_string()
+        None
     };
     Ok(summary(
         opts,
@@ -442,8 +490,8 @@ pub fn run_cluster(opts: &ClusterOptions) -> Result<String, String> {
         end,
         killed,
         dropped,
-        &linearizable,
-        &stats,
+        linearizable,
+        stats,
     ))
 }
 
@@ -453,53 +501,40 @@ fn summary(
     (start, end): (CpuSnapshot, CpuSnapshot),
     killed: bool,
     dropped: Option<u64>,
-    linearizable: &str,
-    stats: &[Option<String>],
-) -> String {
+    linearizable: Option<bool>,
+    replica_stats: Vec<Option<ReplicaJson>>,
+) -> ClusterJson {
     let requests = report.completed.max(1) as f64;
     let leader_us = end.leader_ns.saturating_sub(start.leader_ns) as f64 / 1e3;
     let jiffy_us = 1e6 / 100.0; // USER_HZ
     let busy = end.machine_busy.saturating_sub(start.machine_busy) as f64;
     let total = end.machine_total.saturating_sub(start.machine_total).max(1) as f64;
     let elapsed = report.elapsed.as_secs_f64().max(1e-9);
-    let replica_stats: Vec<String> = stats
-        .iter()
-        .map(|s| s.clone().unwrap_or_else(|| "null".into()))
-        .collect();
-    format!(
-        concat!(
-            "{{\"replicas\":{},\"broadcast\":\"{}\",\"loss_percent\":{},\"killed_follower\":{},",
-            "\"threads\":{},\"requests\":{},\"completed\":{},\"gave_up\":{},\"elapsed_s\":{:.3},",
-            "\"throughput\":{:.0},\"mean_us\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p95_us\":{},",
-            "\"p99_us\":{},\"max_us\":{},\"retries\":{},",
-            "\"leader_cpu_us_per_request\":{:.2},\"leader_cpu_percent\":{:.1},",
-            "\"machine_cpu_us_per_request\":{:.2},\"machine_busy_percent\":{:.1},",
-            "\"frames_dropped\":{},\"linearizable\":{},\"history\":{},\"replica_stats\":[{}]}}"
-        ),
-        opts.replicas,
-        mode_name(opts.mode),
-        opts.loss_percent,
-        killed,
-        opts.client.threads,
-        opts.client.requests,
-        report.completed,
-        report.gave_up,
-        elapsed,
-        report.throughput(),
-        report.mean_us(),
-        report.percentile(0.50),
-        report.percentile(0.90),
-        report.percentile(0.95),
-        report.percentile(0.99),
-        report.latencies_us.last().copied().unwrap_or(0),
-        report.retries,
-        leader_us / requests,
-        leader_us / 1e4 / elapsed,
-        busy * jiffy_us / requests,
-        100.0 * busy / total,
-        dropped.map_or("null".into(), |d| d.to_string()),
+    ClusterJson {
+        replicas: opts.replicas,
+        broadcast: mode_name(opts.mode),
+        loss_percent: opts.loss_percent,
+        killed_follower: killed,
+        threads: opts.client.threads,
+        requests: opts.client.requests,
+        completed: report.completed,
+        gave_up: report.gave_up,
+        elapsed_s: round_to(elapsed, 3),
+        throughput: report.throughput().round() as u64,
+        mean_us: report.mean_us().round() as u64,
+        p50_us: report.percentile(0.50),
+        p90_us: report.percentile(0.90),
+        p95_us: report.percentile(0.95),
+        p99_us: report.percentile(0.99),
+        max_us: report.latencies_us.last().copied().unwrap_or(0),
+        retries: report.retries,
+        leader_cpu_us_per_request: round_to(leader_us / requests, 2),
+        leader_cpu_percent: round_to(leader_us / 1e4 / elapsed, 1),
+        machine_cpu_us_per_request: round_to(busy * jiffy_us / requests, 2),
+        machine_busy_percent: round_to(100.0 * busy / total, 1),
+        frames_dropped: dropped,
         linearizable,
-        report.history.len(),
-        replica_stats.join(","),
-    )
+        history: report.history.len(),
+        replica_stats,
+    }
 }

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use elec_broadcast::Mode;
+use serde::Serialize;
 
 use crate::config::Config;
 use crate::replica::Timing;
@@ -250,7 +251,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
     };
     let report = shell::run_replica(&opts, &stop)?;
     if args.json {
-        println!("{}", report.to_json());
+        println!("{}", to_line(&report.to_json()));
     } else {
         eprintln!(
             "replica {} stopped in view {} ({}), commit number {}, {} broadcasts ({} copies in the kernel, {} from user space)",
@@ -291,34 +292,60 @@ fn client(args: ClientArgs) -> Result<ExitCode, String> {
     })
 }
 
+/// One line of JSON.
+fn to_line(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("plain structs serialize")
+}
+
+/// What `paxos client --json` prints.
+#[derive(Serialize)]
+struct ClientJson {
+    threads: usize,
+    completed: usize,
+    gave_up: usize,
+    /// Seconds, to the millisecond.
+    elapsed_s: f64,
+    /// Requests per second, rounded.
+    throughput: u64,
+    mean_us: u64,
+    p50_us: u64,
+    p90_us: u64,
+    p95_us: u64,
+    p99_us: u64,
+    retries: u64,
+    /// The checker's verdict (null without `--check`).
+    linearizable: Option<bool>,
+}
+
 fn print_client_report(
     r: &ClientReport,
     opts: &ClientOptions,
     linearizable: Option<bool>,
     json: bool,
 ) {
+    if json {
+        let line = ClientJson {
+            threads: opts.threads,
+            completed: r.completed,
+            gave_up: r.gave_up,
+            elapsed_s: cluster::round_to(r.elapsed.as_secs_f64(), 3),
+            throughput: r.throughput().round() as u64,
+            mean_us: r.mean_us().round() as u64,
+            p50_us: r.percentile(0.5),
+            p90_us: r.percentile(0.9),
+            p95_us: r.percentile(0.95),
+            p99_us: r.percentile(0.99),
+            retries: r.retries,
+            linearizable,
+        };
+        println!("{}", to_line(&line));
+        return;
+    }
     let lin = match linearizable {
         Some(true) => "true",
         Some(false) => "false",
         None => "null",
     };
-    if json {
-        println!(
-            "{{\"threads\":{},\"completed\":{},\"gave_up\":{},\"elapsed_s\":{:.3},\"throughput\":{:.0},\"mean_us\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p95_us\":{},\"p99_us\":{},\"retries\":{},\"linearizable\":{lin}}}",
-            opts.threads,
-            r.completed,
-            r.gave_up,
-            r.elapsed.as_secs_f64(),
-            r.throughput(),
-            r.mean_us(),
-            r.percentile(0.5),
-            r.percentile(0.9),
-            r.percentile(0.95),
-            r.percentile(0.99),
-            r.retries
-        );
-        return;
-    }
     println!(
         "Completed {} requests in {:.3} s with {} clients: {:.0} requests/s",
         r.completed,
@@ -363,10 +390,10 @@ fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
         port: args.port,
         check: !args.no_check,
     };
-    let line = cluster::run_cluster(&opts)?;
-    println!("{line}");
+    let summary = cluster::run_cluster(&opts)?;
+    println!("{}", to_line(&summary));
     Ok(
-        if line.contains("\"linearizable\":false") || line.contains("\"completed\":0,") {
+        if summary.linearizable == Some(false) || summary.completed == 0 {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use serde::Deserialize;
+
 /// The fields of one run used here.
 #[derive(Clone, Debug)]
 struct Run {
@@ -24,38 +26,49 @@ struct Run {
     completed: bool,
 }
 
-/// The value text of top-level `"key":` in a line of `paxos cluster` output
-/// (the nested replica statistics come last and use other names).
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let start = line.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &line[start..];
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim_matches('"'))
-}
-
-fn number(line: &str, key: &str) -> Result<f64, String> {
-    field(line, key)
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("no number `{key}` in: {}", &line[..line.len().min(80)]))
+/// The fields of a `paxos cluster` line read here (the others, such as the
+/// nested replica statistics, are ignored).
+#[derive(Deserialize)]
+struct RunJson {
+    replicas: u64,
+    broadcast: String,
+    loss_percent: u64,
+    #[serde(default)]
+    killed_follower: bool,
+    threads: u64,
+    requests: u64,
+    completed: u64,
+    gave_up: u64,
+    throughput: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p95_us: f64,
+    p99_us: f64,
+    leader_cpu_us_per_request: f64,
+    machine_cpu_us_per_request: f64,
+    linearizable: Option<bool>,
 }
 
 fn parse(line: &str) -> Result<Run, String> {
+    let r: RunJson = serde_json::from_str(line).map_err(|e| {
+        let start: String = line.chars().take(80).collect();
+        format!("{e} in: {start}")
+    })?;
     Ok(Run {
-        replicas: number(line, "replicas")? as u64,
-        kernel: field(line, "broadcast") == Some("kernel"),
-        loss: number(line, "loss_percent")? as u64,
-        killed: field(line, "killed_follower") == Some("true"),
-        threads: number(line, "threads")? as u64,
-        throughput: number(line, "throughput")?,
-        p50: number(line, "p50_us")?,
-        p90: number(line, "p90_us")?,
-        p95: number(line, "p95_us")?,
-        p99: number(line, "p99_us")?,
-        leader_cpu: number(line, "leader_cpu_us_per_request")?,
-        machine_cpu: number(line, "machine_cpu_us_per_request")?,
-        linearizable: field(line, "linearizable") == Some("true"),
-        completed: number(line, "gave_up")? == 0.0
-            && number(line, "completed")? == number(line, "requests")?,
+        replicas: r.replicas,
+        kernel: r.broadcast == "kernel",
+        loss: r.loss_percent,
+        killed: r.killed_follower,
+        threads: r.threads,
+        throughput: r.throughput,
+        p50: r.p50_us,
+        p90: r.p90_us,
+        p95: r.p95_us,
+        p99: r.p99_us,
+        leader_cpu: r.leader_cpu_us_per_request,
+        machine_cpu: r.machine_cpu_us_per_request,
+        linearizable: r.linearizable == Some(true),
+        completed: r.gave_up == 0 && r.completed == r.requests,
     })
 }
 
@@ -329,9 +342,26 @@ mod tests {
     use super::*;
 
     fn line(replicas: u64, mode: &str, throughput: f64, cpu: f64) -> String {
-        format!(
-            "{{\"replicas\":{replicas},\"broadcast\":\"{mode}\",\"loss_percent\":0,\"killed_follower\":false,\"threads\":4,\"requests\":10,\"completed\":10,\"gave_up\":0,\"throughput\":{throughput},\"p50_us\":1,\"p90_us\":2,\"p95_us\":3,\"p99_us\":4,\"leader_cpu_us_per_request\":{cpu},\"machine_cpu_us_per_request\":9,\"linearizable\":true,\"replica_stats\":[{{\"mode\":\"user\",\"broadcasts\":5}}]}}"
-        )
+        serde_json::json!({
+            "replicas": replicas,
+            "broadcast": mode,
+            "loss_percent": 0,
+            "killed_follower": false,
+            "threads": 4,
+            "requests": 10,
+            "completed": 10,
+            "gave_up": 0,
+            "throughput": throughput,
+            "p50_us": 1,
+            "p90_us": 2,
+            "p95_us": 3,
+            "p99_us": 4,
+            "leader_cpu_us_per_request": cpu,
+            "machine_cpu_us_per_request": 9,
+            "linearizable": true,
+            "replica_stats": [{"mode": "user", "broadcasts": 5}],
+        })
+        .to_string()
     }
 
     #[test]
@@ -350,6 +380,82 @@ mod tests {
         assert!(
             table.contains("throughput +100% (paired runs +0%), leader CPU per request -50%"),
             "{table}"
+        );
+    }
+
+    #[test]
+    fn reads_what_paxos_cluster_writes() {
+        use crate::cluster::ClusterJson;
+        use crate::shell::{ReplicaJson, ReplicaReport};
+        let replica = ReplicaReport {
+            index: 0,
+            mode: elec_broadcast::Mode::Kernel,
+            view: 0,
+            leader: true,
+            commit_number: 9,
+            stats: crate::replica::ReplicaStats::default(),
+            broadcast: elec_broadcast::Stats::default(),
+            incomplete_broadcasts: 0,
+            rejected_datagrams: 1,
+        }
+        .to_json();
+        let json = serde_json::to_string(&replica).unwrap();
+        assert!(
+            json.starts_with(
+                r#"{"index":0,"mode":"kernel","view":0,"leader":true,"commit_number":9,"prepares":0,"#
+            ) && json.ends_with(r#","incomplete_broadcasts":0,"rejected_datagrams":1}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<ReplicaJson>(&json).unwrap(), replica);
+
+        let summary = ClusterJson {
+            replicas: 3,
+            broadcast: "kernel",
+            loss_percent: 5,
+            killed_follower: true,
+            threads: 4,
+            requests: 10,
+            completed: 10,
+            gave_up: 0,
+            elapsed_s: crate::cluster::round_to(1.23456, 3),
+            throughput: 8,
+            mean_us: 400,
+            p50_us: 300,
+            p90_us: 500,
+            p95_us: 600,
+            p99_us: 900,
+            max_us: 1000,
+            retries: 2,
+            leader_cpu_us_per_request: crate::cluster::round_to(12.345_6, 2),
+            leader_cpu_percent: 7.5,
+            machine_cpu_us_per_request: 30.0,
+            machine_busy_percent: 80.0,
+            frames_dropped: None,
+            linearizable: Some(true),
+            history: 12,
+            replica_stats: vec![Some(replica), None],
+        };
+        let line = serde_json::to_string(&summary).unwrap();
+        assert!(
+            line.starts_with(
+                r#"{"replicas":3,"broadcast":"kernel","loss_percent":5,"killed_follower":true,"threads":4,"requests":10,"completed":10,"gave_up":0,"elapsed_s":1.235,"throughput":8,"mean_us":400,"#
+            ),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#""leader_cpu_us_per_request":12.35,"#)
+                && line.contains(
+                    r#""frames_dropped":null,"linearizable":true,"history":12,"replica_stats":[{"index":0,"#
+                )
+                && line.ends_with(r#"},null]}"#),
+            "{line}"
+        );
+        let run = parse(&line).unwrap();
+        assert!(run.kernel && run.killed && run.linearizable && run.completed);
+        assert_eq!((run.replicas, run.loss, run.threads), (3, 5, 4));
+        assert_eq!(
+            (run.throughput, run.p99, run.leader_cpu),
+            (8.0, 900.0, 12.35)
         );
     }
 

@@ -24,6 +24,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, MsgFlags, SockaddrIn};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, ClientTo};
 use crate::config::Config;
@@ -77,38 +78,56 @@ pub struct ReplicaReport {
     pub rejected_datagrams: u64,
 }
 
+/// A replica's report as JSON (`paxos replica --json` prints it as one
+/// line; `paxos cluster` collects them into its `replica_stats`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaJson {
+    pub index: usize,
+    /// `kernel` or `user` ([`mode_name`]).
+    pub mode: String,
+    pub view: u64,
+    pub leader: bool,
+    pub commit_number: u64,
+    pub prepares: u64,
+    pub commits: u64,
+    pub executed: u64,
+    pub view_changes: u64,
+    pub state_requests: u64,
+    pub duplicate_requests: u64,
+    pub broadcasts: u64,
+    pub fan_outs: u64,
+    pub kernel_copies: u64,
+    pub copies_failed: u64,
+    pub user_space_copies: u64,
+    pub incomplete_broadcasts: u64,
+    pub rejected_datagrams: u64,
+}
+
 impl ReplicaReport {
-    /// One line of JSON.
-    pub fn to_json(&self) -> String {
+    /// The report as JSON.
+    pub fn to_json(&self) -> ReplicaJson {
         let b = &self.broadcast;
         let s = &self.stats;
-        format!(
-            concat!(
-                "{{\"index\":{},\"mode\":\"{}\",\"view\":{},\"leader\":{},\"commit_number\":{},",
-                "\"prepares\":{},\"commits\":{},\"executed\":{},\"view_changes\":{},",
-                "\"state_requests\":{},\"duplicate_requests\":{},\"broadcasts\":{},",
-                "\"fan_outs\":{},\"kernel_copies\":{},\"copies_failed\":{},\"user_space_copies\":{},",
-                "\"incomplete_broadcasts\":{},\"rejected_datagrams\":{}}}"
-            ),
-            self.index,
-            mode_name(self.mode),
-            self.view,
-            self.leader,
-            self.commit_number,
-            s.prepares,
-            s.commits,
-            s.executed,
-            s.view_changes,
-            s.state_requests,
-            s.duplicate_requests,
-            b.broadcasts,
-            b.fan_outs,
-            b.kernel_copies,
-            b.copies_failed,
-            b.user_space_copies,
-            self.incomplete_broadcasts,
-            self.rejected_datagrams,
-        )
+        ReplicaJson {
+            index: self.index,
+            mode: mode_name(self.mode).to_string(),
+            view: self.view,
+            leader: self.leader,
+            commit_number: self.commit_number,
+            prepares: s.prepares,
+            commits: s.commits,
+            executed: s.executed,
+            view_changes: s.view_changes,
+            state_requests: s.state_requests,
+            duplicate_requests: s.duplicate_requests,
+            broadcasts: b.broadcasts,
+            fan_outs: b.fan_outs,
+            kernel_copies: b.kernel_copies,
+            copies_failed: b.copies_failed,
+            user_space_copies: b.user_space_copies,
+            incomplete_broadcasts: self.incomplete_broadcasts,
+            rejected_datagrams: self.rejected_datagrams,
+        }
     }
 }
 
