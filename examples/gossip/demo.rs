@@ -248,7 +248,8 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
     );
     for (label, origin, data, slot) in [
         ("small", 0, small, &mut m.small_update),
-        ("large", 3, large, &mut m.large_update),
+        // From another node than the small one, where there is one.
+        ("large", 3 % nodes.len(), large, &mut m.large_update),
     ] {
         let start = Instant::now();
         let (status, _, body) = control_request(&nodes[origin], "POST", "/publish", &data)?;
