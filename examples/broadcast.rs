@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use elec_broadcast::{Broadcaster, Mode};
+use elec_testbed::{pattern, PATTERN_MODULUS};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -79,11 +80,6 @@ impl SendMode {
             SendMode::Sendto => "sendto",
         }
     }
-}
-
-/// Message `seq` of `size` bytes: byte j is (seq + j) % 251.
-fn message(seq: u64, size: usize) -> Vec<u8> {
-    (0..size).map(|j| ((seq + j as u64) % 251) as u8).collect()
 }
 
 fn cpu_times_us() -> (u64, u64) {
@@ -146,8 +142,11 @@ fn run(args: &Args, tally: &mut Tally) -> Result<(), Box<dyn std::error::Error>>
         SendMode::Sendmmsg => Some(Broadcaster::with_mode(&args.iface, Mode::UserSpace)?),
         SendMode::Sendto => None,
     };
-    // Message s depends on s only modulo 251: build those once.
-    let messages: Vec<Vec<u8>> = (0..251).map(|s| message(s, args.size)).collect();
+    // Message s (byte j is (s + j) % 251, the testbed's pattern) depends on
+    // s only modulo 251: build those once.
+    let messages: Vec<Vec<u8>> = (0..PATTERN_MODULUS)
+        .map(|s| pattern(s, args.size))
+        .collect();
     let pace = args.pace_us.map(Duration::from_micros);
 
     let (user0, sys0) = cpu_times_us();
@@ -155,7 +154,7 @@ fn run(args: &Args, tally: &mut Tally) -> Result<(), Box<dyn std::error::Error>>
     let mut deadline = start;
     let result = (|| {
         for seq in 0..args.count {
-            let payload = &messages[(seq % 251) as usize];
+            let payload = &messages[(seq % PATTERN_MODULUS) as usize];
             tally.broadcasts += 1;
             let call = send_one(broadcaster.as_ref(), &socket, payload, &args.dests, tally);
             if let Err(err) = call {

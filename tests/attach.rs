@@ -1,16 +1,23 @@
 //! Attaching and detaching: TCX where the kernel has it, clsact otherwise;
 //! other TC programs and filters on the interface are left alone, and after
-//! drop nothing of ours is left (as `bpftool` and `tc` see it).
+//! drop nothing of ours is left (as the kernel's BPF queries, `bpftool net`
+//! and `tc` see it).
 
 mod common;
 
+use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use elec_broadcast::{Broadcaster, Mode};
-use elec_testbed::{in_namespace, pattern, Testbed, TestbedConfig};
+use elec_testbed::{in_namespace, pattern, wait_until, Testbed};
+use libbpf_rs::query::{LinkInfoIter, LinkTypeInfo, ProgInfoIter, TcxLinkInfo};
+use libbpf_rs::ProgramAttachType;
+
+/// The name of our program as the kernel reports it.
+const PROGRAM: &str = "fan_out";
 
 fn run(tb: &Testbed, program: &str, args: &[&str]) -> String {
     let out = tb
@@ -24,14 +31,36 @@ fn run(tb: &Testbed, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Ids of the programs on the sender's eth0 egress that are ours: TCX
-/// programs (bpftool 7.1 predates TCX, so they are queried the way newer
-/// bpftool does, with BPF_PROG_QUERY) and tc filters (from `bpftool net`),
-/// both filtered by the program name `fan_out`.
-fn our_program_ids(tb: &Testbed) -> Vec<u64> {
-    let mut ids: Vec<u64> = in_namespace(tb.sender_ns(), || {
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+/// Index of the sender's eth0 (in the sender namespace).
+fn sender_ifindex(tb: &Testbed) -> u32 {
+    let ifindex = tb
+        .in_sender(|| {
+            // SAFETY: a NUL-terminated name.
+            unsafe { libc::if_nametoindex(c"eth0".as_ptr()) }
+        })
+        .unwrap();
+    assert_ne!(ifindex, 0, "no eth0 in the sender namespace");
+    ifindex
+}
+
+/// Names of every loaded BPF program, by id.
+fn program_names() -> HashMap<u32, String> {
+    ProgInfoIter::default()
+        .map(|p| (p.id, p.name.to_string_lossy().into_owned()))
+        .collect()
+}
+
+fn program_exists(id: u32) -> bool {
+    ProgInfoIter::default().any(|p| p.id == id)
+}
+
+/// Ids of the TCX programs on the sender's eth0 egress. No libbpf-rs API
+/// wraps BPF_PROG_QUERY, and TCX link infos carry an ifindex but no
+/// namespace (every testbed's eth0 has the same index), so this asks the
+/// kernel with libbpf's `bpf_prog_query_opts` inside the sender namespace.
+fn tcx_program_ids(tb: &Testbed) -> Vec<u32> {
+    let ifindex = sender_ifindex(tb);
+    tb.in_sender(|| {
         let mut prog_ids = [0u32; 64];
         let mut opts = libbpf_sys::bpf_prog_query_opts {
             sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as libbpf_sys::size_t,
@@ -49,56 +78,59 @@ fn our_program_ids(tb: &Testbed) -> Vec<u64> {
         assert_eq!(err, 0, "BPF_PROG_QUERY on eth0 egress failed");
         // SAFETY: both union fields are the same u32 count.
         let count = unsafe { opts.__bindgen_anon_1.count } as usize;
-        prog_ids[..count].iter().map(|&id| u64::from(id)).collect()
+        prog_ids[..count].to_vec()
     })
-    .unwrap();
-    ids.retain(|&id| program_name(id).as_deref() == Some("fan_out"));
+    .unwrap()
+}
+
+/// Ids of the clsact filters' programs on the sender's eth0, from
+/// `bpftool net`: cls_bpf filters are only listed by a netlink dump of the
+/// TC filters, which neither libbpf-rs's query module nor libbpf's
+/// `bpf_tc_query` (it needs the handle and priority, chosen by the kernel)
+/// provides.
+fn clsact_program_ids(tb: &Testbed) -> Vec<u32> {
     // {"devname":"eth0","ifindex":2,"kind":"clsact/egress","name":"fan_out:[42]","id":42}
     let json = run(tb, "bpftool", &["-j", "net", "show", "dev", "eth0"]);
-    ids.extend(
-        json.split('{')
-            .filter(|entry| entry.contains("\"name\":\"fan_out:"))
-            .filter_map(|entry| {
-                let rest = entry.split("\"id\":").nth(1)?;
-                rest.split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse::<u64>()
-                    .ok()
-            }),
-    );
+    json.split('{')
+        .filter(|entry| entry.contains(&format!("\"name\":\"{PROGRAM}:")))
+        .filter_map(|entry| {
+            let rest = entry.split("\"id\":").nth(1)?;
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Ids of the programs on the sender's eth0 egress that are ours (named
+/// `fan_out`): TCX programs and clsact filters.
+fn our_program_ids(tb: &Testbed) -> Vec<u32> {
+    let names = program_names();
+    let mut ids = tcx_program_ids(tb);
+    ids.retain(|id| names.get(id).map(String::as_str) == Some(PROGRAM));
+    ids.extend(clsact_program_ids(tb));
     ids
 }
 
-fn program_name(id: u64) -> Option<String> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show", "id", &id.to_string()])
-        .output()
-        .expect("running bpftool (install it: scripts/setup.sh)");
-    let json = String::from_utf8_lossy(&out.stdout);
-    let rest = json.split("\"name\":\"").nth(1)?;
-    Some(rest.split('"').next()?.to_string())
-}
-
-fn program_exists(id: u64) -> bool {
-    Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string()])
-        .output()
-        .expect("running bpftool (install it: scripts/setup.sh)")
-        .status
-        .success()
+/// The TCX links that attach program `id` (from the kernel's list of links).
+fn tcx_links_of(id: u32) -> Vec<TcxLinkInfo> {
+    LinkInfoIter::default()
+        .filter(|l| l.prog_id == id)
+        .filter_map(|l| match l.info {
+            LinkTypeInfo::Tcx(tcx) => Some(tcx),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Programs are freed after an RCU grace period once their last reference
 /// (link, filter, fd) is gone: give that a moment.
-fn program_gone(id: u64) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while program_exists(id) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+fn program_gone(id: u32) -> bool {
+    wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
+        !program_exists(id)
+    })
+    .is_some()
 }
 
 fn qdiscs(tb: &Testbed) -> String {
@@ -119,26 +151,19 @@ fn check_delivery(tb: &Testbed, broadcaster: &Broadcaster, socket: &UdpSocket, s
         .unwrap();
     assert_complete(&report, dests.len());
     assert_eq!(report.kernel_copies, dests.len(), "{report:?}");
-    rx.wait_for_total(dests.len(), WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&dests, &[message])
-        .unwrap();
+    expect_exactly_once(rx, &dests, &[message]);
 }
 
-fn small_testbed() -> Testbed {
-    testbed(TestbedConfig {
-        receivers: 4,
-        addrs_per_receiver: 2,
-        ..Default::default()
-    })
+fn clsact_broadcaster(tb: &Testbed) -> Broadcaster {
+    in_namespace(tb.sender_ns(), || Broadcaster::with_clsact("eth0"))
+        .unwrap()
+        .unwrap()
 }
 
 #[test]
 fn tcx_attachment_is_gone_after_drop() {
-    if !root_available() {
-        return;
-    }
-    let tb = small_testbed();
+    elec_testbed::require_root!();
+    let tb = small_testbed(4, 2);
     let broadcaster = broadcaster(&tb, Mode::Kernel);
     assert_eq!(
         broadcaster.uses_tcx(),
@@ -146,8 +171,15 @@ fn tcx_attachment_is_gone_after_drop() {
         "this kernel has TCX (6.6+)"
     );
     let ids = our_program_ids(&tb);
-    assert_eq!(ids.len(), 1, "bpftool net show: {ids:?}");
+    assert_eq!(ids.len(), 1, "our programs on eth0: {ids:?}");
     assert!(program_exists(ids[0]));
+    let links = tcx_links_of(ids[0]);
+    assert_eq!(links.len(), 1, "TCX links of program {}: {links:?}", ids[0]);
+    assert_eq!(links[0].ifindex, sender_ifindex(&tb));
+    assert!(
+        matches!(links[0].attach_type, ProgramAttachType::TcxEgress),
+        "{links:?}"
+    );
     check_delivery(&tb, &broadcaster, &sender_socket(&tb, 0), 1);
 
     drop(broadcaster);
@@ -158,14 +190,10 @@ fn tcx_attachment_is_gone_after_drop() {
 
 #[test]
 fn clsact_attachment_removes_the_qdisc_it_created() {
-    if !root_available() {
-        return;
-    }
-    let tb = small_testbed();
+    elec_testbed::require_root!();
+    let tb = small_testbed(4, 2);
     assert!(!qdiscs(&tb).contains("clsact"));
-    let broadcaster = in_namespace(tb.sender_ns(), || Broadcaster::with_clsact("eth0"))
-        .unwrap()
-        .unwrap();
+    let broadcaster = clsact_broadcaster(&tb);
     assert_eq!(broadcaster.uses_tcx(), Some(false));
     assert!(qdiscs(&tb).contains("clsact"), "{}", qdiscs(&tb));
     assert!(
@@ -174,7 +202,11 @@ fn clsact_attachment_removes_the_qdisc_it_created() {
         egress_filters(&tb)
     );
     let ids = our_program_ids(&tb);
-    assert_eq!(ids.len(), 1, "bpftool net show: {ids:?}");
+    assert_eq!(ids.len(), 1, "our programs on eth0: {ids:?}");
+    assert!(
+        tcx_links_of(ids[0]).is_empty(),
+        "a clsact filter is no link"
+    );
     check_delivery(&tb, &broadcaster, &sender_socket(&tb, 0), 2);
 
     drop(broadcaster);
@@ -184,10 +216,8 @@ fn clsact_attachment_removes_the_qdisc_it_created() {
 
 #[test]
 fn clsact_attachment_leaves_a_qdisc_and_filters_it_did_not_create() {
-    if !root_available() {
-        return;
-    }
-    let tb = small_testbed();
+    elec_testbed::require_root!();
+    let tb = small_testbed(4, 2);
     // A qdisc and a filter of someone else's (matching only the discard
     // port, so that it does not take our traffic).
     run(&tb, "tc", &["qdisc", "add", "dev", "eth0", "clsact"]);
@@ -207,9 +237,7 @@ fn clsact_attachment_leaves_a_qdisc_and_filters_it_did_not_create() {
     );
     let before = egress_filters(&tb);
 
-    let broadcaster = in_namespace(tb.sender_ns(), || Broadcaster::with_clsact("eth0"))
-        .unwrap()
-        .unwrap();
+    let broadcaster = clsact_broadcaster(&tb);
     check_delivery(&tb, &broadcaster, &sender_socket(&tb, 0), 3);
     drop(broadcaster);
 
@@ -222,17 +250,13 @@ fn clsact_attachment_leaves_a_qdisc_and_filters_it_did_not_create() {
 
 #[test]
 fn two_broadcasters_on_one_interface_coexist() {
-    if !root_available() {
-        return;
-    }
-    let tb = small_testbed();
+    elec_testbed::require_root!();
+    let tb = small_testbed(4, 2);
     // A TCX program and a clsact one on the same interface, plus a second
     // TCX program: each fans out only its own sockets, and clones of one pass
     // the others untouched.
     let first = broadcaster(&tb, Mode::Kernel);
-    let second = in_namespace(tb.sender_ns(), || Broadcaster::with_clsact("eth0"))
-        .unwrap()
-        .unwrap();
+    let second = clsact_broadcaster(&tb);
     let third = broadcaster(&tb, Mode::Kernel);
     assert_eq!(our_program_ids(&tb).len(), 3);
     let sockets: Vec<UdpSocket> = (0..3).map(|_| sender_socket(&tb, 0)).collect();

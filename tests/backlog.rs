@@ -207,9 +207,7 @@ fn burst(receivers: usize, count: u32, size: usize, backlog: Option<&str>) -> (u
 
 #[test]
 fn every_copy_dropped_by_a_full_backlog_is_reported_for_its_destination() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // 16 clones per fan-out into a backlog that takes 10: the last copies of
     // every fan-out are dropped by the sending host.
@@ -219,9 +217,7 @@ fn every_copy_dropped_by_a_full_backlog_is_reported_for_its_destination() {
 
 #[test]
 fn an_unpaced_burst_to_64_destinations_is_accounted_for_exactly() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // The default backlog: whatever is dropped, where, is the machine's
     // doing; the accounting must be exact either way.
@@ -230,9 +226,7 @@ fn an_unpaced_burst_to_64_destinations_is_accounted_for_exactly() {
 
 #[test]
 fn broadcasts_are_complete_again_once_the_backlog_has_room() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tb = testbed(TestbedConfig {
         receivers: 8,

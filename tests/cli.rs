@@ -92,9 +92,7 @@ fn per_destination(json: &Value) -> Vec<u64> {
 
 #[test]
 fn the_json_line_counts_failures_per_destination_in_every_mode() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 3,
         ..Default::default()
@@ -149,9 +147,7 @@ fn mtu_dip(tb: &Testbed, rx: &Counters, after: u64, for_how_long: Option<Duratio
 
 #[test]
 fn a_failed_call_ends_the_run_with_the_json_line_and_an_error() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 2,
         ..Default::default()
@@ -180,9 +176,7 @@ fn a_failed_call_ends_the_run_with_the_json_line_and_an_error() {
 
 #[test]
 fn keep_going_measures_a_run_across_a_fault_end_to_end() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 2,
         ..Default::default()
@@ -230,9 +224,7 @@ fn keep_going_measures_a_run_across_a_fault_end_to_end() {
 
 #[test]
 fn user_space_mode_on_another_interface_than_the_route_refuses() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 2,
         ..Default::default()

@@ -8,21 +8,12 @@ use std::thread;
 
 use common::*;
 use elec_broadcast::{Broadcaster, Error, Mode};
-use elec_testbed::{in_namespace, pattern, Testbed, TestbedConfig};
-
-fn small_testbed() -> Testbed {
-    testbed(TestbedConfig {
-        receivers: 2,
-        ..Default::default()
-    })
-}
+use elec_testbed::{drop_effective_capabilities, in_namespace, pattern};
 
 #[test]
 fn bad_input_is_rejected_before_anything_is_sent() {
-    if !root_available() {
-        return;
-    }
-    let tb = small_testbed();
+    elec_testbed::require_root!();
+    let tb = small_testbed(2, 1);
     for mode in [Mode::Kernel, Mode::UserSpace] {
         let broadcaster = broadcaster(&tb, mode);
         let socket = sender_socket(&tb, 0);
@@ -113,9 +104,7 @@ fn unknown_interface_is_named_in_the_error() {
 
 #[test]
 fn loopback_cannot_carry_a_kernel_fan_out() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let err = Broadcaster::with_mode("lo", Mode::Kernel).unwrap_err();
     assert!(matches!(err, Error::UnsupportedInterface { .. }), "{err}");
     let auto = Broadcaster::new("lo").unwrap();
@@ -126,47 +115,10 @@ fn loopback_cannot_carry_a_kernel_fan_out() {
     ));
 }
 
-/// Drops every effective capability of the calling thread only.
-fn drop_effective_capabilities() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Default, Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget/capset with a v3 header read/write exactly two Data.
-    unsafe {
-        assert_eq!(
-            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
-            0
-        );
-        data[0].effective = 0;
-        data[1].effective = 0;
-        assert_eq!(
-            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
-            0
-        );
-    }
-}
-
 #[test]
 fn missing_capabilities_are_named_and_auto_mode_falls_back() {
-    if !root_available() {
-        return;
-    }
-    let tb = small_testbed();
+    elec_testbed::require_root!();
+    let tb = small_testbed(2, 1);
     let dests = tb.destinations(2, 7000);
     let rx = tb.receivers(&dests).unwrap();
     let socket = sender_socket(&tb, 0);
@@ -179,7 +131,7 @@ fn missing_capabilities_are_named_and_auto_mode_falls_back() {
     let report = thread::scope(|s| {
         s.spawn(|| {
             in_namespace(&sender_ns, || {
-                drop_effective_capabilities();
+                drop_effective_capabilities().unwrap();
                 let err = Broadcaster::with_mode("eth0", Mode::Kernel).unwrap_err();
                 assert!(
                     matches!(
@@ -208,8 +160,5 @@ fn missing_capabilities_are_named_and_auto_mode_falls_back() {
         .unwrap()
     });
     assert_complete(&report, 2);
-    rx.wait_for_total(2, WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&dests, &[message])
-        .unwrap();
+    expect_exactly_once(rx, &dests, &[message]);
 }

@@ -18,9 +18,7 @@ const COUNTS: [usize; 8] = [1, 2, 8, 9, 16, 64, 256, 300];
 
 #[test]
 fn every_destination_receives_exactly_one_intact_copy() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 8,
         addrs_per_receiver: 4,
@@ -84,9 +82,7 @@ fn every_destination_receives_exactly_one_intact_copy() {
 
 #[test]
 fn checksums_are_right_when_the_sender_computes_them_in_software() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 4,
         addrs_per_receiver: 2,
@@ -113,9 +109,7 @@ fn checksums_are_right_when_the_sender_computes_them_in_software() {
 
 #[test]
 fn concurrent_broadcasts_never_see_each_others_destinations() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 4,
         addrs_per_receiver: 2,
@@ -176,9 +170,7 @@ fn concurrent_broadcasts_never_see_each_others_destinations() {
 
 #[test]
 fn traffic_of_other_sockets_and_ordinary_sends_pass_untouched() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 4,
         ..Default::default()
@@ -219,9 +211,7 @@ fn traffic_of_other_sockets_and_ordinary_sends_pass_untouched() {
 
 #[test]
 fn user_space_mode_delivers_the_same() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 4,
         addrs_per_receiver: 4,
@@ -249,9 +239,7 @@ fn user_space_mode_delivers_the_same() {
 
 #[test]
 fn unresolved_neighbours_are_sent_the_ordinary_way_then_fanned_out() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 4,
         addrs_per_receiver: 2,
@@ -300,9 +288,7 @@ fn unresolved_neighbours_are_sent_the_ordinary_way_then_fanned_out() {
 
 #[test]
 fn local_destinations_and_fanned_out_ones_mix() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 2,
         ..Default::default()
@@ -346,9 +332,7 @@ fn local_destinations_and_fanned_out_ones_mix() {
 
 #[test]
 fn one_socket_can_broadcast_to_changing_lists() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 4,
         addrs_per_receiver: 2,
@@ -382,9 +366,7 @@ fn one_socket_can_broadcast_to_changing_lists() {
 
 #[test]
 fn duplicate_destinations_get_one_copy_per_mention() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 2,
         ..Default::default()
@@ -412,9 +394,7 @@ fn a_broadcaster_is_send_and_sync() {
 
 #[test]
 fn a_closed_sockets_fd_reused_by_a_new_socket_still_delivers_exactly_once() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 4,
         ..Default::default()
@@ -456,9 +436,7 @@ fn a_closed_sockets_fd_reused_by_a_new_socket_still_delivers_exactly_once() {
 
 #[test]
 fn destinations_routed_through_another_interface_are_refused_in_both_modes() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: 2,
         ..Default::default()

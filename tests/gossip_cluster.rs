@@ -17,9 +17,9 @@ mod protocol;
 mod shell;
 
 use std::net::SocketAddrV4;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_no_checksum_errors, root_available, testbed};
+use common::{assert_no_checksum_errors, testbed};
 use elec_broadcast::Mode;
 use elec_testbed::{in_namespace, TestbedConfig};
 use shell::{Gossip, ShellConfig};
@@ -28,23 +28,18 @@ const NODES: usize = 8;
 const PORT: u16 = 7946;
 const CYCLE: Duration = Duration::from_millis(200);
 
-/// Polls `done` every 10 ms for at most `limit`; returns how long it took.
+/// Polls `done` every 10 ms for at most `limit`, failing the test after
+/// that; returns (and logs) how long it took.
 fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) -> Duration {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let took = start.elapsed();
+    let took = elec_testbed::wait_until(limit, Duration::from_millis(10), done)
+        .unwrap_or_else(|| panic!("{what}: not within {limit:?}"));
     eprintln!("{what}: {took:?}");
     took
 }
 
 #[test]
 fn kernel_mode_cluster_learns_every_member_and_every_update() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let tb = testbed(TestbedConfig {
         receivers: NODES,
         ..Default::default()

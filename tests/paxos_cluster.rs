@@ -200,17 +200,13 @@ fn normal_run(n: usize) {
 
 #[test]
 fn three_replicas_serve_a_linearizable_history_with_kernel_fan_out() {
-    if !common::root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     normal_run(3);
 }
 
 #[test]
 fn five_replicas_serve_a_linearizable_history_with_kernel_fan_out() {
-    if !common::root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     normal_run(5);
 }
 
@@ -238,25 +234,19 @@ fn follower_killed(n: usize) {
 
 #[test]
 fn three_replicas_keep_going_when_a_follower_dies_mid_run() {
-    if !common::root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     follower_killed(3);
 }
 
 #[test]
 fn five_replicas_keep_going_when_a_follower_dies_mid_run() {
-    if !common::root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     follower_killed(5);
 }
 
 #[test]
 fn clients_find_the_new_leader_when_the_leader_dies_mid_run() {
-    if !common::root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let _serial = serial();
     let n = 3;
     let mut cluster = Cluster::start(n, Mode::Kernel);
@@ -280,9 +270,7 @@ fn clients_find_the_new_leader_when_the_leader_dies_mid_run() {
 
 #[test]
 fn user_space_broadcasts_serve_the_same_protocol() {
-    if !common::root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let _serial = serial();
     let mut cluster = Cluster::start(3, Mode::UserSpace);
     let report = cluster.run_clients(1_000, 4, &());

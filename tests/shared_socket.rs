@@ -156,9 +156,7 @@ fn check(
 
 #[test]
 fn ordinary_sends_of_other_threads_on_the_socket_are_never_fanned_out() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let (tb, dests) = setup();
     let rx = tb.receivers(&dests).unwrap();
     let socket = Arc::new(sender_socket(&tb, 5000));
@@ -197,9 +195,7 @@ fn ordinary_sends_of_other_threads_on_the_socket_are_never_fanned_out() {
 
 #[test]
 fn ordinary_sends_of_another_process_on_the_socket_are_never_fanned_out() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let (tb, dests) = setup();
     let rx = tb.receivers(&dests).unwrap();
     let socket = sender_socket(&tb, 5001);
@@ -284,9 +280,7 @@ fn ordinary_sends_of_another_process_on_the_socket_are_never_fanned_out() {
 
 #[test]
 fn broadcasters_of_two_programs_share_one_socket_at_once() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     // Two broadcasters (two programs on one interface, as two processes
     // would have) broadcast on one socket at the same time, each to its own
     // destinations: their tags keep their datagrams apart.

@@ -298,9 +298,7 @@ fn small_testbed() -> Testbed {
 
 #[test]
 fn after_a_mac_change_no_copy_goes_to_the_old_mac() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     trials("MAC change", || {
         let tb = small_testbed();
         let target = tb.receiver_addrs(0)[0];
@@ -330,9 +328,7 @@ fn after_a_mac_change_no_copy_goes_to_the_old_mac() {
 
 #[test]
 fn after_a_route_change_copies_take_the_new_next_hop() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     trials("route change", || {
         let tb = small_testbed();
         // 10.99.0.1 lives on receiver 0 and is reached through a router:
@@ -378,9 +374,7 @@ fn after_a_route_change_copies_take_the_new_next_hop() {
 
 #[test]
 fn after_the_link_goes_down_and_up_copies_flow_again() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     trials("link down/up", || {
         let tb = small_testbed();
         let target = tb.receiver_addrs(0)[0];
@@ -398,9 +392,7 @@ fn after_the_link_goes_down_and_up_copies_flow_again() {
 
 #[test]
 fn an_address_moving_onto_the_sender_gets_its_copies_locally_then_back() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let moves = |onto_sender: bool| {
         let tb = small_testbed();
         // 10.77.200.1 belongs to receiver 0, then moves onto the sender (its
@@ -435,9 +427,7 @@ fn an_address_moving_onto_the_sender_gets_its_copies_locally_then_back() {
 
 #[test]
 fn a_route_through_another_interface_is_refused_once_it_is_there_and_not_after() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     // Plans are made from the tables at the first broadcast and kept; once
     // the watching thread has seen a change, broadcasts must not use them.
     let tb = small_testbed();
@@ -483,9 +473,7 @@ fn a_route_through_another_interface_is_refused_once_it_is_there_and_not_after()
 
 #[test]
 fn the_mtu_follows_the_interface_and_nothing_is_ever_fragmented() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tb = small_testbed();
     let dests = tb.destinations(4, 7000);
@@ -620,9 +608,7 @@ fn the_mtu_follows_the_interface_and_nothing_is_ever_fragmented() {
 
 #[test]
 fn lost_notifications_lead_to_a_full_reread_never_to_a_stale_plan() {
-    if !root_available() {
-        return;
-    }
+    elec_testbed::require_root!();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tb = small_testbed();
     let broadcaster = broadcaster(&tb, Mode::Kernel);

@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use crate::error::last_os_error;
 use crate::ns::in_namespace;
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
@@ -72,11 +73,9 @@ fn ethtool_value(iface: &str, cmd: u32, data: u32) -> io::Result<u32> {
     // kernel reads/writes only those two objects.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
     if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("SIOCETHTOOL cmd {cmd:#x} on {iface:?} failed: {e}"),
-        ));
+        return Err(last_os_error(format_args!(
+            "SIOCETHTOOL cmd {cmd:#x} on {iface:?} failed"
+        )));
     }
     Ok(value.data)
 }
@@ -104,11 +103,9 @@ pub(crate) fn hw_addr_here(iface: &str) -> io::Result<[u8; 6]> {
     // call; SIOCGIFHWADDR writes only into it.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCGIFHWADDR as _, &mut req) };
     if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("SIOCGIFHWADDR on {iface:?} failed: {e}"),
-        ));
+        return Err(last_os_error(format_args!(
+            "SIOCGIFHWADDR on {iface:?} failed"
+        )));
     }
     let mut mac = [0u8; 6];
     for (m, b) in mac.iter_mut().zip(req.hwaddr.sa_data.iter()) {

@@ -3,6 +3,8 @@
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
 
+use crate::error::context;
+
 /// Runs `PROGRAM [-force] -batch -` in the caller's network namespace with
 /// `lines` on stdin. `what` names the context for error messages.
 pub(crate) fn batch(program: &str, lines: &[String], force: bool, what: &str) -> io::Result<()> {
@@ -63,7 +65,7 @@ fn spawn_error(program: &str, e: io::Error) -> io::Error {
             format!("the `{program}` command was not found: install iproute2 (e.g. `apt-get install iproute2`)"),
         )
     } else {
-        io::Error::new(e.kind(), format!("cannot run `{program}`: {e}"))
+        context(e, format_args!("cannot run `{program}`"))
     }
 }
 

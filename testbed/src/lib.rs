@@ -20,7 +20,10 @@
 //! SIGHUP (exit status 128 + signal, 130 for Ctrl-C), and namespaces left
 //! behind by killed processes are removed by the next [`Testbed::new`].
 //!
-//! Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2.
+//! Needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) and iproute2. Tests that
+//! need root start with [`require_root!`], which fails them with a message
+//! naming what is missing, or skips them visibly when
+//! `ELEC_BROADCAST_SKIP_ROOT_TESTS=1` ([`SKIP_ROOT_TESTS_ENV`]) is set.
 //!
 //! ```no_run
 //! use elec_testbed::{pattern, Testbed, TestbedConfig};
@@ -44,25 +47,35 @@
 #![warn(missing_docs)]
 
 mod cleanup;
+mod error;
 mod ethtool;
 mod ip;
 mod ns;
 mod pattern;
+mod privileges;
 mod recv;
 mod report;
 mod snmp;
 mod testbed;
+mod wait;
 
+pub use caps::Capability;
 pub use cleanup::{cleanup_all, leftover_namespaces};
 pub use ethtool::{format_mac, mac_address, set_tx_checksum_offload, tx_checksum_offload};
 pub use ns::{
     in_namespace, output_in, spawn_in, spawn_in_namespace, udp_socket_in, NsThread, NETNS_RUN_DIR,
 };
 pub use pattern::{is_pattern, pattern, PATTERN_MODULUS};
+#[doc(hidden)]
+pub use privileges::__function_path;
+pub use privileges::{
+    drop_effective_capabilities, missing_capabilities, require_root, SKIP_ROOT_TESTS_ENV,
+};
 pub use recv::{pin_current_thread, CountReport, Counters, Received, Receivers, RECEIVER_RCVBUF};
-pub use report::{backlog_drops, backlog_note, json_u64};
+pub use report::{backlog_drops, backlog_note};
 pub use snmp::{link_counters, snmp_counter, LinkCounters};
 pub use testbed::{
     Testbed, TestbedConfig, BRIDGE, HUB_PORT_SENDER, IFACE, MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS,
     PREFIX_LEN, SENDER_ADDR,
 };
+pub use wait::wait_until;

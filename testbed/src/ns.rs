@@ -8,6 +8,8 @@ use std::process::{Child, Command, Output};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
+use crate::error::{context, last_os_error};
+
 /// Where `ip netns add` keeps its namespace handles.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
@@ -21,12 +23,9 @@ pub(crate) fn open_namespace(ns: &str) -> io::Result<OwnedFd> {
     }
     let path: PathBuf = [NETNS_RUN_DIR, ns].iter().collect();
     File::open(&path).map(OwnedFd::from).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "cannot open network namespace {ns:?} ({}): {e}",
-                path.display()
-            ),
+        context(
+            e,
+            format_args!("cannot open network namespace {ns:?} ({})", path.display()),
         )
     })
 }
@@ -38,11 +37,9 @@ pub(crate) fn enter(fd: &OwnedFd, ns: &str) -> io::Result<()> {
     // thread's network namespace.
     let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("setns into network namespace {ns:?} failed: {e}"),
-        ));
+        return Err(last_os_error(format_args!(
+            "setns into network namespace {ns:?} failed"
+        )));
     }
     Ok(())
 }

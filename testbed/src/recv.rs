@@ -11,8 +11,10 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::error::{context, last_os_error};
 use crate::ns::for_each_namespace;
 use crate::pattern::is_pattern;
+use crate::wait::wait_until;
 
 /// Receive buffer requested for every receiver socket.
 pub const RECEIVER_RCVBUF: usize = 4 << 20;
@@ -95,9 +97,9 @@ fn bind_retrying(dest: SocketAddrV4) -> io::Result<UdpSocket> {
 
 fn bind_one(ns: &str, dest: SocketAddrV4) -> io::Result<UdpSocket> {
     let sock = bind_retrying(dest).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot bind receiver socket {dest} in namespace {ns}: {e}"),
+        context(
+            e,
+            format_args!("cannot bind receiver socket {dest} in namespace {ns}"),
         )
     })?;
     set_rcvbuf(&sock, RECEIVER_RCVBUF);
@@ -134,11 +136,9 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("cannot pin receiver thread to cpu {cpu}: {e}"),
-        ));
+        return Err(last_os_error(format_args!(
+            "cannot pin receiver thread to cpu {cpu}"
+        )));
     }
     Ok(())
 }
@@ -180,15 +180,15 @@ fn poll_loop(socks: &[UdpSocket], stop: &Stop, mut drain: impl FnMut(usize)) {
     }
 }
 
-fn wait_until(timeout: Duration, mut current: impl FnMut() -> u64, n: u64) -> u64 {
-    let start = Instant::now();
-    loop {
-        let c = current();
-        if c >= n || start.elapsed() >= timeout {
-            return c;
-        }
-        thread::sleep(Duration::from_micros(250));
-    }
+/// Waits at most `timeout` for `current()` to reach `n`; returns its last
+/// value. Polls often: benchmarks time deliveries with it.
+fn wait_for_count(timeout: Duration, mut current: impl FnMut() -> u64, n: u64) -> u64 {
+    let mut c = 0;
+    wait_until(timeout, Duration::from_micros(250), || {
+        c = current();
+        c >= n
+    });
+    c
 }
 
 type Record = Vec<(Vec<u8>, SocketAddrV4)>;
@@ -256,7 +256,7 @@ impl Receivers {
     /// Waits until at least `n` datagrams arrived in total or `timeout`
     /// passed, and returns the total received so far.
     pub fn wait_for_total(&self, n: usize, timeout: Duration) -> usize {
-        wait_until(timeout, || self.total() as u64, n as u64) as usize
+        wait_for_count(timeout, || self.total() as u64, n as u64) as usize
     }
 
     fn stop_threads(&mut self) -> Vec<(Vec<usize>, Vec<Record>)> {
@@ -708,7 +708,7 @@ impl Counters {
     /// Waits until at least `n` datagrams arrived in total or `timeout`
     /// passed, and returns the total received so far.
     pub fn wait_for_total(&self, n: u64, timeout: Duration) -> u64 {
-        wait_until(timeout, || self.total(), n)
+        wait_for_count(timeout, || self.total(), n)
     }
 
     /// Stops the receiver threads (after reading what is queued) and returns

@@ -10,9 +10,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::cleanup::{self, PREFIX};
+use crate::error::context;
 use crate::ethtool::{format_mac, set_tx_csum_here};
 use crate::ip;
 use crate::ns::{for_each_namespace, in_namespace, output_in, spawn_in, spawn_in_namespace};
+use crate::privileges::check_privileges;
 use crate::recv::{Counters, Group, Receivers};
 use crate::snmp::read_snmp_here;
 
@@ -126,38 +128,13 @@ fn rps_mask(cpu: usize) -> String {
         .join(",")
 }
 
-/// Checks CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21) in the effective set.
-fn check_privileges() -> io::Result<()> {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
-        return Ok(());
-    };
-    let Some(eff) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    else {
-        return Ok(());
-    };
-    let need = (1u64 << 12) | (1u64 << 21);
-    if eff & need != need {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "testbed needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN) to create network namespaces",
-        ));
-    }
-    Ok(())
-}
-
 /// Writes a sysctl of the calling thread's network namespace, ignoring
 /// sysctls that do not exist (e.g. IPv6 disabled at boot).
 fn write_sysctl_here(path: &str, value: &str) -> io::Result<()> {
     match std::fs::write(path, value) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("cannot write {value} to {path}: {e}"),
-        )),
+        Err(e) => Err(context(e, format_args!("cannot write {value} to {path}"))),
     }
 }
 
@@ -193,12 +170,9 @@ impl NsSetup {
         }
         for iface in &self.tx_csum_off {
             set_tx_csum_here(iface, false).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "turning off tx checksum offload on {iface} in {}: {e}",
-                        self.ns
-                    ),
+                context(
+                    e,
+                    format_args!("turning off tx checksum offload on {iface} in {}", self.ns),
                 )
             })?;
         }

@@ -11,9 +11,9 @@
 
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use elec_testbed::{in_namespace, set_tx_checksum_offload, Testbed, TestbedConfig};
+use elec_testbed::{in_namespace, set_tx_checksum_offload, wait_until, Testbed, TestbedConfig};
 
 fn sum16(data: &[u8], mut acc: u32) -> u32 {
     for c in data.chunks(2) {
@@ -124,23 +124,25 @@ fn inject(tb: &Testbed, frame: &[u8]) {
     .unwrap();
 }
 
-/// Waits until receiver 0's UDP InDatagrams + InCsumErrors + NoPorts grows.
-fn wait_udp_event(tb: &Testbed, before: u64) -> u64 {
-    let start = Instant::now();
-    loop {
-        let now: u64 = ["InDatagrams", "InCsumErrors", "NoPorts"]
-            .iter()
-            .map(|f| tb.udp_counter(f).unwrap()[0])
-            .sum();
-        if now > before || start.elapsed() > Duration::from_secs(5) {
-            return now;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+/// Receiver 0's UDP InDatagrams + InCsumErrors + NoPorts: what became of
+/// the datagrams that reached it.
+fn udp_events(tb: &Testbed) -> u64 {
+    ["InDatagrams", "InCsumErrors", "NoPorts"]
+        .iter()
+        .map(|f| tb.udp_counter(f).unwrap()[0])
+        .sum()
+}
+
+/// Waits (at most 5 s) until `udp_events` grows past `before`.
+fn wait_udp_event(tb: &Testbed, before: u64) {
+    wait_until(Duration::from_secs(5), Duration::from_millis(2), || {
+        udp_events(tb) > before
+    });
 }
 
 #[test]
 fn wrong_pseudo_header_checksum_is_caught() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(TestbedConfig {
         receivers: 2,
         ..Default::default()
@@ -162,15 +164,8 @@ fn wrong_pseudo_header_checksum_is_caught() {
             payload,
         )
     };
-    let events = |tb: &Testbed| -> u64 {
-        ["InDatagrams", "InCsumErrors", "NoPorts"]
-            .iter()
-            .map(|f| tb.udp_counter(f).unwrap()[0])
-            .sum()
-    };
-
     // Right seed: delivered.
-    let e = events(&tb);
+    let e = udp_events(&tb);
     inject(&tb, &mk(dst));
     wait_udp_event(&tb, e);
     assert_eq!(tb.udp_in_csum_errors().unwrap(), vec![0, 0]);
@@ -178,7 +173,7 @@ fn wrong_pseudo_header_checksum_is_caught() {
 
     // Seed for the wrong destination: the bridge finishes the checksum in
     // software, the receiver verifies it and drops the datagram.
-    let e = events(&tb);
+    let e = udp_events(&tb);
     inject(&tb, &mk(wrong));
     wait_udp_event(&tb, e);
     assert_eq!(tb.udp_in_csum_errors().unwrap(), vec![1, 0]);
@@ -186,7 +181,7 @@ fn wrong_pseudo_header_checksum_is_caught() {
     // With offload on on the hub port, the same bug goes unnoticed: that is
     // why the testbed turns it off.
     set_tx_checksum_offload(tb.hub_ns(), &tb.receiver_port(0), true).unwrap();
-    let e = events(&tb);
+    let e = udp_events(&tb);
     inject(&tb, &mk(wrong));
     wait_udp_event(&tb, e);
     assert_eq!(tb.udp_in_csum_errors().unwrap(), vec![1, 0]);

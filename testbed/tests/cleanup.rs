@@ -13,6 +13,7 @@ fn exists(ns: &str) -> bool {
 
 #[test]
 fn no_leftovers_and_stale_namespaces_are_removed() {
+    elec_testbed::require_root!();
     // A namespace that looks like it was left behind by a killed run.
     let mut dead = Command::new("true").spawn().unwrap();
     let dead_pid = dead.id();
@@ -62,6 +63,7 @@ fn signal_child() {
     if std::env::var_os("EBTB_SIGNAL_CHILD").is_none() {
         return;
     }
+    // Started by `signals_clean_up`, which checked for root.
     let tb = Testbed::new(TestbedConfig {
         receivers: 2,
         ..Default::default()
@@ -74,6 +76,7 @@ fn signal_child() {
 
 #[test]
 fn signals_clean_up() {
+    elec_testbed::require_root!();
     for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["signal_child", "--exact", "--nocapture", "--test-threads=1"])

@@ -31,6 +31,14 @@ fn ip_in(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Asserts that none of the namespaces `names` exists any more.
+fn assert_gone(names: &[String], after: &str) {
+    let listed = netns_list();
+    for n in names {
+        assert!(!listed.contains(n), "{n} still exists after {after}");
+    }
+}
+
 fn small() -> TestbedConfig {
     TestbedConfig {
         receivers: 3,
@@ -71,6 +79,7 @@ fn exchange(tb: &Testbed, dests: &[SocketAddrV4], msgs: &[Vec<u8>]) {
 
 #[test]
 fn comes_up_and_tears_down() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(small()).unwrap();
     let names = tb.namespaces();
     assert_eq!(names.len(), 5);
@@ -133,14 +142,12 @@ fn comes_up_and_tears_down() {
     }
 
     drop(tb);
-    let listed = netns_list();
-    for n in &names {
-        assert!(!listed.contains(n), "{n} still exists after drop");
-    }
+    assert_gone(&names, "drop");
 }
 
 #[test]
 fn torn_down_when_a_thread_panics() {
+    elec_testbed::require_root!();
     let names = std::thread::spawn(|| {
         let mut names = Vec::new();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -155,14 +162,12 @@ fn torn_down_when_a_thread_panics() {
     .join()
     .unwrap();
     assert_eq!(names.len(), 5);
-    let listed = netns_list();
-    for n in &names {
-        assert!(!listed.contains(n), "{n} still exists after panic");
-    }
+    assert_gone(&names, "a panic");
 }
 
 #[test]
 fn plain_udp_exactly_once() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(small()).unwrap();
     let dests = tb.destinations(6, 7000);
     let unique: HashSet<_> = dests.iter().collect();
@@ -180,6 +185,7 @@ fn plain_udp_exactly_once() {
 
 #[test]
 fn software_checksums_and_arp() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(TestbedConfig {
         receivers: 2,
         addrs_per_receiver: 2,
@@ -197,6 +203,7 @@ fn software_checksums_and_arp() {
 
 #[test]
 fn checksum_offload_off_on_hub_ports_facing_receivers() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(small()).unwrap();
     for i in 0..tb.num_receivers() {
         assert!(!tx_checksum_offload(tb.hub_ns(), &tb.receiver_port(i)).unwrap());
@@ -207,6 +214,7 @@ fn checksum_offload_off_on_hub_ports_facing_receivers() {
 
 #[test]
 fn parallel_testbeds_do_not_collide() {
+    elec_testbed::require_root!();
     let handles: Vec<_> = (0..2)
         .map(|k| {
             std::thread::spawn(move || {
@@ -228,6 +236,7 @@ fn parallel_testbeds_do_not_collide() {
 
 #[test]
 fn destinations_spread_and_scale() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(TestbedConfig {
         receivers: 8,
         addrs_per_receiver: 4,
@@ -249,6 +258,7 @@ fn destinations_spread_and_scale() {
 
 #[test]
 fn check_exactly_once_reports_problems() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(TestbedConfig {
         receivers: 2,
         ..Default::default()
@@ -299,6 +309,7 @@ fn check_exactly_once_reports_problems() {
 
 #[test]
 fn counting_receivers_count_and_verify() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(TestbedConfig {
         receivers: 3,
         ..Default::default()
@@ -331,6 +342,7 @@ fn counting_receivers_count_and_verify() {
 
 #[test]
 fn commands_and_counters_in_sender() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(TestbedConfig {
         receivers: 1,
         mtu: Some(9000),
@@ -403,6 +415,7 @@ fn rx_packets(ns: &str) -> u64 {
 
 #[test]
 fn unicast_is_not_flooded_to_other_receivers() {
+    elec_testbed::require_root!();
     let tb = Testbed::new(small()).unwrap();
     let before: Vec<u64> = (0..3).map(|i| rx_packets(tb.receiver_ns(i))).collect();
     let dest = SocketAddrV4::new(tb.receiver_addrs(0)[0], 7500);

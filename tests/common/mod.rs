@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests. The testbed itself (namespaces,
 //! bridge, receivers) lives in the `elec-testbed` crate, which the benches,
-//! examples and demo use too.
+//! examples and demo use too; so does the root check every test that needs
+//! root starts with, `elec_testbed::require_root!()` (it fails the test
+//! naming what is missing, or with `ELEC_BROADCAST_SKIP_ROOT_TESTS=1` skips
+//! it with a `SKIPPED <test>` line that shows in `cargo test` output).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -8,34 +11,20 @@ use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
 use elec_broadcast::{Broadcaster, Mode, Report};
-use elec_testbed::{in_namespace, Testbed, TestbedConfig};
-
-/// Set to 1 to skip (not fail) the tests that need root. CI runs as root
-/// and must not set it.
-pub const SKIP_ENV: &str = "ELEC_BROADCAST_SKIP_ROOT_TESTS";
-
-/// True when the test may go on. Without root the test fails with a message
-/// naming what is missing, unless the run opted out through `SKIP_ENV`.
-pub fn root_available() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 {
-        return true;
-    }
-    if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-        eprintln!(
-            "skipped: needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_BPF); {SKIP_ENV}=1 is set"
-        );
-        return false;
-    }
-    panic!(
-        "this test needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN for network namespaces, CAP_BPF \
-         for the eBPF program), euid is {euid}: run it as root, or set {SKIP_ENV}=1 to skip it"
-    );
-}
+use elec_testbed::{in_namespace, Receivers, Testbed, TestbedConfig};
 
 pub fn testbed(cfg: TestbedConfig) -> Testbed {
     Testbed::new(cfg).expect("setting up the testbed")
+}
+
+/// A testbed of `receivers` receivers with `addrs_per_receiver` addresses
+/// each, everything else as by default.
+pub fn small_testbed(receivers: usize, addrs_per_receiver: usize) -> Testbed {
+    testbed(TestbedConfig {
+        receivers,
+        addrs_per_receiver,
+        ..Default::default()
+    })
 }
 
 /// A broadcaster on the sender's `eth0`, created inside the sender namespace.
@@ -66,6 +55,16 @@ pub fn assert_complete(report: &Report, n: usize) {
         report.failed
     );
     assert_eq!(report.copies_sent, n, "copies sent: {report:?}");
+}
+
+/// Waits (at most [`WAIT`]) for a copy of every message of `sent` at every
+/// destination, then checks that each destination got each message exactly
+/// once and intact, and nothing else.
+pub fn expect_exactly_once(rx: Receivers, dests: &[SocketAddrV4], sent: &[Vec<u8>]) {
+    rx.wait_for_total(dests.len() * sent.len(), WAIT);
+    if let Err(err) = rx.finish(SETTLE).check_exactly_once(dests, sent) {
+        panic!("{err}");
+    }
 }
 
 pub fn assert_no_checksum_errors(tb: &Testbed) {
