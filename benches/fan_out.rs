@@ -50,7 +50,6 @@ const BURST_COPIES: usize = 256;
 /// Overrides `BURST_COPIES` (1: wait after every broadcast).
 const BURST_ENV: &str = "ELEC_BENCH_BURST_COPIES";
 /// Set to 1 to skip (not fail) when not root, as the integration tests do.
-const SKIP_ENV: &str = "ELEC_BROADCAST_SKIP_ROOT_TESTS";
 /// Set to 1 for short runs (CI smoke tests).
 const QUICK_ENV: &str = "ELEC_BENCH_QUICK";
 
@@ -476,24 +475,6 @@ fn per_call_overhead(c: &mut Criterion<ThreadCpuTime>, tb: &Testbed, settings: S
     group.finish();
 }
 
-/// True when the bench may go on: root, or a loud failure unless the run
-/// opted out through `SKIP_ENV` (same rule as the integration tests).
-fn root_available() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 {
-        return true;
-    }
-    if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
-        eprintln!("fan_out bench skipped: needs root; {SKIP_ENV}=1 is set");
-        return false;
-    }
-    panic!(
-        "the fan_out bench needs root (network namespaces, eBPF), euid is {euid}: run it as \
-         root, or set {SKIP_ENV}=1 to skip it"
-    );
-}
-
 /// Median CPU time of an empty measurement window (two clock reads), which
 /// every broadcast's window includes once and which is subtracted.
 fn clock_overhead_ns() -> u64 {
@@ -508,7 +489,7 @@ fn clock_overhead_ns() -> u64 {
 }
 
 fn main() {
-    if !root_available() {
+    if !elec_testbed::require_root("fan_out bench") {
         return;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -1213,6 +1213,7 @@ mod tests {
     /// wire; the test only queries tables.
     #[test]
     fn reads_routes_neighbours_and_links_in_a_scratch_namespace() {
+        elec_testbed::require_root!();
         in_scratch_namespace(|| {
             ip("link add nl0 address 02:00:00:00:00:01 type veth peer name nl0peer");
             // No IPv6 link-local address, hence no IPv6 duplicate address
@@ -1323,6 +1324,7 @@ mod tests {
     /// A table too big for one datagram arrives as a multi-part dump.
     #[test]
     fn reads_a_neighbour_dump_spanning_several_datagrams() {
+        elec_testbed::require_root!();
         const ENTRIES: u16 = 900;
         in_scratch_namespace(|| {
             ip("link add nl0 type veth peer name nl0peer");
