@@ -251,9 +251,6 @@ fn broadcasts_are_complete_again_once_the_backlog_has_room() {
     let message = message(2, 200);
     let report = broadcaster.broadcast(&socket, &message, &targets).unwrap();
     assert_complete(&report, dests.len());
-    rx.wait_for_total(dests.len(), WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&dests, &[message])
-        .unwrap();
+    expect_exactly_once(rx, &dests, &[message]);
     assert!(rx_total < dests.len());
 }

@@ -324,10 +324,7 @@ fn local_destinations_and_fanned_out_ones_mix() {
         s.set_nonblocking(true).unwrap();
         assert!(s.recv_from(&mut buf).is_err(), "a second copy arrived");
     }
-    rx.wait_for_total(remote.len(), WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&remote, &[message])
-        .unwrap();
+    expect_exactly_once(rx, &remote, &[message]);
 }
 
 #[test]

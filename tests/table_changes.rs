@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use elec_broadcast::Mode;
-use elec_testbed::{format_mac, in_namespace, snmp_counter, udp_socket_in, Testbed, TestbedConfig};
+use elec_testbed::{format_mac, in_namespace, snmp_counter, udp_socket_in, wait_until, Testbed};
 
 /// Time between two sends of each sender.
 const INTERVAL: Duration = Duration::from_micros(200);
@@ -289,18 +289,11 @@ fn others(tb: &Testbed, which: &[usize]) -> Vec<SocketAddrV4> {
         .collect()
 }
 
-fn small_testbed() -> Testbed {
-    testbed(TestbedConfig {
-        receivers: 4,
-        ..Default::default()
-    })
-}
-
 #[test]
 fn after_a_mac_change_no_copy_goes_to_the_old_mac() {
     elec_testbed::require_root!();
     trials("MAC change", || {
-        let tb = small_testbed();
+        let tb = small_testbed(4, 1);
         let target = tb.receiver_addrs(0)[0];
         let others = others(&tb, &[1, 2]);
         let new_mac = format_mac(&[0x02, 0xeb, 0x0f, 0, 0, 1]);
@@ -330,7 +323,7 @@ fn after_a_mac_change_no_copy_goes_to_the_old_mac() {
 fn after_a_route_change_copies_take_the_new_next_hop() {
     elec_testbed::require_root!();
     trials("route change", || {
-        let tb = small_testbed();
+        let tb = small_testbed(4, 1);
         // 10.99.0.1 lives on receiver 0 and is reached through a router:
         // receiver 1 at first, receiver 2 after the change.
         let target = Ipv4Addr::new(10, 99, 0, 1);
@@ -376,7 +369,7 @@ fn after_a_route_change_copies_take_the_new_next_hop() {
 fn after_the_link_goes_down_and_up_copies_flow_again() {
     elec_testbed::require_root!();
     trials("link down/up", || {
-        let tb = small_testbed();
+        let tb = small_testbed(4, 1);
         let target = tb.receiver_addrs(0)[0];
         race(
             &tb,
@@ -394,7 +387,7 @@ fn after_the_link_goes_down_and_up_copies_flow_again() {
 fn an_address_moving_onto_the_sender_gets_its_copies_locally_then_back() {
     elec_testbed::require_root!();
     let moves = |onto_sender: bool| {
-        let tb = small_testbed();
+        let tb = small_testbed(4, 1);
         // 10.77.200.1 belongs to receiver 0, then moves onto the sender (its
         // copies must then stay on the sender), or the reverse.
         let target = Ipv4Addr::new(10, 77, 200, 1);
@@ -430,7 +423,7 @@ fn a_route_through_another_interface_is_refused_once_it_is_there_and_not_after()
     elec_testbed::require_root!();
     // Plans are made from the tables at the first broadcast and kept; once
     // the watching thread has seen a change, broadcasts must not use them.
-    let tb = small_testbed();
+    let tb = small_testbed(4, 1);
     let broadcaster = broadcaster(&tb, Mode::Kernel);
     let socket = sender_socket(&tb, 5000);
     let dests = tb.destinations(4, 7000);
@@ -445,29 +438,19 @@ fn a_route_through_another_interface_is_refused_once_it_is_there_and_not_after()
         tb.sender_ns(),
         &format!("route add {}/32 dev eth9", dests[2].ip()),
     );
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match broadcaster.broadcast(&socket, &m, &addrs(&dests)) {
-            Err(elec_broadcast::Error::OtherInterface { destination, .. }) => {
-                assert_eq!(destination, SocketAddr::V4(dests[2]));
-                break;
-            }
-            other => assert!(
-                Instant::now() < deadline,
-                "still {other:?} after the route changed"
-            ),
+    let refused = || match broadcaster.broadcast(&socket, &m, &addrs(&dests)) {
+        Err(elec_broadcast::Error::OtherInterface { destination, .. }) => {
+            assert_eq!(destination, SocketAddr::V4(dests[2]));
+            true
         }
-        thread::sleep(Duration::from_millis(1));
-    }
+        _ => false,
+    };
+    let took = wait_until(WAIT, Duration::from_millis(1), refused);
+    assert!(took.is_some(), "not refused after the route changed");
     ip(tb.sender_ns(), &format!("route del {}/32", dests[2].ip()));
-    let deadline = Instant::now() + WAIT;
-    while broadcaster.broadcast(&socket, &m, &addrs(&dests)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the route is back, the error too"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
+    let sent = || broadcaster.broadcast(&socket, &m, &addrs(&dests)).is_ok();
+    let took = wait_until(WAIT, Duration::from_millis(1), sent);
+    assert!(took.is_some(), "the route is back, the error too");
     drop(rx);
 }
 
@@ -475,7 +458,7 @@ fn a_route_through_another_interface_is_refused_once_it_is_there_and_not_after()
 fn the_mtu_follows_the_interface_and_nothing_is_ever_fragmented() {
     elec_testbed::require_root!();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let tb = small_testbed();
+    let tb = small_testbed(4, 1);
     let dests = tb.destinations(4, 7000);
     let targets = addrs(&dests);
     let frag_creates = || snmp_counter(tb.sender_ns(), "Ip", "FragCreates").unwrap();
@@ -528,8 +511,7 @@ fn the_mtu_follows_the_interface_and_nothing_is_ever_fragmented() {
         sent.push(big.clone());
         assert_eq!(broadcaster.max_payload(), 1472);
 
-        rx.wait_for_total(4 * sent.len(), WAIT);
-        rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
+        expect_exactly_once(rx, &dests, &sent);
 
         // A route of one destination with a smaller MTU than the interface:
         // refused before anything is sent, with the route's MTU. Until the
@@ -567,17 +549,13 @@ fn the_mtu_follows_the_interface_and_nothing_is_ever_fragmented() {
             4,
         );
         ip(tb.sender_ns(), &format!("route del {narrow}/32 dev eth0"));
-        let deadline = Instant::now() + WAIT;
         let big_after = attempt(99);
-        while broadcaster
-            .broadcast(&socket, &big_after, &targets)
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{mode:?}: the route is gone, the error is not"
-            );
-        }
+        let sent = || broadcaster.broadcast(&socket, &big_after, &targets).is_ok();
+        let took = wait_until(WAIT, Duration::ZERO, sent);
+        assert!(
+            took.is_some(),
+            "{mode:?}: the route is gone, the error is not"
+        );
         tb.wait_quiet(Duration::from_millis(50), WAIT).unwrap();
         let got = rx.finish(SETTLE);
         for (i, dest) in dests.iter().enumerate() {
@@ -610,7 +588,7 @@ fn the_mtu_follows_the_interface_and_nothing_is_ever_fragmented() {
 fn lost_notifications_lead_to_a_full_reread_never_to_a_stale_plan() {
     elec_testbed::require_root!();
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let tb = small_testbed();
+    let tb = small_testbed(4, 1);
     let broadcaster = broadcaster(&tb, Mode::Kernel);
     let socket = sender_socket(&tb, 5000);
     let dests = tb.destinations(4, 7000);
@@ -669,6 +647,5 @@ fn lost_notifications_lead_to_a_full_reread_never_to_a_stale_plan() {
         assert_eq!(report.kernel_copies, 4, "{report:?}");
         sent.push(m);
     }
-    rx.wait_for_total(4 * sent.len(), WAIT);
-    rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
+    expect_exactly_once(rx, &dests, &sent);
 }
