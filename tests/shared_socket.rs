@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use elec_broadcast::Mode;
-use elec_testbed::{link_counters, snmp_counter, Received, Testbed, TestbedConfig};
+use elec_testbed::{snmp_counter, Received, Testbed, TestbedConfig};
 
 const SIZE: usize = 1200;
 const DESTINATIONS: usize = 16;
@@ -96,15 +96,7 @@ fn broadcast_all(tb: &Testbed, socket: &UdpSocket, dests: &[SocketAddrV4]) -> Ve
 /// further on (the hub's ports, the receivers' sockets).
 fn drops(tb: &Testbed) -> u64 {
     let sender = snmp_counter(tb.sender_ns(), "Udp", "SndbufErrors").unwrap();
-    let further: u64 = (0..tb.num_receivers())
-        .map(|i| {
-            link_counters(tb.hub_ns(), &tb.receiver_port(i))
-                .unwrap()
-                .tx_dropped
-                + snmp_counter(tb.receiver_ns(i), "Udp", "RcvbufErrors").unwrap()
-        })
-        .sum();
-    sender + further
+    sender + tb.drops_past_sender().unwrap().iter().sum::<u64>()
 }
 
 /// What the destinations received, against what was sent.

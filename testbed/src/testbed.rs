@@ -590,6 +590,19 @@ impl Testbed {
         self.udp_counter("RcvbufErrors")
     }
 
+    /// Per receiver: frames the hub's port towards it dropped (the
+    /// receiver's backlog was full) plus datagrams its UDP sockets dropped
+    /// (`RcvbufErrors`): the losses past the sender, which no sender sees.
+    pub fn drops_past_sender(&self) -> io::Result<Vec<u64>> {
+        (0..self.num_receivers())
+            .map(|i| {
+                let port = crate::link_counters(&self.hub_ns, &self.receiver_port(i))?;
+                let socket = crate::snmp_counter(&self.receiver_ns[i], "Udp", "RcvbufErrors")?;
+                Ok(port.tx_dropped + socket)
+            })
+            .collect()
+    }
+
     /// Waits at most `timeout` until no receiver namespace's UDP
     /// `InDatagrams` changes for `quiet` (useful before reading counters).
     pub fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> io::Result<()> {
