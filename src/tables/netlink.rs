@@ -22,81 +22,56 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 
-// Kernel ABI values from <linux/netlink.h>, <linux/rtnetlink.h>,
-// <linux/neighbour.h> and <linux/if_link.h>. They are spelled out here
-// because `libc` does not export all of them for every Linux target.
+// Kernel ABI values come from `libc`; those it has as `c_int` are given the
+// netlink field types here, and the few it lacks (the struct layouts,
+// RTAX_MTU, the nexthop messages) are spelled out with their header.
+use libc::{
+    IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, NDA_DST, NDA_IFINDEX, NDA_LLADDR, NUD_DELAY, NUD_NOARP,
+    NUD_PERMANENT, NUD_PROBE, NUD_REACHABLE, NUD_STALE, RTA_DST, RTA_GATEWAY, RTA_METRICS, RTA_OIF,
+    RTA_PREFSRC, RTA_VIA, RTM_GETLINK, RTM_GETNEIGH, RTM_GETROUTE, RTM_NEWLINK, RTM_NEWNEIGH,
+    RTM_NEWROUTE, RTN_BROADCAST, RTN_LOCAL, RTN_MULTICAST, RTN_UNICAST, RTN_UNREACHABLE,
+};
 
 const AF_UNSPEC: u8 = libc::AF_UNSPEC as u8;
 const AF_INET: u8 = libc::AF_INET as u8;
+const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
+const NLM_F_DUMP_INTR: u16 = libc::NLM_F_DUMP_INTR as u16;
+const NLM_F_DUMP: u16 = libc::NLM_F_DUMP as u16;
+/// Attribute type bits; the top two bits are the NESTED / NET_BYTEORDER flags.
+const NLA_TYPE_MASK: u16 = libc::NLA_TYPE_MASK as u16;
+const IFF_UP: u32 = libc::IFF_UP as u32;
+/// `RTAX_MTU` (<linux/rtnetlink.h>), inside `RTA_METRICS`.
+const RTAX_MTU: u16 = 2;
 
 /// `struct nlmsghdr`: len u32, type u16, flags u16, seq u32, pid u32.
-const NLMSG_HEADER_LEN: usize = 16;
+const NLMSG_HEADER_LEN: usize = std::mem::size_of::<libc::nlmsghdr>();
 /// `struct nlmsgerr`: error i32 followed by the request's `nlmsghdr`.
 const NLMSG_ERROR_LEN: usize = 4 + NLMSG_HEADER_LEN;
-const NLMSG_NOOP: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x01;
-const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLM_F_DUMP: u16 = 0x300;
-
 /// `struct rtattr`: len u16, type u16, then the payload.
 const RTA_HEADER_LEN: usize = 4;
-/// Attribute type bits; the top two bits are the NESTED / NET_BYTEORDER flags.
-const NLA_TYPE_MASK: u16 = 0x3fff;
-
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
-const RTM_NEWNEIGH: u16 = 28;
-const RTM_GETNEIGH: u16 = 30;
-
-/// `struct rtmsg`: family, dst_len, src_len, tos, table, protocol, scope, type (u8 each), flags u32.
+/// `struct rtmsg` (<linux/rtnetlink.h>): family, dst_len, src_len, tos,
+/// table, protocol, scope, type (u8 each), flags u32.
 const RTMSG_LEN: usize = 12;
 const RTMSG_TYPE_OFFSET: usize = 7;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PREFSRC: u16 = 7;
-const RTA_METRICS: u16 = 8;
-const RTA_VIA: u16 = 18;
-/// `RTAX_MTU`, inside `RTA_METRICS`.
-const RTAX_MTU: u16 = 2;
-const RTN_UNICAST: u8 = 1;
-const RTN_LOCAL: u8 = 2;
-const RTN_BROADCAST: u8 = 3;
-const RTN_MULTICAST: u8 = 5;
-const RTN_UNREACHABLE: u8 = 7;
-
-/// `struct ndmsg`: family u8, pad u8, pad u16, ifindex i32, state u16, flags u8, type u8.
+/// `struct ndmsg` (<linux/neighbour.h>): family u8, pad u8, pad u16,
+/// ifindex i32, state u16, flags u8, type u8.
 const NDMSG_LEN: usize = 12;
 const NDMSG_IFINDEX_OFFSET: usize = 4;
 const NDMSG_STATE_OFFSET: usize = 8;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-const NDA_IFINDEX: u16 = 8;
-const NUD_REACHABLE: u16 = 0x02;
-const NUD_STALE: u16 = 0x04;
-const NUD_DELAY: u16 = 0x08;
-const NUD_PROBE: u16 = 0x10;
-const NUD_NOARP: u16 = 0x40;
-const NUD_PERMANENT: u16 = 0x80;
-/// Neighbour states in which the entry holds a link-layer address the kernel itself would use.
-const NUD_USABLE: u16 =
-    NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP;
-
-/// `struct ifinfomsg`: family u8, pad u8, type u16, index i32, flags u32, change u32.
+/// `struct ifaddrmsg` (<linux/if_addr.h>): family, prefixlen, flags, scope
+/// (u8 each), index u32.
 const IFADDRMSG_INDEX_OFFSET: usize = 4;
+/// `struct ifinfomsg` (<linux/rtnetlink.h>): family u8, pad u8, type u16,
+/// index i32, flags u32, change u32.
 const IFINFOMSG_LEN: usize = 16;
 const IFINFOMSG_INDEX_OFFSET: usize = 4;
 const IFINFOMSG_FLAGS_OFFSET: usize = 8;
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFF_UP: u32 = 0x1;
-/// Interface names are at most 15 bytes plus the terminating NUL.
-const IFNAMSIZ: usize = 16;
+/// Neighbour states in which the entry holds a link-layer address the kernel itself would use.
+const NUD_USABLE: u16 =
+    NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT | NUD_NOARP;
 
 /// Room for the largest datagram the kernel sends: dump parts are at most 32 KiB.
 const RECEIVE_BUFFER_LEN: usize = 64 * 1024;
@@ -394,7 +369,7 @@ impl RouteSocket {
     /// error; a string that cannot be an interface name (empty, longer than
     /// 15 bytes, or containing NUL) is [`io::ErrorKind::InvalidInput`].
     pub(crate) fn link(&self, name: &str) -> io::Result<Link> {
-        if name.is_empty() || name.len() >= IFNAMSIZ || name.contains('\0') {
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('\0') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{name:?} is not a valid interface name"),
@@ -948,162 +923,92 @@ fn malformed(what: &str) -> io::Error {
     )
 }
 
-/// The system calls: the only unsafe code of the module.
+/// The system calls, through nix.
 mod sys {
-    use std::io;
-    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+    use std::io::{self, IoSliceMut};
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-    /// Address of the kernel's end of every netlink socket (port id 0).
-    fn kernel_address() -> libc::sockaddr_nl {
-        // SAFETY: sockaddr_nl consists of integers only, for which all-zero bytes are a valid value.
-        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        address
+    use nix::sys::socket::{
+        bind, recvmsg, sendto, setsockopt, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr,
+        SockFlag, SockProtocol, SockType,
+    };
+
+    /// The kernel's end of every netlink socket: port id 0, no groups.
+    fn kernel() -> NetlinkAddr {
+        NetlinkAddr::new(0, 0)
     }
-
-    const ADDRESS_LEN: libc::socklen_t =
-        std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
 
     /// Creates a close-on-exec NETLINK_ROUTE socket; the kernel binds it on first send.
     pub(super) fn open_route_socket() -> io::Result<OwnedFd> {
-        // SAFETY: socket() takes no pointers; its result is checked before use.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a freshly opened descriptor that nothing else owns,
-        // so the OwnedFd may take over closing it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        Ok(socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )?)
     }
 
-    /// Creates a close-on-exec NETLINK_ROUTE socket bound to the multicast
-    /// `groups` (a bit mask of RTNLGRP_* numbers less one) whose receive
-    /// buffer holds `buffer_bytes`: forced past `rmem_max` where the caller
-    /// has CAP_NET_ADMIN, else as large as `rmem_max` allows.
+    /// Creates a NETLINK_ROUTE socket bound to the multicast `groups` (a bit
+    /// mask of RTNLGRP_* numbers less one) whose receive buffer holds
+    /// `buffer_bytes`: forced past `rmem_max` where the caller has
+    /// CAP_NET_ADMIN, else as large as `rmem_max` allows.
     pub(super) fn open_change_socket(groups: u32, buffer_bytes: usize) -> io::Result<OwnedFd> {
         let fd = open_route_socket()?;
-        let size = libc::c_int::try_from(buffer_bytes).unwrap_or(libc::c_int::MAX);
-        let forced = set_int_option(fd.as_fd(), libc::SO_RCVBUFFORCE, size);
-        if forced.is_err() {
-            set_int_option(fd.as_fd(), libc::SO_RCVBUF, size)?;
+        if setsockopt(&fd, sockopt::RcvBufForce, &buffer_bytes).is_err() {
+            setsockopt(&fd, sockopt::RcvBuf, &buffer_bytes)?;
         }
-        let mut address = kernel_address();
-        address.nl_groups = groups;
-        // SAFETY: `address` is a sockaddr_nl of `ADDRESS_LEN` bytes that
-        // outlives the call; `fd` is an open netlink socket.
-        let bound = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                std::ptr::from_ref(&address).cast(),
-                ADDRESS_LEN,
-            )
-        };
-        if bound < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
         Ok(fd)
-    }
-
-    fn set_int_option(fd: BorrowedFd<'_>, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-        // SAFETY: `value` is a c_int that outlives the call, and its size is
-        // passed; `fd` is an open socket.
-        let done = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                name,
-                std::ptr::from_ref(&value).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if done < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
     }
 
     /// Sends one request datagram to the kernel.
     pub(super) fn send_to_kernel(fd: BorrowedFd<'_>, request: &[u8]) -> io::Result<()> {
-        let kernel = kernel_address();
         loop {
-            // SAFETY: `request` is valid for reads of `request.len()` bytes and
-            // `kernel` is a sockaddr_nl of `ADDRESS_LEN` bytes; both outlive the
-            // call, which keeps neither pointer. `fd` is an open socket.
-            let sent = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    request.as_ptr().cast(),
-                    request.len(),
-                    0,
-                    std::ptr::from_ref(&kernel).cast(),
-                    ADDRESS_LEN,
-                )
-            };
-            if sent < 0 {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match sendto(fd.as_raw_fd(), request, &kernel(), MsgFlags::empty()) {
+                Ok(sent) if sent == request.len() => return Ok(()),
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "netlink request only partly sent",
+                    ))
                 }
-                return Err(error);
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(errno) => return Err(errno.into()),
             }
-            return if usize::try_from(sent).ok() == Some(request.len()) {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "netlink request only partly sent",
-                ))
-            };
         }
     }
 
     /// Receives the next datagram sent by the kernel into `buffer` and returns its length.
     /// Datagrams from other senders are dropped; one too long for `buffer` is an error.
     pub(super) fn receive_from_kernel(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> io::Result<usize> {
+        let capacity = buffer.len();
         loop {
-            let mut sender = kernel_address();
-            let mut sender_len = ADDRESS_LEN;
-            // SAFETY: `buffer` is valid for writes of `buffer.len()` bytes, and
-            // `sender` / `sender_len` describe a writable sockaddr_nl of the
-            // size given; all outlive the call, which keeps no pointer. `fd`
-            // is an open socket.
-            let received = unsafe {
-                libc::recvfrom(
-                    fd.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    libc::MSG_TRUNC,
-                    std::ptr::from_mut(&mut sender).cast(),
-                    std::ptr::from_mut(&mut sender_len),
-                )
+            let mut iov = [IoSliceMut::new(buffer)];
+            // MSG_TRUNC: the length returned is the datagram's, even when
+            // it did not fit.
+            let received = match recvmsg::<NetlinkAddr>(
+                fd.as_fd().as_raw_fd(),
+                &mut iov,
+                None,
+                MsgFlags::MSG_TRUNC,
+            ) {
+                Ok(received) => received,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(errno) => return Err(errno.into()),
             };
-            let Ok(len) = usize::try_from(received) else {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(error);
-            };
-            if sender.nl_pid != 0 {
+            if received.address.is_some_and(|from| from.pid() != 0) {
                 continue; // Not from the kernel.
             }
-            if len > buffer.len() {
+            if received.bytes > capacity {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(
-                        "rtnetlink reply of {len} bytes truncated to {} bytes",
-                        buffer.len()
+                        "rtnetlink reply of {} bytes truncated to {capacity} bytes",
+                        received.bytes
                     ),
                 ));
             }
-            return Ok(len);
+            return Ok(received.bytes);
         }
     }
 }
