@@ -1,6 +1,6 @@
 //! The per-socket slots: an mmap()ed `BPF_F_MMAPABLE` array shared with the
 //! program, and the protocol on one slot (write the destinations, arm with
-//! a tag, take the arm back, read the outcome) as [`include/elec_broadcast.h`]
+//! a tag, take the arm back, read the outcome) as `include/elec_broadcast.h`
 //! defines it.
 
 use std::hash::{BuildHasher, RandomState};
