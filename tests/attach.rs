@@ -89,18 +89,24 @@ fn tcx_program_ids(tb: &Testbed) -> Vec<u32> {
 /// `bpf_tc_query` (it needs the handle and priority, chosen by the kernel)
 /// provides.
 fn clsact_program_ids(tb: &Testbed) -> Vec<u32> {
-    // {"devname":"eth0","ifindex":2,"kind":"clsact/egress","name":"fan_out:[42]","id":42}
+    // [{"xdp":[],"tc":[{"devname":"eth0","ifindex":2,"kind":"clsact/egress",
+    //   "name":"fan_out:[42]","prog_id":42,...}],...}]
     let json = run(tb, "bpftool", &["-j", "net", "show", "dev", "eth0"]);
-    json.split('{')
-        .filter(|entry| entry.contains(&format!("\"name\":\"{PROGRAM}:")))
-        .filter_map(|entry| {
-            let rest = entry.split("\"id\":").nth(1)?;
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect()
+    let parsed: serde_json::Value = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("bpftool net show printed no JSON ({e}): {json}"));
+    let mut ids = Vec::new();
+    for section in parsed.as_array().into_iter().flatten() {
+        for filter in section["tc"].as_array().into_iter().flatten() {
+            let ours = filter["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with(&format!("{PROGRAM}:")));
+            let id = filter["prog_id"].as_u64().or_else(|| filter["id"].as_u64());
+            if let (true, Some(id)) = (ours, id) {
+                ids.push(u32::try_from(id).expect("a program id fits in u32"));
+            }
+        }
+    }
+    ids
 }
 
 /// Ids of the programs on the sender's eth0 egress that are ours (named
