@@ -8,6 +8,9 @@ scripts/setup.sh
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The examples as programs: tests/cli.rs runs the `broadcast` example
+# (`cargo test` builds examples only as test harnesses).
+cargo build --workspace --examples
 # Benchmarks run once each in test mode, on a quick setting.
 ELEC_BENCH_QUICK=1 cargo test --workspace --all-targets
 cargo test --workspace --doc

@@ -12,8 +12,9 @@ use common::*;
 use elec_testbed::{Counters, Testbed, TestbedConfig};
 use serde_json::Value;
 
-/// The `broadcast` example, which `cargo test --all-targets` builds next to
-/// the test binaries.
+/// The `broadcast` example, as `cargo build --examples` leaves it in
+/// `target/<profile>/examples/` (scripts/test.sh builds the examples before
+/// the tests; `cargo test` alone builds them as test harnesses only).
 fn example() -> PathBuf {
     let me = std::env::current_exe().unwrap();
     let path = me
@@ -23,8 +24,8 @@ fn example() -> PathBuf {
         .unwrap();
     assert!(
         path.exists(),
-        "{} is missing: build it with `cargo build --example broadcast` \
-         (cargo test --all-targets does)",
+        "{} is missing: build it with `cargo build --example broadcast` (scripts/test.sh \
+         builds the examples before running the tests)",
         path.display()
     );
     path
