@@ -84,6 +84,7 @@ impl Cluster {
             let stop = Arc::new(AtomicBool::new(false));
             let opts = ReplicaOptions {
                 config: config.clone(),
+                layout: None,
                 index: i,
                 mode,
                 iface: IFACE.to_string(),

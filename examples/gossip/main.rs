@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! gossip node --listen 10.0.0.1:7946 --seed 10.0.0.2:7946 --key-file KEY [--mode kernel]
+//! gossip node --listen $POD_IP:7946 --seed gossip.default.svc.cluster.local:7946 ...
+//! gossip probe --control-port 8946  # exit status 0 once the node has joined
 //! gossip demo --nodes 16          # as root: a cluster in network namespaces
 //! ```
 //!
@@ -53,6 +55,20 @@ enum Command {
     /// Runs a local cluster in network namespaces, in kernel then in
     /// user-space mode, and prints what it measured (needs root).
     Demo(demo::DemoArgs),
+    /// Asks the node on this host (its control interface) whether it has
+    /// joined: exit status 0 if so, 1 if not (a readiness probe).
+    Probe(ProbeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ProbeArgs {
+    /// Port of the node's control interface on 127.0.0.1.
+    #[arg(long, default_value_t = 8946)]
+    control_port: u16,
+    /// Live members the node must know besides itself (0: ready once it
+    /// runs and has joined, for a cluster of one).
+    #[arg(long, default_value_t = 1)]
+    min_members: u64,
 }
 
 /// How copies of a datagram are made.
@@ -81,9 +97,14 @@ struct NodeArgs {
     /// UDP and TCP address of this node, also its name in the cluster.
     #[arg(long, default_value = "127.0.0.1:7946")]
     listen: SocketAddrV4,
-    /// A peer to contact first (repeatable).
-    #[arg(long = "seed", value_name = "IP:PORT")]
-    seeds: Vec<SocketAddrV4>,
+    /// A peer to contact first (repeatable): an address, or a name that
+    /// resolves to one or more (a Kubernetes headless Service's name
+    /// resolves to every pod behind it).
+    #[arg(long = "seed", value_name = "HOST:PORT")]
+    seeds: Vec<String>,
+    /// Seconds to wait for seed names that do not resolve yet.
+    #[arg(long, default_value_t = 0)]
+    resolve_wait: u64,
     /// Peers each rumour is passed to by each node.
     #[arg(long, default_value_t = protocol::DEFAULT_FAN_OUT)]
     fan_out: usize,
@@ -194,6 +215,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => run_node(args),
         Command::Demo(args) => demo::run(args),
+        Command::Probe(args) => probe(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,9 +273,14 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
             })?;
     }
 
+    let seeds = resolve_seeds(
+        &args.seeds,
+        args.listen,
+        Duration::from_secs(args.resolve_wait),
+    );
     let gossip = shell::Gossip::new(shell::ShellConfig {
         listen: args.listen,
-        seeds: args.seeds.clone(),
+        seeds,
         protocol,
         mode: args.mode.mode(),
         interface: args.iface.clone(),
@@ -283,9 +310,93 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The IPv4 addresses of the `seeds` (`HOST:PORT` each, names resolved to
+/// every address they have), waiting up to `wait` for names that do not
+/// resolve yet; the node's own `listen` address is left out. A seed that
+/// never resolves is logged and skipped: the node may still be found by
+/// the others.
+fn resolve_seeds(seeds: &[String], listen: SocketAddrV4, wait: Duration) -> Vec<SocketAddrV4> {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    let deadline = Instant::now() + wait;
+    let mut found = Vec::new();
+    for seed in seeds {
+        let addrs = loop {
+            match seed.to_socket_addrs() {
+                Ok(addrs) => break addrs.collect::<Vec<_>>(),
+                Err(err) if Instant::now() >= deadline => {
+                    log::warn!("seed {seed} does not resolve ({err}); going on without it");
+                    break Vec::new();
+                }
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        };
+        for addr in addrs {
+            if let SocketAddr::V4(v4) = addr {
+                if v4 != listen && !found.contains(&v4) {
+                    found.push(v4);
+                }
+            }
+        }
+    }
+    log::info!("seeds: {found:?}");
+    found
+}
+
+/// `gossip probe`: the node's own state, from its control interface.
+fn probe(args: &ProbeArgs) -> Result<(), BoxError> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], args.control_port)),
+        Duration::from_secs(2),
+    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /stats HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply)?;
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .ok_or("no body in the control interface's reply")?;
+    let stats: control::StatsJson = serde_json::from_str(body)?;
+    if !stats.joined || stats.paused {
+        return Err(format!(
+            "not ready: joined {}, paused {}",
+            stats.joined, stats.paused
+        )
+        .into());
+    }
+    // `members` counts the node itself.
+    let others = stats.members.saturating_sub(1);
+    if others < args.min_members {
+        return Err(format!(
+            "not ready: knows {others} other members, wants {}",
+            args.min_members
+        )
+        .into());
+    }
+    println!("ready: knows {others} other members");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_resolve_to_every_address_but_our_own() {
+        let listen: SocketAddrV4 = "127.0.0.1:7946".parse().unwrap();
+        let seeds = resolve_seeds(
+            &[
+                "localhost:7946".into(),
+                "127.0.0.2:7946".into(),
+                "127.0.0.2:7946".into(),
+                "no-such-host.invalid:7946".into(),
+            ],
+            listen,
+            Duration::ZERO,
+        );
+        assert_eq!(seeds, ["127.0.0.2:7946".parse::<SocketAddrV4>().unwrap()]);
+    }
 
     #[test]
     fn durations_parse() {

@@ -10,9 +10,18 @@
 //! A line `f <failures tolerated>`, then one line `replica <host>:<port>`
 //! per replica, 2f + 1 of them; replica i is the i-th line. Blank lines and
 //! lines starting with `#` are ignored.
+//!
+//! Hosts may be names. They are resolved once, when a replica or a client
+//! starts ([`Layout::resolve`]), waiting up to a given time for names that
+//! do not resolve yet (the pods of a Kubernetes StatefulSet get their DNS
+//! records as they come up); a replica also resolves them again while it
+//! runs, so that a peer that comes back with a new address is found
+//! (see `shell.rs`). [`statefulset`] writes the configuration of a
+//! StatefulSet from its pods' stable DNS names.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
 
 /// Most failures a configuration may tolerate (replica ids are one byte).
 pub const MAX_F: usize = 127;
@@ -47,12 +56,25 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-impl Config {
-    /// Parses the text of a configuration file.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+/// A configuration as written: `f` and the replicas' `host:port`, checked
+/// but not resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Failures tolerated.
+    pub f: usize,
+    /// `host:port` of replica i, as written.
+    pub replicas: Vec<String>,
+    /// The line of each replica, for messages.
+    lines: Vec<usize>,
+}
+
+impl Layout {
+    /// Checks the text of a configuration file, without resolving names.
+    pub fn parse(text: &str) -> Result<Layout, ConfigError> {
         let err = |line: usize, message: String| Err(ConfigError { line, message });
         let mut f = None;
-        let mut replicas: Vec<SocketAddr> = Vec::new();
+        let mut replicas: Vec<String> = Vec::new();
+        let mut lines = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = i + 1;
             let content = raw.trim();
@@ -100,14 +122,15 @@ impl Config {
                             format!("expected `replica <host>:<port>`, got `{content}`"),
                         );
                     };
-                    let addr = resolve(address).map_err(|message| ConfigError { line, message })?;
-                    if let Some(first) = replicas.iter().position(|a| *a == addr) {
+                    split(address).map_err(|message| ConfigError { line, message })?;
+                    if let Some(first) = replicas.iter().position(|a| a == address) {
                         return err(
                             line,
-                            format!("{addr} is already replica {first}; every replica needs its own address"),
+                            format!("{address} is already replica {first}; every replica needs its own address"),
                         );
                     }
-                    replicas.push(addr);
+                    replicas.push(address.to_string());
+                    lines.push(line);
                 }
                 other => {
                     return err(
@@ -130,14 +153,56 @@ impl Config {
                 ),
             );
         }
-        Ok(Config { f, replicas })
+        Ok(Layout { f, replicas, lines })
     }
 
-    /// Reads and parses a configuration file.
-    pub fn load(path: &std::path::Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    /// Resolves every replica's host to its IPv4 address. A name that does
+    /// not resolve is tried again every second until `wait` has passed
+    /// (zero: once).
+    pub fn resolve(&self, wait: Duration) -> Result<Config, ConfigError> {
+        let deadline = Instant::now() + wait;
+        let mut replicas: Vec<SocketAddr> = Vec::with_capacity(self.replicas.len());
+        for (address, &line) in self.replicas.iter().zip(&self.lines) {
+            let addr = loop {
+                match resolve(address) {
+                    Ok(addr) => break addr,
+                    Err(message) if Instant::now() >= deadline => {
+                        return Err(ConfigError { line, message })
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_secs(1)),
+                }
+            };
+            if let Some(first) = replicas.iter().position(|a| *a == addr) {
+                return Err(ConfigError {
+                    line,
+                    message: format!(
+                        "{address} is {addr}, as is replica {first}; every replica needs its own address"
+                    ),
+                });
+            }
+            replicas.push(addr);
+        }
+        Ok(Config {
+            f: self.f,
+            replicas,
+        })
+    }
+}
+
+impl Config {
+    /// Parses the text of a configuration file and resolves its names now.
+    #[cfg(test)]
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Layout::parse(text)?.resolve(Duration::ZERO)
+    }
+
+    /// Reads and parses a configuration file, waiting up to `wait` for
+    /// names that do not resolve yet.
+    pub fn load(path: &std::path::Path, wait: Duration) -> Result<Config, String> {
+        let layout = Layout::load(path)?;
+        layout
+            .resolve(wait)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Number of replicas, 2f + 1.
@@ -155,7 +220,47 @@ impl Config {
     }
 }
 
-fn resolve(address: &str) -> Result<SocketAddr, String> {
+impl Layout {
+    /// Reads and checks a configuration file, without resolving names.
+    pub fn load(path: &std::path::Path) -> Result<Layout, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Layout::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// The configuration of the `replicas` pods of StatefulSet `name` behind
+/// the headless Service `service` in `namespace`: pod i is
+/// `<name>-<i>.<service>.<namespace>.svc.<domain>` and replica i.
+pub fn statefulset(
+    name: &str,
+    service: &str,
+    namespace: &str,
+    domain: &str,
+    replicas: usize,
+    port: u16,
+) -> Result<String, String> {
+    if replicas < 3 || replicas % 2 == 0 || replicas > 2 * MAX_F + 1 {
+        return Err(format!(
+            "a cluster needs an odd number of replicas, 3 to {} (2f+1), not {replicas}",
+            2 * MAX_F + 1
+        ));
+    }
+    let mut text = format!(
+        "# StatefulSet {name}, Service {service}, namespace {namespace}: replica i is pod {name}-i\n\
+         f {}\n",
+        replicas / 2
+    );
+    for i in 0..replicas {
+        text.push_str(&format!(
+            "replica {name}-{i}.{service}.{namespace}.svc.{domain}:{port}\n"
+        ));
+    }
+    Ok(text)
+}
+
+/// `host` and `port` of `host:port`, checked.
+fn split(address: &str) -> Result<(&str, u16), String> {
     let Some((host, port)) = address.rsplit_once(':') else {
         return Err(format!("`{address}` has no port: expected <host>:<port>"));
     };
@@ -168,6 +273,11 @@ fn resolve(address: &str) -> Result<SocketAddr, String> {
     if host.is_empty() {
         return Err(format!("`{address}` has no host"));
     }
+    Ok((host, port))
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, String> {
+    let (host, port) = split(address)?;
     let addrs = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve `{host}`: {e}"))?;
@@ -206,6 +316,51 @@ mod tests {
         assert!(cfg.replicas.iter().all(|a| a.ip().is_loopback()));
     }
 
+    #[test]
+    fn a_statefulset_renders_its_pods_dns_names() {
+        let text = statefulset("paxos", "paxos", "bench", "cluster.local", 5, 7000).unwrap();
+        let layout = Layout::parse(&text).unwrap();
+        assert_eq!(layout.f, 2);
+        assert_eq!(
+            layout.replicas,
+            (0..5)
+                .map(|i| format!("paxos-{i}.paxos.bench.svc.cluster.local:7000"))
+                .collect::<Vec<_>>()
+        );
+        for n in [0, 1, 2, 4, 257] {
+            assert!(
+                statefulset("p", "p", "d", "cluster.local", n, 1).is_err(),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_that_do_not_resolve_are_waited_for_then_named() {
+        let text =
+            "f 1\nreplica localhost:1\nreplica no-such-host.invalid:2\nreplica localhost:3\n";
+        let layout = Layout::parse(text).unwrap();
+        let started = Instant::now();
+        let err = layout.resolve(Duration::from_millis(1500)).unwrap_err();
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "gave up early"
+        );
+        assert_eq!(err.line, 3, "{err}");
+        assert!(err.message.contains("no-such-host.invalid"), "{err}");
+    }
+
+    #[test]
+    fn two_names_for_one_address_are_refused_once_resolved() {
+        let text = "f 1\nreplica localhost:5\nreplica 127.0.0.1:5\nreplica localhost:6\n";
+        let err = Layout::parse(text)
+            .unwrap()
+            .resolve(Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(err.line, 3, "{err}");
+        assert!(err.message.contains("as is replica 0"), "{err}");
+    }
+
     fn error(text: &str) -> ConfigError {
         Config::parse(text).unwrap_err()
     }
@@ -223,8 +378,16 @@ mod tests {
             ("f 1\nreplica 1.2.3.4:0\n", 2, "not a port number"),
             ("f 1\nreplica 1.2.3.4:99999\n", 2, "not a port number"),
             ("f 1\nreplica :5\n", 2, "has no host"),
-            ("f 1\nreplica 0.0.0.0:5\n", 2, "unspecified"),
-            ("f 1\nreplica [::1]:5\n", 2, "no IPv4 address"),
+            (
+                "f 1\nreplica 0.0.0.0:5\nreplica 1.1.1.2:5\nreplica 1.1.1.3:5\n",
+                2,
+                "unspecified",
+            ),
+            (
+                "f 1\nreplica [::1]:5\nreplica 1.1.1.2:5\nreplica 1.1.1.3:5\n",
+                2,
+                "no IPv4 address",
+            ),
             (
                 "f 1\nreplica 1.1.1.1:5\nreplica 1.1.1.1:5\n",
                 3,

@@ -7,6 +7,8 @@
 //! paxos client  --config cluster.conf -n 10000 -w 1000 -t 8
 //! paxos cluster --replicas 7 --broadcast kernel -n 20000 -w 2000 -t 16   (root)
 //! paxos report results.jsonl --svg paxos.svg
+//! paxos config --statefulset paxos --service paxos --replicas 3 --port 7000
+//! paxos check-config cluster.conf
 //! ```
 //!
 //! The configuration file has Electrode's format: `f <failures tolerated>`
@@ -62,6 +64,36 @@ enum Command {
     Cluster(ClusterArgs),
     /// Summarize `cluster` results (JSON lines) as a markdown table and an SVG plot.
     Report(ReportArgs),
+    /// Print the configuration of a Kubernetes StatefulSet of replicas, from
+    /// its pods' DNS names.
+    Config(ConfigArgs),
+    /// Check a configuration file without resolving its names.
+    CheckConfig {
+        /// The configuration file.
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// Name of the StatefulSet (pod i is `<name>-i`).
+    #[arg(long)]
+    statefulset: String,
+    /// Name of the headless Service that governs it.
+    #[arg(long)]
+    service: String,
+    /// Namespace of both.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    domain: String,
+    /// Number of replicas (odd: 2f+1).
+    #[arg(long)]
+    replicas: usize,
+    /// UDP port of the replicas.
+    #[arg(long, default_value_t = 7000)]
+    port: u16,
 }
 
 #[derive(Args)]
@@ -97,8 +129,16 @@ struct ReplicaArgs {
     #[arg(long)]
     config: PathBuf,
     /// This replica's index (its line among the `replica` lines, from 0).
-    #[arg(long)]
-    index: usize,
+    #[arg(long, required_unless_present = "index_from_hostname")]
+    index: Option<usize>,
+    /// Take the index from the host name's last `-<number>` (the ordinal of
+    /// a StatefulSet's pod: `paxos-2` is replica 2).
+    #[arg(long, conflicts_with = "index")]
+    index_from_hostname: bool,
+    /// Seconds to wait for host names in the configuration that do not
+    /// resolve yet (peers still starting).
+    #[arg(long, default_value_t = 0)]
+    resolve_wait: u64,
     /// Broadcast backend.
     #[arg(long, value_enum, default_value = "kernel")]
     broadcast: BroadcastArg,
@@ -180,6 +220,10 @@ struct ClientArgs {
     /// Local IPv4 address for the client sockets.
     #[arg(long, default_value = "0.0.0.0")]
     bind: Ipv4Addr,
+    /// Seconds to wait for host names in the configuration that do not
+    /// resolve yet (replicas still starting).
+    #[arg(long, default_value_t = 0)]
+    resolve_wait: u64,
     /// Check the history for linearizability.
     #[arg(long)]
     check: bool,
@@ -218,6 +262,28 @@ fn main() -> ExitCode {
         Command::Replica(args) => replica(args),
         Command::Client(args) => client(args),
         Command::Cluster(args) => cluster(args),
+        Command::Config(args) => config::statefulset(
+            &args.statefulset,
+            &args.service,
+            &args.namespace,
+            &args.domain,
+            args.replicas,
+            args.port,
+        )
+        .map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        Command::CheckConfig { config } => config::Layout::load(&config).map(|layout| {
+            println!(
+                "{}: f {}, {} replicas: {}",
+                config.display(),
+                layout.f,
+                layout.replicas.len(),
+                layout.replicas.join(" ")
+            );
+            ExitCode::SUCCESS
+        }),
         Command::Report(args) => std::fs::read_to_string(&args.results)
             .map_err(|e| format!("reading {}: {e}", args.results.display()))
             .and_then(|text| report::report(&text, args.svg.as_deref()))
@@ -236,14 +302,22 @@ fn main() -> ExitCode {
 }
 
 fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
-    let config = Config::load(&args.config)?;
+    let index = match args.index {
+        Some(index) => index,
+        None => index_from_hostname()?,
+    };
+    let layout = config::Layout::load(&args.config)?;
+    let config = layout
+        .resolve(Duration::from_secs(args.resolve_wait))
+        .map_err(|e| format!("{}: {e}", args.config.display()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || flag.store(true, Ordering::Relaxed))
         .map_err(|e| format!("installing the signal handler: {e}"))?;
     let opts = ReplicaOptions {
         config,
-        index: args.index,
+        layout: Some(layout),
+        index,
         mode: args.broadcast.into(),
         iface: args.iface,
         timing: Timing::lan(),
@@ -268,7 +342,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
 }
 
 fn client(args: ClientArgs) -> Result<ExitCode, String> {
-    let config = Config::load(&args.config)?;
+    let config = Config::load(&args.config, Duration::from_secs(args.resolve_wait))?;
     let opts = args
         .workload
         .options(config, SocketAddrV4::new(args.bind, 0))?;
@@ -290,6 +364,16 @@ fn client(args: ClientArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The ordinal at the end of this host's name: `paxos-2` is 2.
+fn index_from_hostname() -> Result<usize, String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_err(|e| format!("reading the host name: {e}"))?;
+    let name = name.trim();
+    name.rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse().ok())
+        .ok_or_else(|| format!("the host name `{name}` does not end in `-<number>`"))
 }
 
 /// One line of JSON.

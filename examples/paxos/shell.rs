@@ -16,7 +16,7 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::{mpsc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use elec_broadcast::{Broadcaster, Mode};
@@ -27,7 +27,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, ClientTo};
-use crate::config::Config;
+use crate::config::{Config, Layout};
 use crate::history::Operation;
 use crate::kv::{Op, OpResult};
 use crate::replica::{Outgoing, Replica, ReplicaStats, Time, Timing, To};
@@ -43,6 +43,10 @@ const MAX_BATCH: usize = 256;
 pub struct ReplicaOptions {
     /// The cluster.
     pub config: Config,
+    /// The configuration as written, when its hosts are names to resolve
+    /// again while the replica runs (a peer that comes back with a new
+    /// address is then found); `None` for fixed addresses.
+    pub layout: Option<Layout>,
     /// This replica's index in the configuration.
     pub index: usize,
     /// Kernel fan-out or user-space `sendmmsg` for broadcasts.
@@ -171,12 +175,13 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         .filter(|&(i, _)| i != me)
         .map(|(_, a)| *a)
         .collect();
-    let replica_at: HashMap<SocketAddr, usize> = config
+    let mut replica_at: HashMap<SocketAddr, usize> = config
         .replicas
         .iter()
         .enumerate()
         .map(|(i, a)| (*a, i))
         .collect();
+    let renamed = opts.layout.clone().map(follow_names);
 
     let start = Instant::now();
     let now = || start.elapsed().as_micros() as Time;
@@ -236,6 +241,19 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         }
         replica.flush(t, &mut out);
         shell.send(&mut out);
+        if let Some(Ok(addresses)) = renamed.as_ref().map(mpsc::Receiver::try_recv) {
+            if addresses.get(me) == Some(&local) && addresses != shell.replicas {
+                eprintln!("replica {me}: the replicas are at {addresses:?} now");
+                shell.others = addresses
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != me)
+                    .map(|(_, a)| *a)
+                    .collect();
+                replica_at = addresses.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+                shell.replicas = addresses;
+            }
+        }
         if opts.exit_with_parent && last_parent_check.elapsed() > Duration::from_millis(100) {
             last_parent_check = Instant::now();
             if std::os::unix::process::parent_id() != parent {
@@ -254,6 +272,25 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         incomplete_broadcasts: shell.incomplete_broadcasts,
         rejected_datagrams: rejected,
     })
+}
+
+/// How often a replica resolves the host names of its configuration again.
+const RENAME_PERIOD: Duration = Duration::from_secs(5);
+
+/// Resolves `layout`'s names every [`RENAME_PERIOD`] on a thread of its own
+/// (a lookup may take long), sending each complete answer, until the
+/// replica is gone (the receiver dropped makes the next send fail).
+fn follow_names(layout: Layout) -> mpsc::Receiver<Vec<SocketAddr>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(RENAME_PERIOD);
+        if let Ok(config) = layout.resolve(Duration::ZERO) {
+            if tx.send(config.replicas).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Replica messages must come from the address of the replica they name;
