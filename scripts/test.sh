@@ -11,6 +11,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The examples as programs: tests/cli.rs runs the `broadcast` example
 # (`cargo test` builds examples only as test harnesses).
 cargo build --workspace --examples
+# deploy/: the Kubernetes manifests, the Dockerfile, the Paxos configuration.
+scripts/validate-deploy.sh
 # Benchmarks run once each in test mode, on a quick setting.
 ELEC_BENCH_QUICK=1 cargo test --workspace --all-targets
 cargo test --workspace --doc
