@@ -181,7 +181,10 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         .enumerate()
         .map(|(i, a)| (*a, i))
         .collect();
-    let renamed = opts.layout.clone().map(follow_names);
+    let renamed = opts
+        .layout
+        .clone()
+        .map(|layout| follow_names(layout, RENAME_PERIOD));
 
     let start = Instant::now();
     let now = || start.elapsed().as_micros() as Time;
@@ -277,13 +280,13 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
 /// How often a replica resolves the host names of its configuration again.
 const RENAME_PERIOD: Duration = Duration::from_secs(5);
 
-/// Resolves `layout`'s names every [`RENAME_PERIOD`] on a thread of its own
-/// (a lookup may take long), sending each complete answer, until the
-/// replica is gone (the receiver dropped makes the next send fail).
-fn follow_names(layout: Layout) -> mpsc::Receiver<Vec<SocketAddr>> {
+/// Resolves `layout`'s names every `period` on a thread of its own (a
+/// lookup may take long), sending each complete answer, until the replica
+/// is gone (the receiver dropped makes the next send fail).
+fn follow_names(layout: Layout, period: Duration) -> mpsc::Receiver<Vec<SocketAddr>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || loop {
-        std::thread::sleep(RENAME_PERIOD);
+        std::thread::sleep(period);
         if let Ok(config) = layout.resolve(Duration::ZERO) {
             if tx.send(config.replicas).is_err() {
                 return;
@@ -667,5 +670,79 @@ impl<'a> Worker<'a> {
             _ => return,
         };
         self.last_seen.insert(op.key().to_vec(), seen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` on a thread with a mount namespace of its own in which
+    /// `hosts` is bind-mounted over /etc/hosts (needs root); threads it
+    /// starts share that view.
+    fn with_hosts_file<R: Send>(hosts: &std::path::Path, body: impl FnOnce() -> R + Send) -> R {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    use nix::mount::{mount, MsFlags};
+                    use nix::sched::{unshare, CloneFlags};
+                    unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).expect("unshare");
+                    mount(
+                        None::<&str>,
+                        "/",
+                        None::<&str>,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None::<&str>,
+                    )
+                    .expect("making / private");
+                    mount(
+                        Some(hosts),
+                        "/etc/hosts",
+                        None::<&str>,
+                        MsFlags::MS_BIND,
+                        None::<&str>,
+                    )
+                    .expect("bind-mounting the hosts file");
+                    body()
+                })
+                .join()
+                .expect("the test thread")
+        })
+    }
+
+    #[test]
+    fn a_running_replica_follows_a_peer_to_its_new_address() {
+        elec_testbed::require_root!();
+        let hosts = std::env::temp_dir().join(format!("paxos-hosts-{}", std::process::id()));
+        let write = |peer: &str| {
+            std::fs::write(
+                &hosts,
+                format!(
+                    "127.0.0.1 localhost\n127.0.0.1 r0.test\n{peer} r1.test\n127.0.0.4 r2.test\n"
+                ),
+            )
+            .unwrap()
+        };
+        write("127.0.0.2");
+        let layout = Layout::parse(
+            "f 1\nreplica r0.test:7000\nreplica r1.test:7000\nreplica r2.test:7000\n",
+        )
+        .unwrap();
+        let seen = with_hosts_file(&hosts, || {
+            let names = follow_names(layout, Duration::from_millis(50));
+            let first = names
+                .recv_timeout(Duration::from_secs(5))
+                .expect("a first answer");
+            // The peer's pod comes back elsewhere.
+            write("127.0.0.3");
+            let moved = std::iter::from_fn(|| names.recv_timeout(Duration::from_secs(5)).ok())
+                .find(|addresses| addresses[1] != first[1])
+                .expect("the new address");
+            (first, moved)
+        });
+        let _ = std::fs::remove_file(&hosts);
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), 7000);
+        assert_eq!(seen.0, [at("127.0.0.1"), at("127.0.0.2"), at("127.0.0.4")]);
+        assert_eq!(seen.1, [at("127.0.0.1"), at("127.0.0.3"), at("127.0.0.4")]);
     }
 }
