@@ -110,8 +110,9 @@ pub enum Error {
 
     /// The process lacks a capability the kernel backend needs.
     #[error(
-        "missing capability {capability}: the kernel fan-out needs CAP_BPF (or CAP_SYS_ADMIN) \
-         and CAP_NET_ADMIN: run as root, grant them (`setcap cap_bpf,cap_net_admin+ep BINARY`), \
+        "missing capability {capability}: the kernel fan-out needs CAP_BPF and CAP_PERFMON (or \
+         CAP_SYS_ADMIN for both) and CAP_NET_ADMIN: run as root, grant them (`setcap \
+         cap_bpf,cap_perfmon,cap_net_admin+ep BINARY`), \
          or use Mode::UserSpace"
     )]
     MissingCapability {

@@ -12,7 +12,8 @@
 //! use elec_broadcast::{Broadcaster, Mode};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Needs CAP_BPF and CAP_NET_ADMIN; Mode::Auto falls back to sendmmsg without them.
+//! // Needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; Mode::Auto falls back to
+//! // sendmmsg without them.
 //! let broadcaster = Broadcaster::new("eth0")?;
 //! println!("sending with {:?}", broadcaster.mode());
 //!

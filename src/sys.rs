@@ -1,8 +1,9 @@
-//! The system calls that socket2 and libbpf-rs do not cover, through `nix`:
-//! `sendmsg` and `sendmmsg` with control messages, the socket options the
-//! library sets or reads, the mapping of a BPF map, and the capability set
-//! (through `caps`). The two calls nix lacks (`SO_NO_CHECK`, and `munmap`'s
-//! counterpart bookkeeping) are the only `unsafe` code here.
+//! The system calls that socket2 and libbpf-rs do not cover: `sendmsg`
+//! with control messages, the socket options the library sets or reads, and
+//! the mapping of a BPF map through `nix`; the capability set through
+//! `caps`. `unsafe` code is left where nix has no call or a flawed one
+//! (`sendmmsg`, `SO_NO_CHECK`), and around the mapping (`mmap`, `munmap`,
+//! and `MapMemory`'s `Send`/`Sync`), each with its `// SAFETY:` comment.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddrV4;
@@ -12,8 +13,7 @@ use std::ptr::NonNull;
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::socket::{
-    getsockopt, sendmmsg, sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, MultiHeaders,
-    SockaddrIn,
+    getsockopt, sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrIn,
 };
 
 /// Most messages one `sendmmsg` call takes (the kernel's UIO_MAXIOV).
@@ -38,6 +38,9 @@ fn whole_datagram(payload: &[u8]) -> io::Result<u16> {
 ///
 /// With `whole`, every datagram carries a `UDP_SEGMENT` control message
 /// whose segment size is the whole payload (see [`whole_datagram`]).
+///
+/// This is libc's `sendmmsg`: nix's wrapper reads back address storage that
+/// a send never fills, to count what was sent.
 pub(crate) fn send_to_each(
     socket: BorrowedFd<'_>,
     payload: &[u8],
@@ -52,48 +55,94 @@ pub(crate) fn send_to_each(
                 .collect()
         }
     };
-    let cmsgs: Vec<ControlMessage<'_>> = segment
-        .as_ref()
-        .map(ControlMessage::UdpGsoSegments)
-        .into_iter()
-        .collect();
-    let iov = [IoSlice::new(payload)];
+    // One control message, shared by every datagram (the kernel only reads
+    // it): 8-aligned, as cmsghdr requires, and room for a u16.
+    let mut control = [0u64; 4];
+    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+    let (space, len) = unsafe { (libc::CMSG_SPACE(2) as usize, libc::CMSG_LEN(2) as usize) };
+    assert!(space <= std::mem::size_of_val(&control));
+    if let Some(segment) = segment {
+        // SAFETY: `control` is 8-aligned and holds `space` bytes: the header
+        // at its start and the u16 at CMSG_LEN(0) (the CMSG_DATA offset)
+        // fit; the u16 is written unaligned-safe.
+        unsafe {
+            let header = control.as_mut_ptr().cast::<libc::cmsghdr>();
+            header.write(libc::cmsghdr {
+                cmsg_len: len as _,
+                cmsg_level: libc::SOL_UDP,
+                cmsg_type: libc::UDP_SEGMENT,
+            });
+            let data = control
+                .as_mut_ptr()
+                .cast::<u8>()
+                .add(libc::CMSG_LEN(0) as usize);
+            data.cast::<u16>().write_unaligned(segment);
+        }
+    }
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
     let mut failed = Vec::new();
     let mut next = 0;
     while next < dests.len() {
         let batch = &dests[next..dests.len().min(next + SENDMMSG_MAX)];
-        let addrs: Vec<Option<SockaddrIn>> =
-            batch.iter().map(|d| Some(SockaddrIn::from(*d))).collect();
-        let slices = vec![iov; batch.len()];
-        let mut headers = MultiHeaders::<SockaddrIn>::preallocate(
-            batch.len(),
-            segment.map(|_| nix::cmsg_space!(u16)),
-        );
-        let sent = sendmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            &slices,
-            &addrs,
-            &cmsgs,
-            MsgFlags::empty(),
-        )
-        .map(Iterator::count);
+        let mut names: Vec<libc::sockaddr_in> = batch
+            .iter()
+            .map(|d| *SockaddrIn::from(*d).as_ref())
+            .collect();
+        let mut headers: Vec<libc::mmsghdr> = names
+            .iter_mut()
+            .map(|name| {
+                // SAFETY: all-zero bytes are a valid (empty) mmsghdr.
+                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
+                header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+                header.msg_hdr.msg_iov = &mut iov;
+                header.msg_hdr.msg_iovlen = 1;
+                if segment.is_some() {
+                    header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                    header.msg_hdr.msg_controllen = space as _;
+                }
+                header
+            })
+            .collect();
+        // SAFETY: `headers` holds `headers.len()` initialised mmsghdr whose
+        // name, iovec and control pointers point into `names`, `iov` (the
+        // payload) and `control`, which outlive the call; the kernel only
+        // reads through them, and writes only the headers' msg_len.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                headers.len() as libc::c_uint,
+                0,
+            )
+        };
         match sent {
-            Ok(0) => {
+            0 => {
                 failed.push((next, io::Error::from(io::ErrorKind::WriteZero)));
                 next += 1;
             }
-            Ok(n) => next += n,
-            Err(nix::errno::Errno::EINTR) => {}
-            // The first message of the batch failed (sendmmsg reports an
-            // error only then).
-            Err(errno @ nix::errno::Errno::EAGAIN) => {
-                failed.extend((next..dests.len()).map(|i| (i, io::Error::from(errno))));
-                break;
-            }
-            Err(errno) => {
-                failed.push((next, io::Error::from(errno)));
-                next += 1;
+            n if n > 0 => next += n as usize,
+            _ => {
+                // The first message of the batch failed (sendmmsg reports an
+                // error only then).
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock => {
+                        let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
+                        failed.extend(
+                            (next..dests.len()).map(|i| (i, io::Error::from_raw_os_error(code))),
+                        );
+                        break;
+                    }
+                    _ => {
+                        failed.push((next, err));
+                        next += 1;
+                    }
+                }
             }
         }
     }

@@ -162,3 +162,69 @@ fn missing_capabilities_are_named_and_auto_mode_falls_back() {
     assert_complete(&report, 2);
     expect_exactly_once(rx, &dests, &[message]);
 }
+
+/// Keeps only `keep` in the calling thread's effective capability set.
+fn keep_only(keep: &[caps::Capability]) {
+    let set = keep.iter().copied().collect();
+    caps::set(None, caps::CapSet::Effective, &set).expect("setting the effective capabilities");
+}
+
+#[test]
+fn the_kernel_fan_out_needs_cap_bpf_cap_perfmon_and_cap_net_admin_and_no_more() {
+    elec_testbed::require_root!();
+    use caps::Capability::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON};
+    let tb = small_testbed(2, 1);
+    let dests = tb.destinations(2, 7000);
+    let rx = tb.receivers(&dests).unwrap();
+    let targets = addrs(&dests);
+    let message = pattern(4, 300);
+    let socket = sender_socket(&tb, 0);
+    let raw = socket.as_raw_fd();
+    let sender_ns = tb.sender_ns().to_string();
+    // Each attempt on a thread of its own, inside the sender's namespace
+    // (entering it needs CAP_SYS_ADMIN, so the capabilities go after).
+    let attempt = |keep: &'static [caps::Capability]| {
+        let sender_ns = sender_ns.clone();
+        thread::spawn(move || {
+            in_namespace(&sender_ns, || {
+                keep_only(keep);
+                Broadcaster::with_mode("eth0", Mode::Kernel)
+            })
+            .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    for (keep, missing) in [
+        (&[CAP_NET_ADMIN, CAP_PERFMON][..], "CAP_BPF"),
+        (&[CAP_BPF, CAP_NET_ADMIN][..], "CAP_PERFMON"),
+        (&[CAP_BPF, CAP_PERFMON][..], "CAP_NET_ADMIN"),
+    ] {
+        let err = attempt(keep).unwrap_err();
+        assert!(
+            matches!(err, Error::MissingCapability { capability } if capability == missing),
+            "with {keep:?}: {err}"
+        );
+    }
+    // With exactly the three: the program loads (the verifier accepts it
+    // without CAP_SYS_ADMIN), and broadcasts from that thread fan out.
+    let report = thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                in_namespace(&sender_ns, || {
+                    keep_only(&[CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN]);
+                    let broadcaster = Broadcaster::with_mode("eth0", Mode::Kernel).unwrap();
+                    assert_eq!(broadcaster.mode(), Mode::Kernel);
+                    // SAFETY: `raw` is the fd of `socket`, which outlives this scope.
+                    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+                    broadcaster.broadcast(&fd, &message, &targets).unwrap()
+                })
+                .unwrap()
+            })
+            .join()
+            .unwrap()
+    });
+    assert_complete(&report, 2);
+    assert_eq!(report.kernel_copies, 2, "{report:?}");
+    expect_exactly_once(rx, &dests, &[message]);
+}

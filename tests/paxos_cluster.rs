@@ -85,6 +85,7 @@ impl Cluster {
             let opts = ReplicaOptions {
                 config: config.clone(),
                 layout: None,
+                bind: None,
                 index: i,
                 mode,
                 iface: IFACE.to_string(),

@@ -5,6 +5,7 @@
 //! gossip node --listen 10.0.0.1:7946 --seed 10.0.0.2:7946 --key-file KEY [--mode kernel]
 //! gossip node --listen $POD_IP:7946 --seed gossip.default.svc.cluster.local:7946 ...
 //! gossip probe --control-port 8946  # exit status 0 once the node has joined
+//! gossip probe --alive              # exit status 0 while the node answers
 //! gossip demo --nodes 16          # as root: a cluster in network namespaces
 //! ```
 //!
@@ -69,6 +70,10 @@ struct ProbeArgs {
     /// runs and has joined, for a cluster of one).
     #[arg(long, default_value_t = 1)]
     min_members: u64,
+    /// Only ask whether the node answers at all (a liveness probe: a node
+    /// still resolving its seeds has not joined yet, but is alive).
+    #[arg(long)]
+    alive: bool,
 }
 
 /// How copies of a datagram are made.
@@ -273,14 +278,11 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
             })?;
     }
 
-    let seeds = resolve_seeds(
-        &args.seeds,
-        args.listen,
-        Duration::from_secs(args.resolve_wait),
-    );
+    // Seeds are resolved once the control interface answers (a name may
+    // take a while to resolve, and a liveness probe asks meanwhile).
     let gossip = shell::Gossip::new(shell::ShellConfig {
         listen: args.listen,
-        seeds,
+        seeds: Vec::new(),
         protocol,
         mode: args.mode.mode(),
         interface: args.iface.clone(),
@@ -296,6 +298,12 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
     if let Some(control) = &control {
         log::info!("control interface on http://{}/", control.addr());
     }
+    let seeds = resolve_seeds(
+        &args.seeds,
+        args.listen,
+        Duration::from_secs(args.resolve_wait),
+    );
+    gossip.handle().set(&seeds);
     if args.no_join {
         log::info!("waiting for POST /start before joining");
     } else {
@@ -311,30 +319,39 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
 }
 
 /// The IPv4 addresses of the `seeds` (`HOST:PORT` each, names resolved to
-/// every address they have), waiting up to `wait` for names that do not
-/// resolve yet; the node's own `listen` address is left out. A seed that
-/// never resolves is logged and skipped: the node may still be found by
-/// the others.
+/// every address they have), the node's own `listen` address left out.
+/// Until `wait` has passed, names are asked again every second while they
+/// do not resolve, or while they give no address but the node's own (its
+/// peers' pods are still starting). A seed that never gives another address
+/// is logged and skipped: the node may still be found by the others.
 fn resolve_seeds(seeds: &[String], listen: SocketAddrV4, wait: Duration) -> Vec<SocketAddrV4> {
     use std::net::{SocketAddr, ToSocketAddrs};
     let deadline = Instant::now() + wait;
     let mut found = Vec::new();
     for seed in seeds {
-        let addrs = loop {
-            match seed.to_socket_addrs() {
-                Ok(addrs) => break addrs.collect::<Vec<_>>(),
-                Err(err) if Instant::now() >= deadline => {
-                    log::warn!("seed {seed} does not resolve ({err}); going on without it");
-                    break Vec::new();
+        let others = loop {
+            let others: Vec<SocketAddrV4> = match seed.to_socket_addrs() {
+                Ok(addrs) => addrs
+                    .filter_map(|addr| match addr {
+                        SocketAddr::V4(v4) if v4 != listen => Some(v4),
+                        _ => None,
+                    })
+                    .collect(),
+                Err(err) => {
+                    if Instant::now() >= deadline {
+                        log::warn!("seed {seed} does not resolve ({err}); going on without it");
+                    }
+                    Vec::new()
                 }
-                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            };
+            if !others.is_empty() || Instant::now() >= deadline {
+                break others;
             }
+            std::thread::sleep(Duration::from_secs(1));
         };
-        for addr in addrs {
-            if let SocketAddr::V4(v4) = addr {
-                if v4 != listen && !found.contains(&v4) {
-                    found.push(v4);
-                }
+        for addr in others {
+            if !found.contains(&addr) {
+                found.push(addr);
             }
         }
     }
@@ -358,6 +375,10 @@ fn probe(args: &ProbeArgs) -> Result<(), BoxError> {
         .map(|(_, body)| body)
         .ok_or("no body in the control interface's reply")?;
     let stats: control::StatsJson = serde_json::from_str(body)?;
+    if args.alive {
+        println!("alive: {}", stats.id);
+        return Ok(());
+    }
     if !stats.joined || stats.paused {
         return Err(format!(
             "not ready: joined {}, paused {}",

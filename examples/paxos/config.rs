@@ -230,12 +230,15 @@ impl Layout {
 }
 
 /// The configuration of the `replicas` pods of StatefulSet `name` behind
-/// the headless Service `service` in `namespace`: pod i is
-/// `<name>-<i>.<service>.<namespace>.svc.<domain>` and replica i.
+/// the headless Service `service`: pod i is replica i, named
+/// `<name>-<i>.<service>`, which the pods' DNS search list completes in
+/// their own namespace; with `namespace` (and the cluster's `domain`), the
+/// full name `<name>-<i>.<service>.<namespace>.svc.<domain>`, for use from
+/// elsewhere.
 pub fn statefulset(
     name: &str,
     service: &str,
-    namespace: &str,
+    namespace: Option<&str>,
     domain: &str,
     replicas: usize,
     port: u16,
@@ -246,15 +249,16 @@ pub fn statefulset(
             2 * MAX_F + 1
         ));
     }
+    let suffix = match namespace {
+        Some(namespace) => format!(".{namespace}.svc.{domain}"),
+        None => String::new(),
+    };
     let mut text = format!(
-        "# StatefulSet {name}, Service {service}, namespace {namespace}: replica i is pod {name}-i\n\
-         f {}\n",
+        "# StatefulSet {name}, Service {service}: replica i is pod {name}-i\nf {}\n",
         replicas / 2
     );
     for i in 0..replicas {
-        text.push_str(&format!(
-            "replica {name}-{i}.{service}.{namespace}.svc.{domain}:{port}\n"
-        ));
+        text.push_str(&format!("replica {name}-{i}.{service}{suffix}:{port}\n"));
     }
     Ok(text)
 }
@@ -318,7 +322,7 @@ mod tests {
 
     #[test]
     fn a_statefulset_renders_its_pods_dns_names() {
-        let text = statefulset("paxos", "paxos", "bench", "cluster.local", 5, 7000).unwrap();
+        let text = statefulset("paxos", "paxos", Some("bench"), "cluster.local", 5, 7000).unwrap();
         let layout = Layout::parse(&text).unwrap();
         assert_eq!(layout.f, 2);
         assert_eq!(
@@ -329,10 +333,19 @@ mod tests {
         );
         for n in [0, 1, 2, 4, 257] {
             assert!(
-                statefulset("p", "p", "d", "cluster.local", n, 1).is_err(),
+                statefulset("p", "p", None, "cluster.local", n, 1).is_err(),
                 "{n}"
             );
         }
+        let short = statefulset("paxos", "paxos-hl", None, "cluster.local", 3, 7000).unwrap();
+        assert_eq!(
+            Layout::parse(&short).unwrap().replicas,
+            [
+                "paxos-0.paxos-hl:7000",
+                "paxos-1.paxos-hl:7000",
+                "paxos-2.paxos-hl:7000"
+            ]
+        );
     }
 
     #[test]

@@ -82,10 +82,11 @@ struct ConfigArgs {
     /// Name of the headless Service that governs it.
     #[arg(long)]
     service: String,
-    /// Namespace of both.
-    #[arg(long, default_value = "default")]
-    namespace: String,
-    /// The cluster's DNS domain.
+    /// Namespace of both, for full names usable from elsewhere [default:
+    /// names the pods' DNS search list completes in their own namespace].
+    #[arg(long)]
+    namespace: Option<String>,
+    /// The cluster's DNS domain (with --namespace).
     #[arg(long, default_value = "cluster.local")]
     domain: String,
     /// Number of replicas (odd: 2f+1).
@@ -139,6 +140,11 @@ struct ReplicaArgs {
     /// resolve yet (peers still starting).
     #[arg(long, default_value_t = 0)]
     resolve_wait: u64,
+    /// Bind to this address instead of this replica's in the configuration
+    /// (a pod's own address, where its name may still resolve to the
+    /// address of the pod before it).
+    #[arg(long)]
+    bind: Option<Ipv4Addr>,
     /// Broadcast backend.
     #[arg(long, value_enum, default_value = "kernel")]
     broadcast: BroadcastArg,
@@ -265,7 +271,7 @@ fn main() -> ExitCode {
         Command::Config(args) => config::statefulset(
             &args.statefulset,
             &args.service,
-            &args.namespace,
+            args.namespace.as_deref(),
             &args.domain,
             args.replicas,
             args.port,
@@ -317,6 +323,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
     let opts = ReplicaOptions {
         config,
         layout: Some(layout),
+        bind: args.bind,
         index,
         mode: args.broadcast.into(),
         iface: args.iface,

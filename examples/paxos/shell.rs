@@ -57,6 +57,10 @@ pub struct ReplicaOptions {
     pub timing: Timing,
     /// Exit when the parent process goes away (for child processes).
     pub exit_with_parent: bool,
+    /// Bind to this address (and the configured port) instead of the one
+    /// the configuration gives: a pod's own address, where its name may
+    /// still resolve to the address of the pod before it.
+    pub bind: Option<std::net::Ipv4Addr>,
 }
 
 /// What a replica did, reported when it stops.
@@ -155,6 +159,10 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
             config.n()
         ));
     };
+    let local = match opts.bind {
+        Some(ip) => SocketAddr::new(ip.into(), local.port()),
+        None => local,
+    };
     let socket = UdpSocket::bind(local).map_err(|e| {
         format!("cannot bind replica {me} to {local}: {e} (is it an address of this host?)")
     })?;
@@ -245,7 +253,7 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         replica.flush(t, &mut out);
         shell.send(&mut out);
         if let Some(Ok(addresses)) = renamed.as_ref().map(mpsc::Receiver::try_recv) {
-            if addresses.get(me) == Some(&local) && addresses != shell.replicas {
+            if addresses != shell.replicas {
                 eprintln!("replica {me}: the replicas are at {addresses:?} now");
                 shell.others = addresses
                     .iter()

@@ -78,12 +78,18 @@ impl Program {
         ifindex: u32,
         force_clsact: bool,
     ) -> Result<Program, Error> {
-        use caps::Capability::{CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN};
+        // CAP_BPF loads programs and creates maps; CAP_PERFMON lets the
+        // verifier accept the program's indexed accesses into map values
+        // (without it, pointer arithmetic on them is refused as a Spectre v1
+        // risk); CAP_NET_ADMIN attaches to the interface. CAP_SYS_ADMIN
+        // stands in for the first two.
+        use caps::Capability::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
         let has = |cap| sys::has_capability(cap).map_err(Error::io("reading the capability set"));
-        if !has(CAP_BPF)? && !has(CAP_SYS_ADMIN)? {
-            return Err(Error::MissingCapability {
-                capability: "CAP_BPF",
-            });
+        let admin = has(CAP_SYS_ADMIN)?;
+        for (cap, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
+            if !admin && !has(cap)? {
+                return Err(Error::MissingCapability { capability: name });
+            }
         }
         if !has(CAP_NET_ADMIN)? {
             return Err(Error::MissingCapability {

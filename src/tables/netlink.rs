@@ -12,10 +12,11 @@
 //! rules, nexthop objects, links, IPv4 addresses), so that what user space
 //! derived from them is dropped as soon as the kernel's tables change.
 //!
-//! Only `libc` is used. The system calls live in the small [`sys`] module;
-//! everything else is safe byte handling. Replies are parsed from bytes with
-//! every length checked first, so a malformed reply becomes an
-//! [`io::ErrorKind::InvalidData`] error, never a panic.
+//! The messages are built and parsed here, over `libc`'s constants, as safe
+//! byte handling; the socket calls live in the small [`sys`] module and go
+//! through `nix`. Replies are parsed from bytes with every length checked
+//! first, so a malformed reply becomes an [`io::ErrorKind::InvalidData`]
+//! error, never a panic.
 
 use std::cell::Cell;
 use std::io;
