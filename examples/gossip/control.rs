@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol;
 use crate::shell::Handle;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -270,21 +271,9 @@ pub struct StatsJson {
     pub members: u64,
     /// The metadata's version, as `POST /publish` returns it.
     pub version: String,
-    pub packets_in: u64,
-    pub datagrams_out: u64,
-    pub rumours_started: u64,
-    pub rumours_forwarded: u64,
-    pub duplicates: u64,
-    pub stale: u64,
-    pub syncs: u64,
-    pub fetches: u64,
-    pub fetch_failures: u64,
-    pub evictions: u64,
-    pub dropped_oversized: u64,
-    pub dropped_truncated: u64,
-    pub dropped_not_gossip: u64,
-    pub dropped_bad_mac: u64,
-    pub dropped_malformed: u64,
+    /// The protocol core's counters, one field each.
+    #[serde(flatten)]
+    pub protocol: protocol::Stats,
     pub dropped: u64,
     pub broadcasts: u64,
     pub kernel_fan_outs: u64,
@@ -311,21 +300,7 @@ impl StatsJson {
             paused: s.paused,
             members: s.members as u64,
             version: s.version.to_string(),
-            packets_in: p.packets_in,
-            datagrams_out: p.datagrams_out,
-            rumours_started: p.rumours_started,
-            rumours_forwarded: p.rumours_forwarded,
-            duplicates: p.duplicates,
-            stale: p.stale,
-            syncs: p.syncs,
-            fetches: p.fetches,
-            fetch_failures: p.fetch_failures,
-            evictions: p.evictions,
-            dropped_oversized: p.dropped_oversized,
-            dropped_truncated: p.dropped_truncated,
-            dropped_not_gossip: p.dropped_not_gossip,
-            dropped_bad_mac: p.dropped_bad_mac,
-            dropped_malformed: p.dropped_malformed,
+            protocol: p,
             dropped: p.dropped(),
             broadcasts: b.broadcasts,
             kernel_fan_outs: b.fan_outs,

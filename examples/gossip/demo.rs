@@ -285,7 +285,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
             .map(|(a, b)| counter(b).saturating_sub(counter(a)))
             .sum()
     };
-    m.datagrams_out = delta(|s| s.datagrams_out);
+    m.datagrams_out = delta(|s| s.protocol.datagrams_out);
     m.broadcasts = delta(|s| s.broadcasts);
     m.kernel_copies = delta(|s| s.kernel_copies);
     m.user_space_copies = delta(|s| s.user_space_copies);

@@ -144,7 +144,7 @@ pub enum Event {
 }
 
 /// Counters since the node was created.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Datagrams given to [`Node::handle_packet`].
     pub packets_in: u64,
