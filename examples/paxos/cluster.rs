@@ -346,17 +346,8 @@ pub struct ClusterJson {
     pub killed_follower: bool,
     pub threads: usize,
     pub requests: usize,
-    pub completed: usize,
-    pub gave_up: usize,
-    /// Seconds, to the millisecond.
-    pub elapsed_s: f64,
-    /// Requests per second, rounded.
-    pub throughput: u64,
-    pub mean_us: u64,
-    pub p50_us: u64,
-    pub p90_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
+    #[serde(flatten)]
+    pub figures: ClientFigures,
     pub max_us: u64,
     pub retries: u64,
     /// Two decimals.
@@ -375,6 +366,39 @@ pub struct ClusterJson {
     pub history: usize,
     /// Each replica's report (null for one killed or silent).
     pub replica_stats: Vec<Option<ReplicaJson>>,
+}
+
+/// What a client run measured, as `paxos cluster` and `paxos client --json`
+/// both print it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClientFigures {
+    pub completed: usize,
+    pub gave_up: usize,
+    /// Seconds, to the millisecond.
+    pub elapsed_s: f64,
+    /// Requests per second, rounded.
+    pub throughput: u64,
+    pub mean_us: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+}
+
+impl ClientFigures {
+    pub fn of(report: &ClientReport) -> ClientFigures {
+        ClientFigures {
+            completed: report.completed,
+            gave_up: report.gave_up,
+            elapsed_s: round_to(report.elapsed.as_secs_f64(), 3),
+            throughput: report.throughput().round() as u64,
+            mean_us: report.mean_us().round() as u64,
+            p50_us: report.percentile(0.50),
+            p90_us: report.percentile(0.90),
+            p95_us: report.percentile(0.95),
+            p99_us: report.percentile(0.99),
+        }
+    }
 }
 
 /// `x` rounded to `decimals` decimal places.
@@ -517,15 +541,7 @@ fn summary(
         killed_follower: killed,
         threads: opts.client.threads,
         requests: opts.client.requests,
-        completed: report.completed,
-        gave_up: report.gave_up,
-        elapsed_s: round_to(elapsed, 3),
-        throughput: report.throughput().round() as u64,
-        mean_us: report.mean_us().round() as u64,
-        p50_us: report.percentile(0.50),
-        p90_us: report.percentile(0.90),
-        p95_us: report.percentile(0.95),
-        p99_us: report.percentile(0.99),
+        figures: ClientFigures::of(report),
         max_us: report.latencies_us.last().copied().unwrap_or(0),
         retries: report.retries,
         leader_cpu_us_per_request: round_to(leader_us / requests, 2),

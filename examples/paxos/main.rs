@@ -392,17 +392,8 @@ fn to_line(value: &impl Serialize) -> String {
 #[derive(Serialize)]
 struct ClientJson {
     threads: usize,
-    completed: usize,
-    gave_up: usize,
-    /// Seconds, to the millisecond.
-    elapsed_s: f64,
-    /// Requests per second, rounded.
-    throughput: u64,
-    mean_us: u64,
-    p50_us: u64,
-    p90_us: u64,
-    p95_us: u64,
-    p99_us: u64,
+    #[serde(flatten)]
+    figures: cluster::ClientFigures,
     retries: u64,
     /// The checker's verdict (null without `--check`).
     linearizable: Option<bool>,
@@ -417,15 +408,7 @@ fn print_client_report(
     if json {
         let line = ClientJson {
             threads: opts.threads,
-            completed: r.completed,
-            gave_up: r.gave_up,
-            elapsed_s: cluster::round_to(r.elapsed.as_secs_f64(), 3),
-            throughput: r.throughput().round() as u64,
-            mean_us: r.mean_us().round() as u64,
-            p50_us: r.percentile(0.5),
-            p90_us: r.percentile(0.9),
-            p95_us: r.percentile(0.95),
-            p99_us: r.percentile(0.99),
+            figures: cluster::ClientFigures::of(r),
             retries: r.retries,
             linearizable,
         };
@@ -484,7 +467,7 @@ fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
     let summary = cluster::run_cluster(&opts)?;
     println!("{}", to_line(&summary));
     Ok(
-        if summary.linearizable == Some(false) || summary.completed == 0 {
+        if summary.linearizable == Some(false) || summary.figures.completed == 0 {
             ExitCode::FAILURE
         } else {
             ExitCode::SUCCESS
