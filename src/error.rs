@@ -120,16 +120,22 @@ pub enum Error {
         capability: &'static str,
     },
 
-    /// The eBPF program could not be loaded.
-    #[error("loading the eBPF fan-out program failed: {reason}; use Mode::UserSpace here")]
+    /// An eBPF program could not be loaded.
+    #[error("loading the eBPF {program} program failed: {reason}; use Mode::UserSpace here")]
     Load {
+        /// Which program: `"fan-out"`, `"quorum"`, ...
+        program: &'static str,
         /// What went wrong: the kernel's or libbpf's words, and what to check.
         reason: String,
     },
 
-    /// The program could not be attached to the interface's egress.
-    #[error("attaching the eBPF fan-out program to the egress of {interface} failed: {source}")]
+    /// A program could not be attached to the interface.
+    #[error("attaching the eBPF {program} program to the {hook} of {interface} failed: {source}")]
     Attach {
+        /// Which program: `"fan-out"`, `"quorum"`, ...
+        program: &'static str,
+        /// `"egress"` or `"ingress"`.
+        hook: &'static str,
         /// The interface's name.
         interface: String,
         /// The kernel's error.
@@ -140,6 +146,13 @@ pub enum Error {
     /// non-blocking socket this may be `WouldBlock`: try again).
     #[error("sending failed, nothing was sent: {0}")]
     Send(#[source] io::Error),
+
+    /// A quorum configuration that cannot be counted.
+    #[error("invalid quorum configuration: {why}")]
+    InvalidQuorum {
+        /// What is wrong with it.
+        why: String,
+    },
 
     /// Another system call failed.
     #[error("{context}: {source}")]

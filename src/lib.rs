@@ -40,7 +40,9 @@
 
 mod broadcaster;
 mod error;
+mod header;
 mod kernel;
+mod quorum;
 mod report;
 mod send;
 mod sys;
@@ -48,6 +50,8 @@ mod tables;
 
 pub use broadcaster::{Broadcaster, Mode};
 pub use error::Error;
+pub use header::{Ack, HeaderError, Sequenced, HEADER_LEN, MAX_ROUND_NUMBER, MAX_VOTERS};
+pub use quorum::{Decisions, Quorum, QuorumCounters, Verdict};
 pub use report::{KernelCounters, Report, Stats};
 
 /// Most destinations one datagram is fanned out to in the kernel; longer

@@ -22,9 +22,26 @@ mod skel {
 pub(crate) use skel::types::{eb_dest as Dest, eb_slot as Slot, eb_stats as KernelStats};
 pub(crate) use skel::{FanOutSkel, FanOutSkelBuilder};
 
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    unused_imports
+)]
+mod quorum_skel {
+    include!(concat!(env!("OUT_DIR"), "/quorum.skel.rs"));
+}
+
+pub(crate) use quorum_skel::types::{
+    eb_quorum as QuorumShared, eb_quorum_counters as QuorumKernelCounters,
+};
+pub(crate) use quorum_skel::{QuorumSkel, QuorumSkelBuilder};
+
 use std::mem::{offset_of, size_of};
 
-mod constants {
+pub(crate) mod constants {
     include!(concat!(env!("OUT_DIR"), "/abi_constants.rs"));
 }
 
@@ -50,6 +67,12 @@ const _: () = {
     assert!(size_of::<Slot>() == offset_of!(Slot, dests) + MAX_DESTS * size_of::<Dest>());
     assert!(size_of::<Slot>() % 8 == 0);
     assert!(size_of::<KernelStats>() == 40);
+    // The tallies are updated atomically by both sides: 8-aligned.
+    assert!(offset_of!(QuorumShared, generation) % 8 == 0);
+    assert!(offset_of!(QuorumShared, complete) % 8 == 0);
+    assert!(offset_of!(QuorumShared, acked) % 8 == 0);
+    assert!(size_of::<QuorumShared>() == 48 + 8 * constants::EB_MAX_VOTERS as usize);
+    assert!(size_of::<QuorumKernelCounters>() == 72);
 };
 
 impl Dest {

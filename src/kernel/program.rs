@@ -11,16 +11,16 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
 
 use super::abi::{FanOutSkel, FanOutSkelBuilder, KernelStats, Slot, MAX_SOCKETS};
-use super::attach::{attach_clsact, attach_tcx, Attachment};
+use super::attach::{attach, Attachment, Hook};
 use super::slots::{SlotHandle, Slots};
 use crate::{sys, Error};
 
 /// Owns the heap cell the skeleton's object lives in; freed after the
 /// skeleton (see the field order of [`Program`]).
-struct ObjectCell(NonNull<MaybeUninit<OpenObject>>);
+pub(crate) struct ObjectCell(pub(crate) NonNull<MaybeUninit<OpenObject>>);
 
 impl ObjectCell {
-    fn new() -> ObjectCell {
+    pub(crate) fn new() -> ObjectCell {
         ObjectCell(NonNull::from(Box::leak(Box::new(MaybeUninit::uninit()))))
     }
 }
@@ -61,13 +61,36 @@ pub(super) fn to_io(err: libbpf_rs::Error) -> io::Error {
 
 /// A program the kernel refused, or libbpf could not prepare: the usual
 /// cause is a kernel older than the program needs.
-fn load_error(err: libbpf_rs::Error) -> Error {
+pub(crate) fn load_error(program: &'static str, err: libbpf_rs::Error) -> Error {
     Error::Load {
+        program,
         reason: format!(
             "{err:#} (the program needs Linux 5.17 or newer, for bpf_loop, with BTF; \
              libbpf's log above says what the kernel refused)"
         ),
     }
+}
+
+/// Whether this thread may load and attach programs: CAP_BPF loads programs
+/// and creates maps; CAP_PERFMON lets the verifier accept indexed accesses
+/// into map values (without it, pointer arithmetic on them is refused as a
+/// Spectre v1 risk); CAP_NET_ADMIN attaches to an interface. CAP_SYS_ADMIN
+/// stands in for the first two.
+pub(crate) fn check_capabilities() -> Result<(), Error> {
+    use caps::Capability::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
+    let has = |cap| sys::has_capability(cap).map_err(Error::io("reading the capability set"));
+    let admin = has(CAP_SYS_ADMIN)?;
+    for (cap, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
+        if !admin && !has(cap)? {
+            return Err(Error::MissingCapability { capability: name });
+        }
+    }
+    if !has(CAP_NET_ADMIN)? {
+        return Err(Error::MissingCapability {
+            capability: "CAP_NET_ADMIN",
+        });
+    }
+    Ok(())
 }
 
 impl Program {
@@ -78,24 +101,7 @@ impl Program {
         ifindex: u32,
         force_clsact: bool,
     ) -> Result<Program, Error> {
-        // CAP_BPF loads programs and creates maps; CAP_PERFMON lets the
-        // verifier accept the program's indexed accesses into map values
-        // (without it, pointer arithmetic on them is refused as a Spectre v1
-        // risk); CAP_NET_ADMIN attaches to the interface. CAP_SYS_ADMIN
-        // stands in for the first two.
-        use caps::Capability::{CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN};
-        let has = |cap| sys::has_capability(cap).map_err(Error::io("reading the capability set"));
-        let admin = has(CAP_SYS_ADMIN)?;
-        for (cap, name) in [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")] {
-            if !admin && !has(cap)? {
-                return Err(Error::MissingCapability { capability: name });
-            }
-        }
-        if !has(CAP_NET_ADMIN)? {
-            return Err(Error::MissingCapability {
-                capability: "CAP_NET_ADMIN",
-            });
-        }
+        check_capabilities()?;
 
         let cell = ObjectCell::new();
         // SAFETY: the cell is a valid, exclusively owned allocation that
@@ -104,12 +110,13 @@ impl Program {
         let storage: &'static mut MaybeUninit<OpenObject> = unsafe { &mut *cell.0.as_ptr() };
         let open = FanOutSkelBuilder::default()
             .open(storage)
-            .map_err(load_error)?;
-        let skel = open.load().map_err(load_error)?;
+            .map_err(|e| load_error("fan-out", e))?;
+        let skel = open.load().map_err(|e| load_error("fan-out", e))?;
 
         let slots = &skel.maps.slots;
         if slots.value_size() as usize != size_of::<Slot>() || slots.max_entries() != MAX_SOCKETS {
             return Err(Error::Load {
+                program: "fan-out",
                 reason: "the kernel's slots map does not have the layout this library was \
                          built with (include/elec_broadcast.h): the program and the library \
                          come from different builds"
@@ -119,20 +126,14 @@ impl Program {
         let slots = Slots::map(slots.as_fd()).map_err(Error::io("mapping the slots map"))?;
 
         #[cfg_attr(not(feature = "test-hooks"), allow(unused_variables))]
-        let (attachment, attached_with_tcx) = if force_clsact {
-            (attach_clsact(&skel, ifindex, interface)?, false)
-        } else {
-            match attach_tcx(&skel, ifindex) {
-                Ok(link) => (Attachment::Tcx(link), true),
-                Err(tcx_err) => match attach_clsact(&skel, ifindex, interface) {
-                    Ok(attachment) => {
-                        log::info!("TCX unavailable ({tcx_err}); attached with clsact instead");
-                        (attachment, false)
-                    }
-                    Err(err) => return Err(err),
-                },
-            }
-        };
+        let (attachment, attached_with_tcx) = attach(
+            &skel.progs.fan_out,
+            "fan-out",
+            interface,
+            ifindex,
+            Hook::Egress,
+            force_clsact,
+        )?;
         Ok(Program {
             _attachment: attachment,
             slots,

@@ -1,0 +1,354 @@
+//! The quorum collector: counts acknowledgements per round in the kernel and
+//! wakes the application once per quorum (the gather half).
+
+mod tally;
+
+use std::io;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::header::{Ack, MAX_VOTERS};
+use crate::kernel::{Collector, QuorumKernelCounters, QuorumShared};
+use crate::{Error, Mode};
+use tally::{tag_of, Decision, Tallies};
+
+/// Collects acknowledgements ([`Ack`]s) for the rounds an application sends,
+/// and tells it once per round range that k voters have acknowledged.
+///
+/// In the kernel mode, a TC ingress program on the interface counts the
+/// acks that arrive for the collector's UDP port, drops those that do not
+/// complete a quorum (and duplicates, and acks for rounds complete already),
+/// and passes to the socket only the ack that completes one: the
+/// application's user space wakes up once per quorum instead of once per
+/// ack. Whatever the program is not sure about passes untouched: acks of
+/// another epoch, of unknown voters, for rounds outside the window, and
+/// every datagram to the port that is not an ack. In the user-space mode the
+/// same algorithm runs in [`Quorum::receive`]; the application code is the
+/// same in both:
+///
+/// ```no_run
+/// use std::net::UdpSocket;
+/// use elec_broadcast::{Quorum, Verdict};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let socket = UdpSocket::bind("10.0.0.1:7000")?;
+/// let quorum = Quorum::new("eth0", 7000)?;
+/// // Epoch 1, voters 1..=6, quorum of 3 acks (a leader of 7 needs 3 more).
+/// quorum.configure(1, &[1, 2, 3, 4, 5, 6], 3)?;
+/// quorum.extend(1); // round 1 is out
+/// let mut buf = [0u8; 2048];
+/// loop {
+///     let (len, _from) = socket.recv_from(&mut buf)?;
+///     match quorum.receive(&buf[..len]) {
+///         Verdict::Quorum { round } => println!("rounds up to {round} are committed"),
+///         Verdict::NotAnAck => { /* the application's own message */ }
+///         _ => {}
+///     }
+/// }
+/// # }
+/// ```
+///
+/// Acknowledgements are cumulative: an ack for round r covers every round
+/// up to r from that voter, so a lost ack is covered by the voter's next
+/// one, and one quorum may complete several rounds at once. An ack's own
+/// payload (after the header) reaches the application only when the ack
+/// completes a quorum or is not counted.
+pub struct Quorum {
+    // Declared before the memory it points into.
+    tallies: Tallies,
+    backend: Backend,
+    /// The highest `complete` handed to the application, tagged.
+    reported: AtomicU64,
+    /// Decisions made in user space, in the order of `Decision`.
+    user_space: [AtomicU64; 9],
+    configuring: Mutex<()>,
+    fallback_reason: Option<Error>,
+}
+
+enum Backend {
+    Kernel(Box<Collector>),
+    UserSpace(#[allow(dead_code)] Box<QuorumShared>),
+}
+
+/// What [`Quorum::receive`] made of a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Every round up to `round` is now acknowledged by a quorum: the
+    /// application's commit point advanced to `round`.
+    Quorum {
+        /// The highest round with a quorum.
+        round: u64,
+    },
+    /// Counted towards a quorum that is not complete yet.
+    Counted,
+    /// The voter had acknowledged this round already.
+    Duplicate,
+    /// The round was complete already.
+    Late,
+    /// An ack of another epoch (or nothing configured yet): not counted.
+    OtherEpoch,
+    /// An ack for round 0 or a round above the window: not counted.
+    OutsideWindow,
+    /// An ack from a voter not in the set: not counted.
+    UnknownVoter,
+    /// Not an ack: the application's own datagram.
+    NotAnAck,
+}
+
+/// How many acks met each fate, in the kernel or in user space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decisions {
+    /// Acks that completed a quorum (passed to the application).
+    pub quorums: u64,
+    /// Acks counted towards a quorum not complete yet (dropped in the kernel).
+    pub counted: u64,
+    /// Acks for a round the voter had acknowledged already (dropped).
+    pub duplicates: u64,
+    /// Acks for a round already complete (dropped).
+    pub late: u64,
+    /// Acks of another epoch, or before any configuration (passed).
+    pub other_epoch: u64,
+    /// Acks for round 0 or above the window (passed).
+    pub outside_window: u64,
+    /// Acks from voters not in the set (passed).
+    pub unknown_voter: u64,
+    /// Datagrams to the port that are not acks (passed).
+    pub not_acks: u64,
+    /// Acks the kernel could not verify the checksum of, or lost a race on
+    /// (passed, and counted in user space).
+    pub unverified: u64,
+}
+
+/// The collector's counters: what the program decided, and what
+/// [`Quorum::receive`] decided for the datagrams that reached user space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QuorumCounters {
+    /// Decisions of the kernel program (all zero in the user-space mode).
+    pub kernel: Decisions,
+    /// Decisions of [`Quorum::receive`].
+    pub user_space: Decisions,
+}
+
+impl Quorum {
+    /// A collector for the acks that arrive at UDP port `port` through
+    /// `interface`: in the kernel where possible, else in user space (see
+    /// [`Quorum::fallback_reason`]).
+    pub fn new(interface: &str, port: u16) -> Result<Quorum, Error> {
+        Quorum::with_mode(interface, port, Mode::Auto)
+    }
+
+    /// Like [`Quorum::new`] with an explicit [`Mode`]. With
+    /// [`Mode::Kernel`], a kernel program that cannot be used is an error.
+    pub fn with_mode(interface: &str, port: u16, mode: Mode) -> Result<Quorum, Error> {
+        if port == 0 {
+            return Err(Error::InvalidQuorum {
+                why: "the port is 0: give the UDP port the acks are sent to".into(),
+            });
+        }
+        let ifindex =
+            nix::net::if_::if_nametoindex(interface).map_err(|_| Error::UnknownInterface {
+                name: interface.to_string(),
+            })?;
+        let (backend, fallback_reason) = match mode {
+            Mode::UserSpace => (Backend::UserSpace(Box::default()), None),
+            Mode::Auto | Mode::Kernel => match Collector::attach(interface, ifindex, port) {
+                Ok(collector) => (Backend::Kernel(Box::new(collector)), None),
+                Err(err) if mode == Mode::Kernel => return Err(err),
+                Err(err) => {
+                    log::warn!("elec-broadcast: counting acks in user space on {interface}: {err}");
+                    (Backend::UserSpace(Box::default()), Some(err))
+                }
+            },
+        };
+        let shared = match &backend {
+            Backend::Kernel(collector) => collector.shared(),
+            Backend::UserSpace(memory) => &**memory as *const QuorumShared as *mut QuorumShared,
+        };
+        // SAFETY: the memory is the collector's mapping or the box, both
+        // owned by `backend`, which drops after `tallies`; both are
+        // 8-aligned and accessed only atomically.
+        let tallies = unsafe { Tallies::new(NonNull::new(shared).expect("not null")) };
+        Ok(Quorum {
+            tallies,
+            backend,
+            reported: AtomicU64::new(0),
+            user_space: Default::default(),
+            configuring: Mutex::new(()),
+            fallback_reason,
+        })
+    }
+
+    /// The backend in use: [`Mode::Kernel`] or [`Mode::UserSpace`].
+    pub fn mode(&self) -> Mode {
+        match self.backend {
+            Backend::Kernel(_) => Mode::Kernel,
+            Backend::UserSpace(_) => Mode::UserSpace,
+        }
+    }
+
+    /// Why [`Mode::Auto`] fell back to user space, if it did.
+    pub fn fallback_reason(&self) -> Option<&Error> {
+        self.fallback_reason.as_ref()
+    }
+
+    /// Starts counting `epoch`: acks from `voters` (each below
+    /// [`MAX_VOTERS`], no repeats), `k` of which make a quorum. Tallies of
+    /// the previous epoch are discarded at once, and no ack of another epoch
+    /// is ever counted in this one. The window is empty until
+    /// [`Quorum::extend`].
+    pub fn configure(&self, epoch: u64, voters: &[u16], k: usize) -> Result<(), Error> {
+        let mut set = 0u64;
+        for &voter in voters {
+            if voter >= MAX_VOTERS {
+                return Err(Error::InvalidQuorum {
+                    why: format!("voter {voter} is not below {MAX_VOTERS}"),
+                });
+            }
+            if set & 1 << voter != 0 {
+                return Err(Error::InvalidQuorum {
+                    why: format!("voter {voter} is listed twice"),
+                });
+            }
+            set |= 1 << voter;
+        }
+        if k == 0 || k > voters.len() {
+            return Err(Error::InvalidQuorum {
+                why: format!("a quorum of {k} out of {} voters", voters.len()),
+            });
+        }
+        let _one_at_a_time = self.configuring.lock().unwrap_or_else(|e| e.into_inner());
+        self.tallies.configure(epoch, set, k as u32, 0);
+        Ok(())
+    }
+
+    /// Counts acks for rounds up to `high` (the highest round sent so far);
+    /// acks for later rounds are not counted. Never lowers the window. A
+    /// plain memory write, no system call.
+    pub fn extend(&self, high: u64) {
+        self.tallies.extend(high);
+    }
+
+    /// Decides what `datagram`, received on the collector's port, means:
+    /// counts it if it is an ack the kernel left to user space, and reports
+    /// [`Verdict::Quorum`] whenever the highest complete round advanced since
+    /// the last report (whoever counted the ack that completed it).
+    pub fn receive(&self, datagram: &[u8]) -> Verdict {
+        let decision = match (Ack::parse(datagram), self.tallies.config()) {
+            (Err(_), _) => Decision::NotAnAck,
+            (Ok(_), None) => Decision::OtherEpoch,
+            (Ok((ack, _)), Some(config)) => {
+                let decision = self.tallies.tally(&config, &ack);
+                // Only an ack of this configuration reports an advance: any
+                // other datagram keeps its own meaning for the application.
+                if matches!(
+                    decision,
+                    Decision::OtherEpoch | Decision::UnknownVoter | Decision::OutsideWindow
+                ) {
+                    self.count(decision);
+                    return verdict(decision);
+                }
+                if let Some(round) = self.advance(&config) {
+                    self.count(Decision::Quorum);
+                    return Verdict::Quorum { round };
+                }
+                decision
+            }
+        };
+        self.count(decision);
+        verdict(decision)
+    }
+
+    /// The complete round of `config`, if it advanced since it was last
+    /// reported.
+    fn advance(&self, config: &tally::Config) -> Option<u64> {
+        let complete = self.tallies.complete(config);
+        let tagged = tag_of(config.generation) << 48 | complete;
+        let previous = self.reported.fetch_max(tagged, Ordering::SeqCst);
+        let advanced = if previous >> 48 == tagged >> 48 {
+            previous < tagged
+        } else {
+            // The first report of this configuration (a tag that wrapped
+            // around compares lower, but is new all the same).
+            self.reported.store(tagged, Ordering::SeqCst);
+            complete > 0
+        };
+        advanced.then_some(complete)
+    }
+
+    /// The highest round acknowledged by a quorum in the current epoch (0
+    /// if none).
+    pub fn complete(&self) -> u64 {
+        self.tallies
+            .config()
+            .map_or(0, |config| self.tallies.complete(&config))
+    }
+
+    /// The voters that have acknowledged `round` of the current epoch so far.
+    pub fn voters(&self, round: u64) -> Vec<u16> {
+        let Some(config) = self.tallies.config() else {
+            return Vec::new();
+        };
+        let set = self.tallies.voters_at(&config, round);
+        (0..MAX_VOTERS).filter(|&v| set & 1 << v != 0).collect()
+    }
+
+    /// What the kernel and [`Quorum::receive`] decided so far.
+    pub fn counters(&self) -> io::Result<QuorumCounters> {
+        let kernel = match &self.backend {
+            Backend::Kernel(collector) => {
+                let c: QuorumKernelCounters = collector.counters()?;
+                Decisions {
+                    quorums: c.quorums,
+                    counted: c.counted,
+                    duplicates: c.duplicates,
+                    late: c.late,
+                    other_epoch: c.other_epoch,
+                    outside_window: c.outside_window,
+                    unknown_voter: c.unknown_voter,
+                    not_acks: c.not_acks,
+                    unverified: c.unverified,
+                }
+            }
+            Backend::UserSpace(_) => Decisions::default(),
+        };
+        let [quorums, counted, duplicates, late, other_epoch, outside_window, unknown_voter, not_acks, unverified] =
+            self.user_space
+                .each_ref()
+                .map(|c| c.load(Ordering::Relaxed));
+        Ok(QuorumCounters {
+            kernel,
+            user_space: Decisions {
+                quorums,
+                counted,
+                duplicates,
+                late,
+                other_epoch,
+                outside_window,
+                unknown_voter,
+                not_acks,
+                unverified,
+            },
+        })
+    }
+
+    fn count(&self, decision: Decision) {
+        self.user_space[decision as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn verdict(decision: Decision) -> Verdict {
+    match decision {
+        // A quorum whose advance another call of `receive` reported first.
+        Decision::Quorum | Decision::Counted | Decision::Unverified => Verdict::Counted,
+        Decision::Duplicate => Verdict::Duplicate,
+        Decision::Late => Verdict::Late,
+        Decision::OtherEpoch => Verdict::OtherEpoch,
+        Decision::OutsideWindow => Verdict::OutsideWindow,
+        Decision::UnknownVoter => Verdict::UnknownVoter,
+        Decision::NotAnAck => Verdict::NotAnAck,
+    }
+}
