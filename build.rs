@@ -11,15 +11,17 @@ use std::process::{exit, Command};
 use libbpf_cargo::SkeletonBuilder;
 
 /// The eBPF programs, each with the skeleton file generated for it.
-const PROGRAMS: [(&str, &str); 2] = [
+const PROGRAMS: [(&str, &str); 3] = [
     ("bpf/fan_out.bpf.c", "fan_out.skel.rs"),
     ("bpf/quorum.bpf.c", "quorum.skel.rs"),
+    ("bpf/reply.bpf.c", "reply.skel.rs"),
 ];
 /// The headers shared by the programs and the loader.
-const ABI_HEADERS: [&str; 3] = [
+const ABI_HEADERS: [&str; 4] = [
     "include/elec_broadcast.h",
     "include/elec_wire.h",
     "include/elec_quorum.h",
+    "include/elec_reply.h",
 ];
 
 fn main() {

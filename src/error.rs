@@ -154,6 +154,13 @@ pub enum Error {
         why: String,
     },
 
+    /// A replier set-up or arming that cannot work.
+    #[error("invalid replier configuration: {why}")]
+    InvalidReply {
+        /// What is wrong with it.
+        why: String,
+    },
+
     /// Another system call failed.
     #[error("{context}: {source}")]
     Io {

@@ -43,6 +43,7 @@ mod error;
 mod header;
 mod kernel;
 mod quorum;
+mod reply;
 mod report;
 mod send;
 mod sys;
@@ -52,6 +53,10 @@ pub use broadcaster::{Broadcaster, Mode};
 pub use error::Error;
 pub use header::{Ack, HeaderError, Sequenced, HEADER_LEN, MAX_ROUND_NUMBER, MAX_VOTERS};
 pub use quorum::{Decisions, Quorum, QuorumCounters, Verdict};
+pub use reply::{
+    Datagram, Receipt, Replier, ReplyCounters, ReplyDecisions, DEFAULT_RING_BYTES,
+    MAX_QUEUED_PAYLOAD,
+};
 pub use report::{KernelCounters, Report, Stats};
 
 /// Most destinations one datagram is fanned out to in the kernel; longer

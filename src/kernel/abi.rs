@@ -39,6 +39,23 @@ pub(crate) use quorum_skel::types::{
 };
 pub(crate) use quorum_skel::{QuorumSkel, QuorumSkelBuilder};
 
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs,
+    unsafe_op_in_unsafe_fn,
+    unused_imports
+)]
+mod reply_skel {
+    include!(concat!(env!("OUT_DIR"), "/reply.skel.rs"));
+}
+
+pub(crate) use reply_skel::types::{
+    eb_reply as ReplyShared, eb_reply_counters as ReplyKernelCounters,
+};
+pub(crate) use reply_skel::{ReplySkel, ReplySkelBuilder};
+
 use std::mem::{offset_of, size_of};
 
 pub(crate) mod constants {
@@ -73,6 +90,10 @@ const _: () = {
     assert!(offset_of!(QuorumShared, acked) % 8 == 0);
     assert!(size_of::<QuorumShared>() == 48 + 8 * constants::EB_MAX_VOTERS as usize);
     assert!(size_of::<QuorumKernelCounters>() == 72);
+    assert!(offset_of!(ReplyShared, generation) % 8 == 0);
+    assert!(offset_of!(ReplyShared, next) % 8 == 0);
+    assert!(size_of::<ReplyShared>() == 32);
+    assert!(size_of::<ReplyKernelCounters>() == 80);
 };
 
 impl Dest {

@@ -5,25 +5,29 @@
 //! - `program`: loading, registering sockets, the program's counters;
 //! - `attach`: attaching to an interface's egress or ingress (TCX or clsact), detaching;
 //! - `slots`: the mmap()ed slots and the arm/send/outcome protocol on one;
-//! - `collector`: the quorum program (ingress), loaded and attached.
+//! - `collector`: the quorum program (ingress), loaded and attached;
+//! - `replier`: the fast-reply program (ingress) and its ring.
 
 mod abi;
 mod attach;
 mod collector;
 mod program;
+mod replier;
 mod slots;
 
-/// The constants of `include/elec_wire.h` and `include/elec_quorum.h`.
+/// The constants of `include/elec_wire.h`, `elec_quorum.h` and `elec_reply.h`.
 pub(crate) mod wire {
     pub(crate) use super::abi::constants::{
         EB_ACK_CUMULATIVE as ACK_CUMULATIVE, EB_ACK_FROM_KERNEL as ACK_FROM_KERNEL,
         EB_ACK_MAGIC as ACK_MAGIC, EB_MAX_ROUND as MAX_ROUND, EB_MAX_VOTERS as MAX_VOTERS,
-        EB_SEQUENCED_MAGIC as SEQUENCED_MAGIC, EB_WIRE_VERSION as WIRE_VERSION,
+        EB_REPLY_MAX_PAYLOAD as REPLY_MAX_PAYLOAD, EB_SEQUENCED_MAGIC as SEQUENCED_MAGIC,
+        EB_WIRE_VERSION as WIRE_VERSION,
     };
 }
 
 pub(crate) use abi::{Dest, MAX_DESTS, MAX_SOCKETS};
-pub(crate) use abi::{QuorumKernelCounters, QuorumShared};
+pub(crate) use abi::{QuorumKernelCounters, QuorumShared, ReplyKernelCounters, ReplyShared};
 pub(crate) use collector::Collector;
 pub(crate) use program::Program;
+pub(crate) use replier::Replier as KernelReplier;
 pub(crate) use slots::Tags;

@@ -1,0 +1,595 @@
+//! Fast reply: the next datagram of a sequence is queued for the application
+//! and acknowledged in the kernel, without waking the application up.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{BorrowedFd, RawFd};
+use std::ptr::{addr_of_mut, NonNull};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::Mutex;
+
+use crate::header::{Ack, Sequenced, MAX_ROUND_NUMBER, MAX_VOTERS};
+use crate::kernel::wire::{MAX_ROUND, REPLY_MAX_PAYLOAD};
+use crate::kernel::{KernelReplier, ReplyKernelCounters, ReplyShared};
+use crate::{Error, Mode};
+
+const TAG_SHIFT: u32 = 48;
+
+// Indexes of `Replier::user_space`, in the order of `ReplyDecisions`.
+const ACKED: usize = 0;
+const GAPS: usize = 2;
+const DUPLICATES: usize = 3;
+const OTHER_EPOCH: usize = 4;
+const FROZEN: usize = 5;
+const NOT_SEQUENCED: usize = 6;
+const ACK_FAILURES: usize = 9;
+
+/// Longest UDP payload (the sequenced header included) the kernel queues:
+/// a 9000-byte jumbo frame's. Longer datagrams go to the socket.
+pub const MAX_QUEUED_PAYLOAD: usize = REPLY_MAX_PAYLOAD as usize;
+
+/// Default size of the kernel's queue (the ring buffer): 4 MiB.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// Takes the datagrams of a sequence ([`Sequenced`] header) in round order,
+/// acknowledges each one to its sender with an [`Ack`] as soon as it is
+/// queued for the application, and hands them to the application in order.
+///
+/// In the kernel mode a TC ingress program on the interface does the taking
+/// for the datagrams that arrive at the replier's port: for the one whose
+/// round is the next expected in the armed epoch, it copies it into a ring
+/// buffer (read by [`Replier::drain`] through shared memory, no system call
+/// per datagram) and only then sends the ack from the kernel: an ack always
+/// means "queued in kernel memory for the application". Everything else
+/// goes to the socket as usual: a gap, an earlier round, another epoch, a
+/// frozen replier, a full ring. The application hands what the socket gets
+/// to [`Replier::receive`], which takes the next round in user space the
+/// same way (and acks it from user space). In the user-space mode every
+/// datagram comes that way; the application code is the same:
+///
+/// ```no_run
+/// use std::net::UdpSocket;
+/// use elec_broadcast::{Receipt, Replier};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let socket = UdpSocket::bind("10.0.0.2:7000")?;
+/// let replier = Replier::new("eth0", 7000, 2)?; // this host votes as voter 2
+/// replier.arm(1, 1)?; // epoch 1, round 1 comes next
+/// let mut buf = [0u8; 9000];
+/// loop {
+///     replier.drain(|datagram| println!("round {}", datagram.header.round))?;
+///     let (len, from) = socket.recv_from(&mut buf)?;
+///     match replier.receive(&socket, &buf[..len], from)? {
+///         Receipt::Taken { .. } => {} // delivered by the next drain, in order
+///         Receipt::Gap { header } => println!("missing rounds before {}", header.round),
+///         Receipt::NotSequenced => { /* the application's own message */ }
+///         _ => {}
+///     }
+/// }
+/// # }
+/// ```
+///
+/// # Order
+/// [`Replier::drain`] delivers the taken datagrams of the armed epoch in
+/// round order without gaps, whoever took them (ring or socket), starting at
+/// the round given to [`Replier::arm`]; datagrams of an earlier arming that
+/// were taken and not drained yet come first. A datagram that
+/// [`Replier::receive`] reports as `Gap`, `Duplicate`, `OtherEpoch` or
+/// `Frozen` was neither taken nor acknowledged: the application decides
+/// (buffer it, repair by state transfer, ignore it).
+pub struct Replier {
+    shared: NonNull<ReplyShared>,
+    backend: Backend,
+    voter: u16,
+    inner: Mutex<Inner>,
+    /// Decisions of `receive`, in the order of `ReplyDecisions`' fields.
+    user_space: [AtomicU64; 10],
+    fallback_reason: Option<Error>,
+}
+
+// SAFETY: `shared` points into memory owned by `backend` (the program's
+// mapping, or a box), accessed only atomically; the rest is Send + Sync
+// (the kernel replier is only used under `inner`'s lock or through &self
+// methods that are safe to call concurrently: libbpf's ring consumer is
+// only called with `inner` locked).
+unsafe impl Send for Replier {}
+// SAFETY: as above.
+unsafe impl Sync for Replier {}
+
+enum Backend {
+    Kernel(Box<KernelReplier>),
+    UserSpace(#[allow(dead_code)] Box<ReplyShared>),
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Taken datagrams not delivered yet, by (epoch, round).
+    pending: BTreeMap<(u64, u64), Datagram>,
+    /// The armed epoch and the round `drain` delivers next in it.
+    epoch: u64,
+    deliver_next: u64,
+}
+
+/// A datagram taken in order: queued, acknowledged, and delivered by
+/// [`Replier::drain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Datagram {
+    /// Its sequenced header.
+    pub header: Sequenced,
+    /// Who sent it.
+    pub from: SocketAddrV4,
+    /// The application's bytes, after the header.
+    pub payload: Vec<u8>,
+    /// Whether the kernel took and acknowledged it (else user space did).
+    pub from_kernel: bool,
+}
+
+/// What [`Replier::receive`] made of a datagram from the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Receipt {
+    /// The next round: taken and acknowledged; [`Replier::drain`] delivers it.
+    Taken {
+        /// Its round.
+        round: u64,
+    },
+    /// A round after the next expected one: not taken, not acknowledged.
+    Gap {
+        /// Its header.
+        header: Sequenced,
+    },
+    /// A round before the next expected one (taken before): not acknowledged again.
+    Duplicate {
+        /// Its header.
+        header: Sequenced,
+    },
+    /// Another epoch than the armed one (or not armed yet).
+    OtherEpoch {
+        /// Its header.
+        header: Sequenced,
+    },
+    /// The replier is frozen: nothing is taken.
+    Frozen {
+        /// Its header.
+        header: Sequenced,
+    },
+    /// Not a sequenced datagram: the application's own.
+    NotSequenced,
+}
+
+/// How many datagrams met each fate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplyDecisions {
+    /// Taken (queued) and acknowledged.
+    pub acked: u64,
+    /// Not taken: the kernel's ring was full (kernel only).
+    pub ring_full: u64,
+    /// Not taken: a round after the next expected one.
+    pub gaps: u64,
+    /// Not taken: a round before the next expected one.
+    pub duplicates: u64,
+    /// Not taken: another epoch, or while being re-armed.
+    pub other_epoch: u64,
+    /// Not taken: frozen.
+    pub frozen: u64,
+    /// Not a sequenced datagram.
+    pub not_sequenced: u64,
+    /// Not taken: too long for the ring (kernel only).
+    pub too_long: u64,
+    /// Not taken: wrong UDP checksum (kernel only; the stack drops it).
+    pub bad_checksum: u64,
+    /// Taken, but the ack could not be sent (the sender retransmits).
+    pub ack_failures: u64,
+}
+
+/// The replier's counters: what the program decided, and what
+/// [`Replier::receive`] decided for the datagrams that reached user space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplyCounters {
+    /// Decisions of the kernel program (all zero in the user-space mode).
+    pub kernel: ReplyDecisions,
+    /// Decisions of [`Replier::receive`].
+    pub user_space: ReplyDecisions,
+}
+
+/// A snapshot of the arming, read under the sequence lock.
+#[derive(Clone, Copy)]
+struct Arming {
+    epoch: u64,
+    armed: bool,
+    tag: u64,
+}
+
+fn tag_of(generation: u64) -> u64 {
+    (generation / 2) % 0xffff + 1
+}
+
+impl Replier {
+    /// A replier for the sequenced datagrams that arrive at UDP port `port`
+    /// through `interface`, acknowledging as voter `voter`: in the kernel
+    /// where possible, else in user space (see [`Replier::fallback_reason`]).
+    pub fn new(interface: &str, port: u16, voter: u16) -> Result<Replier, Error> {
+        Replier::with_mode(interface, port, voter, Mode::Auto, DEFAULT_RING_BYTES)
+    }
+
+    /// Like [`Replier::new`] with an explicit [`Mode`] and the size of the
+    /// kernel's queue in bytes (a power of two, at least one page; each
+    /// queued datagram takes 512, 2016 or 9000 bytes of it, by size).
+    pub fn with_mode(
+        interface: &str,
+        port: u16,
+        voter: u16,
+        mode: Mode,
+        ring_bytes: u32,
+    ) -> Result<Replier, Error> {
+        if port == 0 {
+            return Err(Error::InvalidReply {
+                why: "the port is 0: give the UDP port the sequenced datagrams arrive at".into(),
+            });
+        }
+        if voter >= MAX_VOTERS {
+            return Err(Error::InvalidReply {
+                why: format!("voter {voter} is not below {MAX_VOTERS}"),
+            });
+        }
+        if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
+            return Err(Error::InvalidReply {
+                why: format!("a ring of {ring_bytes} bytes: give a power of two of 4096 or more"),
+            });
+        }
+        let ifindex =
+            nix::net::if_::if_nametoindex(interface).map_err(|_| Error::UnknownInterface {
+                name: interface.to_string(),
+            })?;
+        let (backend, fallback_reason) = match mode {
+            Mode::UserSpace => (Backend::UserSpace(Box::default()), None),
+            Mode::Auto | Mode::Kernel => {
+                match KernelReplier::attach(interface, ifindex, port, ring_bytes) {
+                    Ok(replier) => (Backend::Kernel(Box::new(replier)), None),
+                    Err(err) if mode == Mode::Kernel => return Err(err),
+                    Err(err) => {
+                        log::warn!(
+                            "elec-broadcast: acknowledging in user space on {interface}: {err}"
+                        );
+                        (Backend::UserSpace(Box::default()), Some(err))
+                    }
+                }
+            }
+        };
+        let shared = match &backend {
+            Backend::Kernel(replier) => replier.shared(),
+            Backend::UserSpace(memory) => &**memory as *const ReplyShared as *mut ReplyShared,
+        };
+        Ok(Replier {
+            shared: NonNull::new(shared).expect("not null"),
+            backend,
+            voter,
+            inner: Mutex::default(),
+            user_space: Default::default(),
+            fallback_reason,
+        })
+    }
+
+    /// The backend in use: [`Mode::Kernel`] or [`Mode::UserSpace`].
+    pub fn mode(&self) -> Mode {
+        match self.backend {
+            Backend::Kernel(_) => Mode::Kernel,
+            Backend::UserSpace(_) => Mode::UserSpace,
+        }
+    }
+
+    /// Why [`Mode::Auto`] fell back to user space, if it did.
+    pub fn fallback_reason(&self) -> Option<&Error> {
+        self.fallback_reason.as_ref()
+    }
+
+    fn u64_at(&self, field: *mut u64) -> &AtomicU64 {
+        // SAFETY: `field` points into the live, 8-aligned entry (owned by
+        // `backend`), every access to which is atomic.
+        unsafe { AtomicU64::from_ptr(field) }
+    }
+    fn generation(&self) -> &AtomicU64 {
+        // SAFETY: a field projection inside the valid entry.
+        self.u64_at(unsafe { addr_of_mut!((*self.shared.as_ptr()).generation) })
+    }
+    fn epoch_cell(&self) -> &AtomicU64 {
+        // SAFETY: as above.
+        self.u64_at(unsafe { addr_of_mut!((*self.shared.as_ptr()).epoch) })
+    }
+    fn next_cell(&self) -> &AtomicU64 {
+        // SAFETY: as above.
+        self.u64_at(unsafe { addr_of_mut!((*self.shared.as_ptr()).next) })
+    }
+    fn armed_cell(&self) -> &AtomicU32 {
+        // SAFETY: as above; 4-aligned, accessed atomically.
+        unsafe { AtomicU32::from_ptr(addr_of_mut!((*self.shared.as_ptr()).armed)) }
+    }
+    fn voter_cell(&self) -> &AtomicU16 {
+        // SAFETY: as above; 2-aligned, accessed atomically.
+        unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.shared.as_ptr()).voter)) }
+    }
+
+    /// Writes a new arming under the sequence lock; returns the round that
+    /// was next before (0 if none).
+    fn write_arming(&self, epoch: u64, next: Option<u64>) -> u64 {
+        let generation = self.generation().load(SeqCst);
+        let writing = generation | 1;
+        self.generation().store(writing, SeqCst);
+        let before = self.next_cell().load(SeqCst);
+        let was_next = if before >> TAG_SHIFT == tag_of(generation) && generation != 0 {
+            before & MAX_ROUND
+        } else {
+            0
+        };
+        self.epoch_cell().store(epoch, SeqCst);
+        self.voter_cell().store(self.voter, SeqCst);
+        let tag = tag_of(writing + 1);
+        match next {
+            Some(round) => {
+                self.next_cell().store(tag << TAG_SHIFT | round, SeqCst);
+                self.armed_cell().store(1, SeqCst);
+            }
+            None => self.armed_cell().store(0, SeqCst),
+        }
+        self.generation().store(writing + 1, SeqCst);
+        was_next
+    }
+
+    fn arming(&self) -> Option<Arming> {
+        loop {
+            let generation = self.generation().load(SeqCst);
+            if generation == 0 {
+                return None;
+            }
+            let arming = Arming {
+                epoch: self.epoch_cell().load(SeqCst),
+                armed: self.armed_cell().load(SeqCst) != 0,
+                tag: tag_of(generation),
+            };
+            if generation & 1 == 0 && self.generation().load(SeqCst) == generation {
+                return Some(arming);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Takes the datagrams of `epoch` from round `next` on (kernel acks
+    /// resume). Taken datagrams of an earlier arming that were not drained
+    /// yet are still delivered, before these.
+    pub fn arm(&self, epoch: u64, next: u64) -> Result<(), Error> {
+        if next == 0 || next > MAX_ROUND_NUMBER {
+            return Err(Error::InvalidReply {
+                why: format!("round {next} is not in 1..={MAX_ROUND_NUMBER}"),
+            });
+        }
+        let mut inner = self.lock();
+        self.write_arming(epoch, Some(next));
+        inner.epoch = epoch;
+        inner.deliver_next = next;
+        Ok(())
+    }
+
+    /// Stops taking and acknowledging (before a view change, say). Returns
+    /// the round that would have been taken next: every earlier round of
+    /// the epoch was taken, and is delivered by [`Replier::drain`] (a
+    /// record the kernel was writing at this moment may take some
+    /// microseconds to appear).
+    pub fn freeze(&self) -> u64 {
+        let inner = self.lock();
+        self.write_arming(inner.epoch, None)
+    }
+
+    /// Delivers the taken datagrams, in order (see the type's docs), to
+    /// `deliver`; returns how many.
+    pub fn drain(&self, mut deliver: impl FnMut(Datagram)) -> io::Result<usize> {
+        let mut inner = self.lock();
+        if let Backend::Kernel(replier) = &self.backend {
+            replier.consume()?;
+            let records: Vec<Vec<u8>> = replier
+                .records()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+                .collect();
+            for record in records {
+                match parse_record(&record) {
+                    Some(datagram) => {
+                        let key = (datagram.header.epoch, datagram.header.round);
+                        inner.pending.insert(key, datagram);
+                    }
+                    None => log::warn!("elec-broadcast: a ring record that does not parse"),
+                }
+            }
+        }
+        let mut delivered = 0;
+        while let Some((&(epoch, round), _)) = inner.pending.first_key_value() {
+            // Earlier armings first; in the armed epoch, no gap.
+            let current = (inner.epoch, inner.deliver_next);
+            if (epoch, round) > current {
+                break;
+            }
+            let datagram = inner.pending.pop_first().expect("just seen").1;
+            if (epoch, round) == current {
+                inner.deliver_next += 1;
+            }
+            deliver(datagram);
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    /// Decides what `datagram`, received on the socket from `from`, is; if
+    /// it is the next round, takes it and acknowledges it through `socket`
+    /// to the sender's address at the header's ack port.
+    pub fn receive(
+        &self,
+        socket: &UdpSocket,
+        datagram: &[u8],
+        from: SocketAddr,
+    ) -> io::Result<Receipt> {
+        let Ok((header, payload)) = Sequenced::parse(datagram) else {
+            self.count(NOT_SEQUENCED);
+            return Ok(Receipt::NotSequenced);
+        };
+        let SocketAddr::V4(from) = from else {
+            self.count(NOT_SEQUENCED);
+            return Ok(Receipt::NotSequenced);
+        };
+        loop {
+            let Some(arming) = self.arming() else {
+                self.count(OTHER_EPOCH);
+                return Ok(Receipt::OtherEpoch { header });
+            };
+            if header.epoch != arming.epoch {
+                self.count(OTHER_EPOCH);
+                return Ok(Receipt::OtherEpoch { header });
+            }
+            if !arming.armed {
+                self.count(FROZEN);
+                return Ok(Receipt::Frozen { header });
+            }
+            let next = self.next_cell().load(SeqCst);
+            if next >> TAG_SHIFT != arming.tag {
+                continue; // re-armed meanwhile
+            }
+            let round = next & MAX_ROUND;
+            if header.round < round {
+                self.count(DUPLICATES);
+                return Ok(Receipt::Duplicate { header });
+            }
+            if header.round > round {
+                self.count(GAPS);
+                return Ok(Receipt::Gap { header });
+            }
+            let mut inner = self.lock();
+            let taken = next + 1;
+            if self
+                .next_cell()
+                .compare_exchange(next, taken, SeqCst, SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            inner.pending.insert(
+                (header.epoch, header.round),
+                Datagram {
+                    header,
+                    from,
+                    payload: payload.to_vec(),
+                    from_kernel: false,
+                },
+            );
+            drop(inner);
+            let ack = Ack {
+                epoch: header.epoch,
+                round: header.round,
+                voter: self.voter,
+            };
+            let to = SocketAddr::from((*from.ip(), header.ack_port));
+            match ack.send(socket, to, &[]) {
+                Ok(()) => self.count(ACKED),
+                Err(err) => {
+                    self.count(ACK_FAILURES);
+                    log::debug!("elec-broadcast: sending the ack of round {round}: {err}");
+                }
+            }
+            return Ok(Receipt::Taken { round });
+        }
+    }
+
+    /// The round the replier takes next in the armed epoch (0 when frozen
+    /// or not armed).
+    pub fn next_round(&self) -> u64 {
+        match self.arming() {
+            Some(arming) if arming.armed => {
+                let next = self.next_cell().load(SeqCst);
+                if next >> TAG_SHIFT == arming.tag {
+                    next & MAX_ROUND
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    /// A descriptor that polls readable when the kernel has queued
+    /// datagrams ([`Replier::drain`] them); `None` in the user-space mode.
+    pub fn ring_fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.backend {
+            Backend::Kernel(replier) => {
+                let fd: RawFd = replier.ring_fd();
+                // SAFETY: the epoll descriptor is owned by the ring consumer,
+                // which lives as long as `self` (the borrow).
+                Some(unsafe { BorrowedFd::borrow_raw(fd) })
+            }
+            Backend::UserSpace(_) => None,
+        }
+    }
+
+    /// What the kernel and [`Replier::receive`] decided so far.
+    pub fn counters(&self) -> io::Result<ReplyCounters> {
+        let kernel = match &self.backend {
+            Backend::Kernel(replier) => {
+                let c: ReplyKernelCounters = replier.counters()?;
+                ReplyDecisions {
+                    acked: c.acked,
+                    ring_full: c.ring_full,
+                    gaps: c.gaps,
+                    duplicates: c.duplicates,
+                    other_epoch: c.other_epoch,
+                    frozen: c.frozen,
+                    not_sequenced: c.not_sequenced,
+                    too_long: c.too_long,
+                    bad_checksum: c.bad_checksum,
+                    ack_failures: c.ack_failures,
+                }
+            }
+            Backend::UserSpace(_) => ReplyDecisions::default(),
+        };
+        let [acked, ring_full, gaps, duplicates, other_epoch, frozen, not_sequenced, too_long, bad_checksum, ack_failures] =
+            self.user_space.each_ref().map(|c| c.load(SeqCst));
+        Ok(ReplyCounters {
+            kernel,
+            user_space: ReplyDecisions {
+                acked,
+                ring_full,
+                gaps,
+                duplicates,
+                other_epoch,
+                frozen,
+                not_sequenced,
+                too_long,
+                bad_checksum,
+                ack_failures,
+            },
+        })
+    }
+
+    fn count(&self, index: usize) {
+        self.user_space[index].fetch_add(1, SeqCst);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A ring record (`struct eb_record` and the payload) as a datagram.
+fn parse_record(record: &[u8]) -> Option<Datagram> {
+    let len = u32::from_ne_bytes(record.get(0..4)?.try_into().ok()?) as usize;
+    let addr: [u8; 4] = record.get(4..8)?.try_into().ok()?;
+    let port = u16::from_be_bytes(record.get(8..10)?.try_into().ok()?);
+    let bytes = record.get(16..16 + len)?;
+    let (header, payload) = Sequenced::parse(bytes).ok()?;
+    Some(Datagram {
+        header,
+        from: SocketAddrV4::new(addr.into(), port),
+        payload: payload.to_vec(),
+        from_kernel: true,
+    })
+}
