@@ -5,7 +5,8 @@
  * The program sees every packet the interface receives. It acts only on
  * IPv4 UDP datagrams to the configured port that carry a valid cumulative
  * `struct eb_ack` (include/elec_wire.h) of the configured epoch, from a
- * configured voter, for a round in (complete, high]. For those it keeps,
+ * configured voter (from that voter's address), for a round in
+ * (complete, high]. For those it keeps,
  * per voter, the highest round acknowledged and, for the whole set, the
  * highest round that k voters have acknowledged (`complete`):
  *
@@ -237,7 +238,8 @@ int collect(struct __sk_buff *skb)
 	struct eb_quorum *q;
 	struct eb_quorum_counters *c;
 	__u64 gen, epoch, voters, high, round;
-	__u32 zero = 0, k, voter;
+	__u32 zero = 0, k, voter, addr;
+	__u16 port;
 	enum verdict v;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
@@ -270,18 +272,23 @@ int collect(struct __sk_buff *skb)
 	}
 	/* A consistent snapshot of the configuration (sequence lock; the
 	 * atomic reads are full barriers). */
+	voter = bpf_ntohs(p.ack.voter) & (EB_MAX_VOTERS - 1); /* checked below */
 	gen = __sync_fetch_and_add(&q->generation, 0);
 	epoch = READ_ONCE(q->epoch);
 	voters = READ_ONCE(q->voters);
 	high = READ_ONCE(q->high);
 	k = READ_ONCE(q->k);
+	addr = READ_ONCE(q->voter_addr[voter].addr);
+	port = READ_ONCE(q->voter_addr[voter].port);
 	if (gen == 0 || (gen & 1) || __sync_fetch_and_add(&q->generation, 0) != gen ||
 	    bpf_be64_to_cpu(p.ack.epoch) != epoch || k == 0 || k > EB_MAX_VOTERS) {
 		v = OTHER_EPOCH;
 		goto out;
 	}
-	voter = bpf_ntohs(p.ack.voter);
-	if (voter >= EB_MAX_VOTERS || !(voters & (1ULL << voter))) {
+	/* A voter counts only from its own address: nobody else can vote in
+	 * its name. */
+	if (bpf_ntohs(p.ack.voter) >= EB_MAX_VOTERS || !(voters & (1ULL << voter)) ||
+	    p.ip.saddr != addr || p.udp.source != port) {
 		v = UNKNOWN_VOTER;
 		goto out;
 	}

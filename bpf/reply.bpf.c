@@ -6,7 +6,8 @@
  *
  * The program acts on IPv4 UDP datagrams to the configured port that start
  * with a valid `struct eb_sequenced` (include/elec_wire.h). For the one
- * whose round is the next expected one in the armed epoch:
+ * whose round is the next expected one in the armed epoch, from the armed
+ * sender (nobody else can make this host acknowledge anything):
  *
  *   reserve room in the ring, copy the datagram in
  *   take the round (compare-and-swap `next` to round + 1), submit the record
@@ -263,7 +264,8 @@ int fast_reply(struct __sk_buff *skb)
 	struct eb_reply *r;
 	struct eb_reply_counters *c;
 	__u64 gen, epoch, round, next, tag;
-	__u32 zero = 0, len, armed;
+	__u32 zero = 0, len, armed, sender_addr;
+	__u16 sender_port;
 	__u16 voter;
 	int partial = 0;
 	enum verdict v;
@@ -311,12 +313,15 @@ int fast_reply(struct __sk_buff *skb)
 	voter = READ_ONCE(r->voter);
 	armed = READ_ONCE(r->armed);
 	next = READ_ONCE(r->next);
+	sender_addr = READ_ONCE(r->sender_addr);
+	sender_port = READ_ONCE(r->sender_port);
 	/* `next` carries the tag of the arming it belongs to (as the quorum's
 	 * tallies do): a round taken under an old arming can never be taken
 	 * at the position of a new one. */
 	tag = (gen / 2) % 0xffff + 1;
 	if (gen == 0 || (gen & 1) || __sync_fetch_and_add(&r->generation, 0) != gen ||
-	    bpf_be64_to_cpu(seq.epoch) != epoch || (next >> TAG_SHIFT) != tag) {
+	    bpf_be64_to_cpu(seq.epoch) != epoch || (next >> TAG_SHIFT) != tag ||
+	    h.ip.saddr != sender_addr || h.udp.source != sender_port) {
 		v = armed ? OTHER_EPOCH : FROZEN;
 		goto out;
 	}

@@ -22,6 +22,13 @@
  * verifies itself; longer acks with an unverified checksum pass. */
 #define EB_VERIFY_MAX 256
 
+/* Where a voter's acks come from. */
+struct eb_voter_addr {
+	__be32 addr;  /* IPv4 source address */
+	__be16 port;  /* UDP source port */
+	__u16 pad;
+};
+
 struct eb_quorum {
 	/* Written by user space. */
 	__u64 generation; /* sequence lock, see above; 0 = never configured */
@@ -31,6 +38,7 @@ struct eb_quorum {
 	__u32 k;          /* acks that make a quorum, 1..=EB_MAX_VOTERS */
 	__be16 port;      /* UDP destination port of the acks */
 	__u16 pad;
+	struct eb_voter_addr voter_addr[EB_MAX_VOTERS]; /* acks from elsewhere pass */
 	/* Written by the program (and by user space for the acks it counts). */
 	__u64 complete;               /* tag<<48 | highest round with k voters */
 	__u64 acked[EB_MAX_VOTERS];   /* tag<<48 | highest round voter v acked */
@@ -44,12 +52,12 @@ struct eb_quorum_counters {
 	__u64 late;           /* dropped: the round was complete already */
 	__u64 other_epoch;    /* passed: another epoch, or not configured */
 	__u64 outside_window; /* passed: round 0 or above `high` */
-	__u64 unknown_voter;  /* passed: a voter not in `voters` */
+	__u64 unknown_voter;  /* passed: a voter not in `voters`, or not from its address */
 	__u64 not_acks;       /* passed: to the port but not a valid ack */
 	__u64 unverified;     /* passed: checksum not verifiable here, or contended */
 };
 
-_Static_assert(sizeof(struct eb_quorum) == 48 + 8 * EB_MAX_VOTERS, "eb_quorum layout changed");
+_Static_assert(sizeof(struct eb_quorum) == 48 + 16 * EB_MAX_VOTERS, "eb_quorum layout changed");
 _Static_assert(sizeof(struct eb_quorum_counters) == 72, "eb_quorum_counters layout changed");
 
 #endif /* ELEC_QUORUM_H */

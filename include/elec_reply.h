@@ -4,7 +4,7 @@
  * user space arms and the program advances, the records of the ring buffer,
  * and the program's counters.
  *
- * `epoch`, `voter`, `armed` and `next` change under the sequence lock
+ * `epoch`, `voter`, `armed`, the sender and `next` change under the sequence lock
  * `generation` (odd while user space writes, as in elec_quorum.h). `next`
  * is the round taken next, with the arming's tag in its top 16 bits; both
  * sides advance it only by compare-and-swap, so a datagram is taken
@@ -30,6 +30,9 @@ struct eb_reply {
 	__u32 armed;      /* 0: frozen, nothing taken or acknowledged */
 	__u16 voter;      /* the voter this host acknowledges as */
 	__be16 port;      /* UDP port the sequenced datagrams arrive at */
+	__be32 sender_addr; /* only datagrams from this IPv4 address ... */
+	__be16 sender_port; /* ... and UDP port are taken */
+	__u16 pad;
 };
 
 /* A record of the ring: one datagram, acknowledged by the program. */
@@ -49,7 +52,7 @@ struct eb_reply_counters {
 	__u64 ring_full;     /* passed: no room in the ring */
 	__u64 gaps;          /* passed: a round after the next expected */
 	__u64 duplicates;    /* passed: a round before the next expected */
-	__u64 other_epoch;   /* passed: another epoch, or being re-armed */
+	__u64 other_epoch;   /* passed: another epoch or sender, or being re-armed */
 	__u64 frozen;        /* passed: not armed */
 	__u64 not_sequenced; /* passed: to the port, not a valid sequenced datagram */
 	__u64 too_long;      /* passed: payload above EB_REPLY_MAX_PAYLOAD, or GSO */
@@ -57,7 +60,7 @@ struct eb_reply_counters {
 	__u64 ack_failures;  /* queued, but the ack could not be sent */
 };
 
-_Static_assert(sizeof(struct eb_reply) == 32, "eb_reply layout changed");
+_Static_assert(sizeof(struct eb_reply) == 40, "eb_reply layout changed");
 _Static_assert(sizeof(struct eb_record) == 16, "eb_record layout changed");
 _Static_assert(sizeof(struct eb_reply_counters) == 80, "eb_reply_counters layout changed");
 

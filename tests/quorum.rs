@@ -94,6 +94,16 @@ impl Bench {
     fn voter_addr(&self, voter: usize) -> SocketAddr {
         SocketAddr::from((self.tb.receiver_addrs(voter)[0], VOTER_PORT))
     }
+
+    /// Voters 0..n, each at its own socket's address.
+    fn voters(&self, n: usize) -> Vec<(u16, SocketAddrV4)> {
+        (0..n)
+            .map(|v| {
+                let addr = SocketAddrV4::new(self.tb.receiver_addrs(v)[0], VOTER_PORT);
+                (v as u16, addr)
+            })
+            .collect()
+    }
 }
 
 fn majority(n: usize) -> usize {
@@ -107,7 +117,7 @@ fn majority(n: usize) -> usize {
 fn exactly_one_datagram_per_round(n: usize, mode: Mode) {
     let bench = Bench::new(n, mode);
     let k = majority(n);
-    let voters: Vec<u16> = (0..n as u16).collect();
+    let voters = bench.voters(n);
     bench.quorum.configure(1, &voters, k).unwrap();
     let rounds = 60;
     bench.quorum.extend(rounds);
@@ -134,7 +144,7 @@ fn exactly_one_datagram_per_round(n: usize, mode: Mode) {
                 continue;
             };
             reached += 1;
-            match bench.quorum.receive(&buf[..len]) {
+            match bench.quorum.receive(&buf[..len], from) {
                 Verdict::Quorum { round: r } if r == round => {
                     if mode == Mode::Kernel {
                         assert_eq!(&buf[..len], &bench.ack(kth, 1, round)[..]);
@@ -153,8 +163,8 @@ fn exactly_one_datagram_per_round(n: usize, mode: Mode) {
         }
     }
     let rest = bench.drain(Duration::from_millis(200));
-    for (bytes, _) in &rest {
-        let verdict = bench.quorum.receive(bytes);
+    for (bytes, from) in &rest {
+        let verdict = bench.quorum.receive(bytes, *from);
         assert!(
             mode == Mode::UserSpace && verdict == Verdict::Late,
             "after the last round: {verdict:?}"
@@ -215,7 +225,7 @@ fn model_complete(acked: &HashMap<usize, u64>, k: usize) -> u64 {
 fn loss_reordering_and_an_epoch_change(n: usize, mode: Mode) {
     let bench = Bench::new(n, mode);
     let k = majority(n);
-    let voters: Vec<u16> = (0..n as u16).collect();
+    let voters = bench.voters(n);
     let mut rng = SmallRng::seed_from_u64(0xec + n as u64);
     let mut foreign_sent: Vec<Vec<u8>> = Vec::new();
     let mut other = 0usize;
@@ -226,11 +236,11 @@ fn loss_reordering_and_an_epoch_change(n: usize, mode: Mode) {
         let mut buf = [0u8; 2048];
         let mut idle_since = Instant::now();
         while !stop.load(Ordering::SeqCst) || idle_since.elapsed() < Duration::from_millis(150) {
-            let Ok((len, _)) = bench.socket.recv_from(&mut buf) else {
+            let Ok((len, from)) = bench.socket.recv_from(&mut buf) else {
                 continue;
             };
             idle_since = Instant::now();
-            match bench.quorum.receive(&buf[..len]) {
+            match bench.quorum.receive(&buf[..len], from) {
                 Verdict::Quorum { round } => rounds.push(round),
                 Verdict::NotAnAck | Verdict::OtherEpoch | Verdict::UnknownVoter => other += 1,
                 // User space sees every ack; in the kernel mode, a quorum
@@ -288,6 +298,8 @@ fn loss_reordering_and_an_epoch_change(n: usize, mode: Mode) {
                     if epoch == 2 {
                         foreign.push(bench.ack(1, 1, round + 1000));
                     }
+                    // Voter 1's name, voter 0's address: never counted.
+                    foreign.push(bench.ack(1, epoch, rounds));
                     for bytes in foreign {
                         bench.send(0, &bytes);
                         foreign_sent.push(bytes);
@@ -328,7 +340,7 @@ fn loss_reordering_and_an_epoch_change(n: usize, mode: Mode) {
     if mode == Mode::Kernel {
         let kernel = counters.kernel;
         assert_eq!(kernel.not_acks, 2 * 6, "{counters:?}");
-        assert_eq!(kernel.unknown_voter, 2 * 6, "{counters:?}");
+        assert_eq!(kernel.unknown_voter, 2 * 6 + 2 * 6, "{counters:?}");
         assert_eq!(kernel.other_epoch, 6, "{counters:?}");
         assert_eq!(kernel.unverified, 0, "{counters:?}");
         assert_eq!(
@@ -354,21 +366,24 @@ fn loss_reordering_duplicates_and_an_epoch_change() {
 fn acks_above_the_window_pass_until_it_moves() {
     elec_testbed::require_root!();
     let bench = Bench::new(3, Mode::Kernel);
-    bench.quorum.configure(9, &[0, 1, 2], 2).unwrap();
+    bench.quorum.configure(9, &bench.voters(3), 2).unwrap();
     bench.quorum.extend(10);
     let early = bench.ack(0, 9, 11);
     bench.send(0, &early);
     let got = bench.drain(Duration::from_millis(150));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, early);
-    assert_eq!(bench.quorum.receive(&got[0].0), Verdict::OutsideWindow);
+    assert_eq!(
+        bench.quorum.receive(&got[0].0, got[0].1),
+        Verdict::OutsideWindow
+    );
     bench.quorum.extend(11);
     bench.send(0, &early);
     bench.send(1, &bench.ack(1, 9, 11));
     let got = bench.drain(Duration::from_millis(150));
     assert_eq!(got.len(), 1, "only the quorum ack: {got:?}");
     assert_eq!(
-        bench.quorum.receive(&got[0].0),
+        bench.quorum.receive(&got[0].0, got[0].1),
         Verdict::Quorum { round: 11 }
     );
     let kernel = bench.quorum.counters().unwrap().kernel;
@@ -382,7 +397,7 @@ fn acks_above_the_window_pass_until_it_moves() {
 fn other_ports_are_not_looked_at() {
     elec_testbed::require_root!();
     let bench = Bench::new(3, Mode::Kernel);
-    bench.quorum.configure(1, &[0, 1, 2], 1).unwrap();
+    bench.quorum.configure(1, &bench.voters(3), 1).unwrap();
     bench.quorum.extend(5);
     let other = sender_socket(&bench.tb, PORT + 1);
     other
@@ -400,4 +415,35 @@ fn other_ports_are_not_looked_at() {
     assert_eq!(bench.quorum.complete(), 0);
     let kernel = bench.quorum.counters().unwrap().kernel;
     assert_eq!(kernel, Default::default());
+}
+
+/// An ack in one voter's name from another voter's address is not counted
+/// (nobody votes for somebody else), and passes to user space, where the
+/// collector does not count it either.
+#[test]
+fn a_voter_counts_only_from_its_own_address() {
+    elec_testbed::require_root!();
+    for mode in [Mode::Kernel, Mode::UserSpace] {
+        let bench = Bench::new(3, mode);
+        bench.quorum.configure(1, &bench.voters(3), 2).unwrap();
+        bench.quorum.extend(5);
+        let forged = bench.ack(1, 1, 5);
+        bench.send(0, &bench.ack(0, 1, 5));
+        bench.send(0, &forged); // voter 1's name, voter 0's socket
+        let got = bench.drain(Duration::from_millis(150));
+        let verdicts: Vec<Verdict> = got
+            .iter()
+            .map(|(bytes, from)| bench.quorum.receive(bytes, *from))
+            .collect();
+        assert_eq!(bench.quorum.complete(), 0, "{mode:?}: {verdicts:?}");
+        assert!(
+            verdicts.contains(&Verdict::UnknownVoter),
+            "{mode:?}: {verdicts:?}"
+        );
+        if mode == Mode::Kernel {
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, forged);
+            assert_eq!(bench.quorum.counters().unwrap().kernel.unknown_voter, 1);
+        }
+    }
 }

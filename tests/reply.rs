@@ -79,6 +79,11 @@ fn drain_all(f: &Follower) -> Vec<Datagram> {
     got
 }
 
+/// Where the sequenced datagrams come from: the sender's ack socket.
+fn leader_addr(tb: &Testbed) -> SocketAddrV4 {
+    SocketAddrV4::new(tb.sender_addr(), ACK_PORT)
+}
+
 fn ack_socket(tb: &Testbed) -> UdpSocket {
     let socket = sender_socket(tb, ACK_PORT);
     socket
@@ -113,7 +118,7 @@ fn queued_and_acked(sender_offload: bool) {
     });
     let f = follower(&tb, 0, Mode::Kernel, DEFAULT_RING_BYTES);
     let acks = ack_socket(&tb);
-    f.replier.arm(3, 1).unwrap();
+    f.replier.arm(3, 1, leader_addr(&tb)).unwrap();
     let sizes = [0usize, 1, 100, 456, 457, 1000, 1448]; // 1448 + 24 = 1472: the MTU's
     let rounds = 140u64;
     for round in 1..=rounds {
@@ -173,7 +178,7 @@ fn the_kernel_never_acks_what_the_ring_did_not_take() {
     let tb = small_testbed(1, 1);
     let f = follower(&tb, 0, Mode::Kernel, 4096);
     let acks = ack_socket(&tb);
-    f.replier.arm(1, 1).unwrap();
+    f.replier.arm(1, 1, leader_addr(&tb)).unwrap();
     let rounds = 60u64;
     for round in 1..=rounds {
         acks.send_to(&sequenced(1, round, 200), f.addr).unwrap();
@@ -221,21 +226,24 @@ fn everything_else_goes_to_the_socket_untouched() {
     let tb = small_testbed(1, 1);
     let f = follower(&tb, 0, Mode::Kernel, DEFAULT_RING_BYTES);
     let acks = ack_socket(&tb);
-    f.replier.arm(5, 10).unwrap();
+    f.replier.arm(5, 10, leader_addr(&tb)).unwrap();
     let foreign = [
         sequenced(5, 9, 10),  // before the next
         sequenced(5, 11, 10), // after it
         sequenced(4, 10, 10), // another epoch
         b"the application's own message".to_vec(),
+        sequenced(5, 10, 10), // the next, but from another sender
     ];
-    for bytes in &foreign {
+    let impostor = sender_socket(&tb, ACK_PORT + 1);
+    for bytes in &foreign[..4] {
         acks.send_to(bytes, f.addr).unwrap();
     }
+    impostor.send_to(&foreign[4], f.addr).unwrap();
     let got = drain_socket(&f.socket, Duration::from_millis(100));
     let got: Vec<Vec<u8>> = got.into_iter().map(|(b, _)| b).collect();
     assert_eq!(got, foreign.to_vec());
     assert!(drain_socket(&acks, Duration::from_millis(50)).is_empty());
-    let receipts: Vec<Receipt> = got
+    let receipts: Vec<Receipt> = got[..4]
         .iter()
         .map(|b| {
             f.replier
@@ -247,6 +255,13 @@ fn everything_else_goes_to_the_socket_untouched() {
     assert!(matches!(receipts[1], Receipt::Gap { .. }));
     assert!(matches!(receipts[2], Receipt::OtherEpoch { .. }));
     assert_eq!(receipts[3], Receipt::NotSequenced);
+    let from_impostor = SocketAddr::from((tb.sender_addr(), ACK_PORT + 1));
+    assert!(matches!(
+        f.replier
+            .receive(&f.socket, &got[4], from_impostor)
+            .unwrap(),
+        Receipt::OtherEpoch { .. }
+    ));
 
     acks.send_to(&sequenced(5, 10, 10), f.addr).unwrap();
     let acked = drain_socket(&acks, Duration::from_millis(100));
@@ -269,7 +284,7 @@ fn everything_else_goes_to_the_socket_untouched() {
             kernel.other_epoch,
             kernel.frozen
         ),
-        (1, 1, 1, 1, 1),
+        (1, 1, 1, 2, 1),
         "{kernel:?}"
     );
     assert_eq!(kernel.not_sequenced, 1);
@@ -277,7 +292,7 @@ fn everything_else_goes_to_the_socket_untouched() {
     let mut delivered = Vec::new();
     f.replier.drain(|d| delivered.push(d.header.round)).unwrap();
     assert_eq!(delivered, [10]);
-    f.replier.arm(6, 1).unwrap();
+    f.replier.arm(6, 1, leader_addr(&tb)).unwrap();
     acks.send_to(&sequenced(6, 1, 10), f.addr).unwrap();
     assert_eq!(drain_socket(&acks, Duration::from_millis(100)).len(), 1);
 }
@@ -299,11 +314,13 @@ fn scatter_reply_gather(n: usize, reply_mode: Mode, quorum_mode: Mode) {
     let followers: Vec<Follower> = (0..n)
         .map(|i| follower(&tb, i, reply_mode, DEFAULT_RING_BYTES))
         .collect();
-    let voters: Vec<u16> = (0..n as u16).collect();
+    let voters: Vec<(u16, SocketAddrV4)> = (0..n)
+        .map(|i| (i as u16, SocketAddrV4::new(tb.receiver_addrs(i)[0], PORT)))
+        .collect();
     let k = n / 2 + 1;
     quorum.configure(1, &voters, k).unwrap();
     for f in &followers {
-        f.replier.arm(1, 1).unwrap();
+        f.replier.arm(1, 1, leader_addr(&tb)).unwrap();
     }
     let dests: Vec<SocketAddr> = followers.iter().map(|f| f.addr).collect();
     let rounds = 100u64;
@@ -335,10 +352,10 @@ fn scatter_reply_gather(n: usize, reply_mode: Mode, quorum_mode: Mode) {
         let deadline = Instant::now() + WAIT;
         loop {
             assert!(Instant::now() < deadline, "no quorum for round {round}");
-            let Ok((len, _)) = leader.recv_from(&mut buf) else {
+            let Ok((len, from)) = leader.recv_from(&mut buf) else {
                 continue;
             };
-            match quorum.receive(&buf[..len]) {
+            match quorum.receive(&buf[..len], from) {
                 Verdict::Quorum { round: r } if r == round => break,
                 Verdict::Counted | Verdict::Late | Verdict::Duplicate => {}
                 other => panic!("round {round}: {other:?}"),
@@ -421,7 +438,7 @@ fn a_wrong_checksum_is_never_queued_or_acked() {
     let tb = small_testbed(1, 1);
     let f = follower(&tb, 0, Mode::Kernel, DEFAULT_RING_BYTES);
     let acks = ack_socket(&tb);
-    f.replier.arm(2, 1).unwrap();
+    f.replier.arm(2, 1, leader_addr(&tb)).unwrap();
     let raw = in_namespace(tb.sender_ns(), || {
         socket(
             AddressFamily::Inet,

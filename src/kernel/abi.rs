@@ -88,11 +88,11 @@ const _: () = {
     assert!(offset_of!(QuorumShared, generation) % 8 == 0);
     assert!(offset_of!(QuorumShared, complete) % 8 == 0);
     assert!(offset_of!(QuorumShared, acked) % 8 == 0);
-    assert!(size_of::<QuorumShared>() == 48 + 8 * constants::EB_MAX_VOTERS as usize);
+    assert!(size_of::<QuorumShared>() == 48 + 16 * constants::EB_MAX_VOTERS as usize);
     assert!(size_of::<QuorumKernelCounters>() == 72);
     assert!(offset_of!(ReplyShared, generation) % 8 == 0);
     assert!(offset_of!(ReplyShared, next) % 8 == 0);
-    assert!(size_of::<ReplyShared>() == 32);
+    assert!(size_of::<ReplyShared>() == 40);
     assert!(size_of::<ReplyKernelCounters>() == 80);
 };
 

@@ -4,6 +4,7 @@
 mod tally;
 
 use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -28,19 +29,23 @@ use tally::{tag_of, Decision, Tallies};
 /// same in both:
 ///
 /// ```no_run
-/// use std::net::UdpSocket;
+/// use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 /// use elec_broadcast::{Quorum, Verdict};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let socket = UdpSocket::bind("10.0.0.1:7000")?;
 /// let quorum = Quorum::new("eth0", 7000)?;
-/// // Epoch 1, voters 1..=6, quorum of 3 acks (a leader of 7 needs 3 more).
-/// quorum.configure(1, &[1, 2, 3, 4, 5, 6], 3)?;
+/// // Epoch 1, voters 1..=6 at 10.0.0.2..=7, port 7000; a quorum of 3
+/// // acks (a leader of 7 replicas needs 3 more).
+/// let voters: Vec<(u16, SocketAddrV4)> = (1..=6)
+///     .map(|v| (v, SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1 + v as u8), 7000)))
+///     .collect();
+/// quorum.configure(1, &voters, 3)?;
 /// quorum.extend(1); // round 1 is out
 /// let mut buf = [0u8; 2048];
 /// loop {
-///     let (len, _from) = socket.recv_from(&mut buf)?;
-///     match quorum.receive(&buf[..len]) {
+///     let (len, from) = socket.recv_from(&mut buf)?;
+///     match quorum.receive(&buf[..len], from) {
 ///         Verdict::Quorum { round } => println!("rounds up to {round} are committed"),
 ///         Verdict::NotAnAck => { /* the application's own message */ }
 ///         _ => {}
@@ -195,14 +200,20 @@ impl Quorum {
         self.fallback_reason.as_ref()
     }
 
-    /// Starts counting `epoch`: acks from `voters` (each below
-    /// [`MAX_VOTERS`], no repeats), `k` of which make a quorum. Tallies of
-    /// the previous epoch are discarded at once, and no ack of another epoch
-    /// is ever counted in this one. The window is empty until
-    /// [`Quorum::extend`].
-    pub fn configure(&self, epoch: u64, voters: &[u16], k: usize) -> Result<(), Error> {
+    /// Starts counting `epoch`: acks from `voters` (each a number below
+    /// [`MAX_VOTERS`], no repeats, with the address its acks come from: an
+    /// ack in a voter's name from anywhere else is not counted), `k` of
+    /// which make a quorum. Tallies of the previous epoch are discarded at
+    /// once, and no ack of another epoch is ever counted in this one. The
+    /// window is empty until [`Quorum::extend`].
+    pub fn configure(
+        &self,
+        epoch: u64,
+        voters: &[(u16, SocketAddrV4)],
+        k: usize,
+    ) -> Result<(), Error> {
         let mut set = 0u64;
-        for &voter in voters {
+        for &(voter, _) in voters {
             if voter >= MAX_VOTERS {
                 return Err(Error::InvalidQuorum {
                     why: format!("voter {voter} is not below {MAX_VOTERS}"),
@@ -221,7 +232,7 @@ impl Quorum {
             });
         }
         let _one_at_a_time = self.configuring.lock().unwrap_or_else(|e| e.into_inner());
-        self.tallies.configure(epoch, set, k as u32, 0);
+        self.tallies.configure(epoch, voters, k as u32, 0);
         Ok(())
     }
 
@@ -236,12 +247,16 @@ impl Quorum {
     /// counts it if it is an ack the kernel left to user space, and reports
     /// [`Verdict::Quorum`] whenever the highest complete round advanced since
     /// the last report (whoever counted the ack that completed it).
-    pub fn receive(&self, datagram: &[u8]) -> Verdict {
-        let decision = match (Ack::parse(datagram), self.tallies.config()) {
-            (Err(_), _) => Decision::NotAnAck,
-            (Ok(_), None) => Decision::OtherEpoch,
-            (Ok((ack, _)), Some(config)) => {
-                let decision = self.tallies.tally(&config, &ack);
+    pub fn receive(&self, datagram: &[u8], from: SocketAddr) -> Verdict {
+        let Ok((ack, _)) = Ack::parse(datagram) else {
+            self.count(Decision::NotAnAck);
+            return Verdict::NotAnAck;
+        };
+        let decision = match (from, self.tallies.config(ack.voter)) {
+            (_, None) => Decision::OtherEpoch,
+            (SocketAddr::V6(_), _) => Decision::UnknownVoter,
+            (SocketAddr::V4(from), Some(config)) => {
+                let decision = self.tallies.tally(&config, &ack, from);
                 // Only an ack of this configuration reports an advance: any
                 // other datagram keeps its own meaning for the application.
                 if matches!(
@@ -283,13 +298,13 @@ impl Quorum {
     /// if none).
     pub fn complete(&self) -> u64 {
         self.tallies
-            .config()
+            .config(0)
             .map_or(0, |config| self.tallies.complete(&config))
     }
 
     /// The voters that have acknowledged `round` of the current epoch so far.
     pub fn voters(&self, round: u64) -> Vec<u16> {
-        let Some(config) = self.tallies.config() else {
+        let Some(config) = self.tallies.config(0) else {
             return Vec::new();
         };
         let set = self.tallies.voters_at(&config, round);

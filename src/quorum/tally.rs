@@ -9,7 +9,8 @@
 //! the old epoch cannot mix into the new one. `configure` also zeroes the
 //! tallies, which keeps epochs apart when the tags wrap around.
 
-use std::ptr::{addr_of_mut, NonNull};
+use std::net::SocketAddrV4;
+use std::ptr::{addr_of, addr_of_mut, NonNull};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use crate::header::Ack;
@@ -65,6 +66,8 @@ pub(crate) struct Config {
     pub(crate) voters: u64,
     pub(crate) high: u64,
     pub(crate) k: u32,
+    /// The address of the voter asked for in `config`, if it is one.
+    pub(crate) voter_addr: Option<SocketAddrV4>,
 }
 
 impl Tallies {
@@ -115,12 +118,25 @@ impl Tallies {
     /// Installs a configuration: a new epoch, voter set and quorum size,
     /// with rounds up to `high` counted. Tallies of earlier configurations
     /// become stale at once. Only one thread may configure at a time.
-    pub(crate) fn configure(&self, epoch: u64, voters: u64, k: u32, high: u64) {
+    pub(crate) fn configure(&self, epoch: u64, voters: &[(u16, SocketAddrV4)], k: u32, high: u64) {
         let generation = self.generation().load(SeqCst);
         let writing = generation | 1;
         self.generation().store(writing, SeqCst);
         self.epoch().store(epoch, SeqCst);
-        self.voters().store(voters, SeqCst);
+        let mut set = 0u64;
+        for &(voter, addr) in voters {
+            let voter = usize::from(voter);
+            assert!(voter < MAX_VOTERS as usize, "checked by the caller");
+            set |= 1 << voter;
+            // SAFETY: inside the valid struct; the program reads these only
+            // under the sequence lock, which is odd now.
+            unsafe {
+                let slot = addr_of_mut!((*self.0.as_ptr()).voter_addr[voter]);
+                (*slot).addr = u32::from_ne_bytes(addr.ip().octets());
+                (*slot).port = addr.port().to_be();
+            }
+        }
+        self.voters().store(set, SeqCst);
         self.high().store(high.min(MAX_ROUND), SeqCst);
         self.k().store(k, SeqCst);
         // The tags alone keep epochs apart until they wrap around (65535
@@ -140,19 +156,32 @@ impl Tallies {
         self.high().fetch_max(high.min(MAX_ROUND), SeqCst);
     }
 
-    /// The current configuration, or `None` before the first `configure`.
-    pub(crate) fn config(&self) -> Option<Config> {
+    /// The current configuration, or `None` before the first `configure`,
+    /// with the address of `voter` if it is one.
+    pub(crate) fn config(&self, voter: u16) -> Option<Config> {
         loop {
             let generation = self.generation().load(SeqCst);
             if generation == 0 {
                 return None;
             }
+            let voters = self.voters().load(SeqCst);
+            let voter_addr = (voter < MAX_VOTERS as u16 && voters & 1 << voter != 0).then(|| {
+                // SAFETY: inside the valid struct; a torn read is caught by
+                // the sequence lock below.
+                let slot = unsafe {
+                    std::ptr::read_volatile(addr_of!(
+                        (*self.0.as_ptr()).voter_addr[usize::from(voter)]
+                    ))
+                };
+                SocketAddrV4::new(slot.addr.to_ne_bytes().into(), u16::from_be(slot.port))
+            });
             let config = Config {
                 generation,
                 epoch: self.epoch().load(SeqCst),
-                voters: self.voters().load(SeqCst),
+                voters,
                 high: self.high().load(SeqCst),
                 k: self.k().load(SeqCst),
+                voter_addr,
             };
             if generation & 1 == 0 && self.generation().load(SeqCst) == generation {
                 return Some(config);
@@ -175,13 +204,14 @@ impl Tallies {
             .fold(0, |set, v| set | 1 << v)
     }
 
-    /// Counts `ack` under `config`, as the program would have.
-    pub(crate) fn tally(&self, config: &Config, ack: &Ack) -> Decision {
+    /// Counts `ack`, received from `from`, under `config` (read for
+    /// `ack.voter`), as the program would have.
+    pub(crate) fn tally(&self, config: &Config, ack: &Ack, from: SocketAddrV4) -> Decision {
         if ack.epoch != config.epoch || config.k == 0 || config.k > MAX_VOTERS {
             return Decision::OtherEpoch;
         }
         let voter = usize::from(ack.voter);
-        if voter >= MAX_VOTERS as usize || config.voters & (1 << voter) == 0 {
+        if config.voter_addr != Some(from) {
             return Decision::UnknownVoter;
         }
         if ack.round == 0 || ack.round > config.high || ack.round > MAX_ROUND {
@@ -261,80 +291,101 @@ mod tests {
         }
     }
 
+    fn addr(voter: u16) -> SocketAddrV4 {
+        SocketAddrV4::new([10, 0, 0, voter as u8 + 1].into(), 7000)
+    }
+
+    /// Voters numbered by the bits of `set`.
+    fn voters(set: u64) -> Vec<(u16, SocketAddrV4)> {
+        (0..64)
+            .filter(|v| set & 1 << v != 0)
+            .map(|v| (v, addr(v)))
+            .collect()
+    }
+
+    /// Tallies `a` as received from its voter's address.
+    fn count(t: &Tallies, a: Ack) -> Decision {
+        let config = t.config(a.voter).unwrap();
+        t.tally(&config, &a, addr(a.voter))
+    }
+
+
     #[test]
     fn the_kth_ack_completes_and_only_it() {
         let (_mem, t) = heap();
-        t.configure(1, 0b11111, 3, 100);
-        let c = t.config().unwrap();
-        assert_eq!(t.tally(&c, &ack(1, 1, 0)), Decision::Counted);
-        assert_eq!(t.tally(&c, &ack(1, 1, 0)), Decision::Duplicate);
-        assert_eq!(t.tally(&c, &ack(1, 1, 1)), Decision::Counted);
-        assert_eq!(t.tally(&c, &ack(1, 1, 2)), Decision::Quorum);
+        t.configure(1, &voters(0b11111), 3, 100);
+        let c = t.config(0).unwrap();
+        assert_eq!(count(&t, ack(1, 1, 0)), Decision::Counted);
+        assert_eq!(count(&t, ack(1, 1, 0)), Decision::Duplicate);
+        assert_eq!(count(&t, ack(1, 1, 1)), Decision::Counted);
+        assert_eq!(count(&t, ack(1, 1, 2)), Decision::Quorum);
         assert_eq!(t.complete(&c), 1);
-        assert_eq!(t.tally(&c, &ack(1, 1, 3)), Decision::Late);
+        assert_eq!(count(&t, ack(1, 1, 3)), Decision::Late);
         assert_eq!(t.voters_at(&c, 1), 0b1111);
     }
 
     #[test]
     fn cumulative_acks_cover_lost_ones() {
         let (_mem, t) = heap();
-        t.configure(1, 0b111, 2, 100);
-        let c = t.config().unwrap();
-        assert_eq!(t.tally(&c, &ack(1, 10, 0)), Decision::Counted);
+        t.configure(1, &voters(0b111), 2, 100);
+        let c = t.config(0).unwrap();
+        assert_eq!(count(&t, ack(1, 10, 0)), Decision::Counted);
         // Voter 1's acks for 1..=7 were lost; its ack for 8 completes 8.
-        assert_eq!(t.tally(&c, &ack(1, 8, 1)), Decision::Quorum);
+        assert_eq!(count(&t, ack(1, 8, 1)), Decision::Quorum);
         assert_eq!(t.complete(&c), 8);
-        assert_eq!(t.tally(&c, &ack(1, 12, 1)), Decision::Quorum);
+        assert_eq!(count(&t, ack(1, 12, 1)), Decision::Quorum);
         assert_eq!(t.complete(&c), 10);
     }
 
     #[test]
     fn a_new_epoch_never_mixes_with_the_old() {
         let (_mem, t) = heap();
-        t.configure(1, 0b111, 2, 100);
-        let old = t.config().unwrap();
-        assert_eq!(t.tally(&old, &ack(1, 5, 0)), Decision::Counted);
-        t.configure(2, 0b111, 2, 100);
-        let new = t.config().unwrap();
+        t.configure(1, &voters(0b111), 2, 100);
+        let (old1, old2) = (t.config(1).unwrap(), t.config(2).unwrap());
+        assert_eq!(count(&t, ack(1, 5, 0)), Decision::Counted);
+        t.configure(2, &voters(0b111), 2, 100);
+        let new = t.config(0).unwrap();
         assert_eq!(t.complete(&new), 0);
-        assert_eq!(t.tally(&new, &ack(1, 5, 1)), Decision::OtherEpoch);
+        assert_eq!(count(&t, ack(1, 5, 1)), Decision::OtherEpoch);
         // A run still holding the old configuration writes old tags only.
-        assert_eq!(t.tally(&old, &ack(1, 5, 1)), Decision::Counted);
-        assert_eq!(t.tally(&old, &ack(1, 5, 2)), Decision::Quorum);
+        assert_eq!(t.tally(&old1, &ack(1, 5, 1), addr(1)), Decision::Counted);
+        assert_eq!(t.tally(&old2, &ack(1, 5, 2), addr(2)), Decision::Quorum);
         assert_eq!(t.complete(&new), 0);
-        assert_eq!(t.tally(&new, &ack(2, 5, 1)), Decision::Counted);
-        assert_eq!(t.tally(&new, &ack(2, 3, 2)), Decision::Quorum);
+        assert_eq!(count(&t, ack(2, 5, 1)), Decision::Counted);
+        assert_eq!(count(&t, ack(2, 3, 2)), Decision::Quorum);
         assert_eq!(t.complete(&new), 3);
     }
 
     #[test]
     fn unsure_acks_are_not_counted() {
         let (_mem, t) = heap();
-        t.configure(4, 0b101, 1, 50);
-        let c = t.config().unwrap();
-        assert_eq!(t.tally(&c, &ack(4, 51, 0)), Decision::OutsideWindow);
-        assert_eq!(t.tally(&c, &ack(4, 5, 1)), Decision::UnknownVoter);
-        assert_eq!(t.tally(&c, &ack(3, 5, 0)), Decision::OtherEpoch);
+        t.configure(4, &voters(0b101), 1, 50);
+        let c = t.config(0).unwrap();
+        assert_eq!(count(&t, ack(4, 51, 0)), Decision::OutsideWindow);
+        assert_eq!(count(&t, ack(4, 5, 1)), Decision::UnknownVoter);
+        // Voter 0's ack from voter 2's address is no vote of voter 0.
+        let c0 = t.config(0).unwrap();
+        assert_eq!(t.tally(&c0, &ack(4, 5, 0), addr(2)), Decision::UnknownVoter);
+        assert_eq!(count(&t, ack(3, 5, 0)), Decision::OtherEpoch);
         assert_eq!(t.complete(&c), 0);
         t.extend(60);
-        let c = t.config().unwrap();
-        assert_eq!(t.tally(&c, &ack(4, 51, 0)), Decision::Quorum);
+        assert_eq!(count(&t, ack(4, 51, 0)), Decision::Quorum);
     }
 
     #[test]
     fn tags_wrap_around_without_reviving_old_tallies() {
         let (_mem, t) = heap();
-        t.configure(0, 0b11, 2, 10);
-        let first = t.config().unwrap();
-        assert_eq!(t.tally(&first, &ack(0, 7, 0)), Decision::Counted);
+        t.configure(0, &voters(0b11), 2, 10);
+        let first = t.config(0).unwrap();
+        assert_eq!(count(&t, ack(0, 7, 0)), Decision::Counted);
         // Every configuration since then has had its own tag; the one that
         // comes round to the first tag again starts from nothing too.
         for epoch in 1..=0xffff {
-            t.configure(epoch, 0b11, 2, 10);
+            t.configure(epoch, &voters(0b11), 2, 10);
         }
-        let again = t.config().unwrap();
+        let again = t.config(0).unwrap();
         assert_eq!(tag_of(again.generation), tag_of(first.generation));
-        assert_eq!(t.tally(&again, &ack(0xffff, 7, 1)), Decision::Counted);
+        assert_eq!(count(&t, ack(0xffff, 7, 1)), Decision::Counted);
         assert_eq!(t.complete(&again), 0);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{BorrowedFd, RawFd};
-use std::ptr::{addr_of_mut, NonNull};
+use std::ptr::{addr_of, addr_of_mut, NonNull};
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
 
@@ -49,13 +49,14 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// datagram comes that way; the application code is the same:
 ///
 /// ```no_run
-/// use std::net::UdpSocket;
+/// use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 /// use elec_broadcast::{Receipt, Replier};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let socket = UdpSocket::bind("10.0.0.2:7000")?;
 /// let replier = Replier::new("eth0", 7000, 2)?; // this host votes as voter 2
-/// replier.arm(1, 1)?; // epoch 1, round 1 comes next
+/// let leader = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 7000);
+/// replier.arm(1, 1, leader)?; // epoch 1, round 1 comes next, from the leader
 /// let mut buf = [0u8; 9000];
 /// loop {
 ///     replier.drain(|datagram| println!("round {}", datagram.header.round))?;
@@ -145,7 +146,7 @@ pub enum Receipt {
         /// Its header.
         header: Sequenced,
     },
-    /// Another epoch than the armed one (or not armed yet).
+    /// Another epoch or sender than the armed ones (or not armed yet).
     OtherEpoch {
         /// Its header.
         header: Sequenced,
@@ -202,6 +203,7 @@ struct Arming {
     epoch: u64,
     armed: bool,
     tag: u64,
+    sender: SocketAddrV4,
 }
 
 fn tag_of(generation: u64) -> u64 {
@@ -315,7 +317,7 @@ impl Replier {
 
     /// Writes a new arming under the sequence lock; returns the round that
     /// was next before (0 if none).
-    fn write_arming(&self, epoch: u64, next: Option<u64>) -> u64 {
+    fn write_arming(&self, epoch: u64, next: Option<(u64, SocketAddrV4)>) -> u64 {
         let generation = self.generation().load(SeqCst);
         let writing = generation | 1;
         self.generation().store(writing, SeqCst);
@@ -329,7 +331,20 @@ impl Replier {
         self.voter_cell().store(self.voter, SeqCst);
         let tag = tag_of(writing + 1);
         match next {
-            Some(round) => {
+            Some((round, sender)) => {
+                // SAFETY: inside the valid entry; the program reads these
+                // only under the sequence lock, which is odd now.
+                unsafe {
+                    let entry = self.shared.as_ptr();
+                    std::ptr::write_volatile(
+                        addr_of_mut!((*entry).sender_addr),
+                        u32::from_ne_bytes(sender.ip().octets()),
+                    );
+                    std::ptr::write_volatile(
+                        addr_of_mut!((*entry).sender_port),
+                        sender.port().to_be(),
+                    );
+                }
                 self.next_cell().store(tag << TAG_SHIFT | round, SeqCst);
                 self.armed_cell().store(1, SeqCst);
             }
@@ -345,10 +360,20 @@ impl Replier {
             if generation == 0 {
                 return None;
             }
+            let entry = self.shared.as_ptr();
+            // SAFETY: inside the valid entry; a torn read is caught by the
+            // sequence lock below.
+            let (addr, port) = unsafe {
+                (
+                    std::ptr::read_volatile(addr_of!((*entry).sender_addr)),
+                    std::ptr::read_volatile(addr_of!((*entry).sender_port)),
+                )
+            };
             let arming = Arming {
                 epoch: self.epoch_cell().load(SeqCst),
                 armed: self.armed_cell().load(SeqCst) != 0,
                 tag: tag_of(generation),
+                sender: SocketAddrV4::new(addr.to_ne_bytes().into(), u16::from_be(port)),
             };
             if generation & 1 == 0 && self.generation().load(SeqCst) == generation {
                 return Some(arming);
@@ -357,20 +382,48 @@ impl Replier {
         }
     }
 
-    /// Takes the datagrams of `epoch` from round `next` on (kernel acks
-    /// resume). Taken datagrams of an earlier arming that were not drained
-    /// yet are still delivered, before these.
-    pub fn arm(&self, epoch: u64, next: u64) -> Result<(), Error> {
+    /// Takes the datagrams of `epoch` that `sender` sends, from round `next`
+    /// on (kernel acks resume). Datagrams from anywhere else are never
+    /// taken nor acknowledged. Taken datagrams of an earlier arming that
+    /// were not drained yet are still delivered, before these.
+    pub fn arm(&self, epoch: u64, next: u64, sender: SocketAddrV4) -> Result<(), Error> {
         if next == 0 || next > MAX_ROUND_NUMBER {
             return Err(Error::InvalidReply {
                 why: format!("round {next} is not in 1..={MAX_ROUND_NUMBER}"),
             });
         }
         let mut inner = self.lock();
-        self.write_arming(epoch, Some(next));
+        self.write_arming(epoch, Some((next, sender)));
         inner.epoch = epoch;
         inner.deliver_next = next;
         Ok(())
+    }
+
+    /// Tells the replier that the application holds every round of the
+    /// armed epoch below `next` by other means (a gap it buffered, a state
+    /// transfer): the replier takes from `next` on. Never moves backwards;
+    /// does nothing while frozen.
+    pub fn advance(&self, next: u64) {
+        let mut inner = self.lock();
+        let Some(arming) = self.arming().filter(|a| a.armed) else {
+            return;
+        };
+        let next = next.min(MAX_ROUND_NUMBER);
+        let mut current = self.next_cell().load(SeqCst);
+        while current >> TAG_SHIFT == arming.tag && current & MAX_ROUND < next {
+            match self.next_cell().compare_exchange(
+                current,
+                arming.tag << TAG_SHIFT | next,
+                SeqCst,
+                SeqCst,
+            ) {
+                Ok(_) => {
+                    inner.deliver_next = inner.deliver_next.max(next);
+                    return;
+                }
+                Err(now) => current = now,
+            }
+        }
     }
 
     /// Stops taking and acknowledging (before a view change, say). Returns
@@ -444,7 +497,7 @@ impl Replier {
                 self.count(OTHER_EPOCH);
                 return Ok(Receipt::OtherEpoch { header });
             };
-            if header.epoch != arming.epoch {
+            if header.epoch != arming.epoch || from != arming.sender {
                 self.count(OTHER_EPOCH);
                 return Ok(Receipt::OtherEpoch { header });
             }
