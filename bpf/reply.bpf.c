@@ -197,7 +197,7 @@ static __always_inline enum verdict take(struct __sk_buff *skb, struct eb_reply 
 		bpf_ringbuf_discard(rec, BPF_RB_NO_WAKEUP);
 		return DUPLICATE;
 	}
-	bpf_ringbuf_submit(rec, 0);
+	bpf_ringbuf_submit(rec, (READ_ONCE(r->flags) & EB_REPLY_QUIET) ? BPF_RB_NO_WAKEUP : 0);
 	return ACKED;
 }
 

@@ -17,6 +17,10 @@
 
 #include <linux/types.h>
 
+/* Queue records without waking the application up: it reads the ring on
+ * its own schedule (a follower whose acks the kernel sends, say). */
+#define EB_REPLY_QUIET 1
+
 /* Largest UDP payload the program queues (a 9000-byte jumbo frame's). */
 #define EB_REPLY_MAX_PAYLOAD 8972
 /* Records of up to this payload take a small slot of the ring. */
@@ -32,7 +36,7 @@ struct eb_reply {
 	__be16 port;      /* UDP port the sequenced datagrams arrive at */
 	__be32 sender_addr; /* only datagrams from this IPv4 address ... */
 	__be16 sender_port; /* ... and UDP port are taken */
-	__u16 pad;
+	__u16 flags;        /* EB_REPLY_*, read as they are (no lock) */
 };
 
 /* A record of the ring: one datagram, acknowledged by the program. */

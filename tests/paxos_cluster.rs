@@ -1,12 +1,16 @@
 //! The Multi-Paxos example over real UDP: every replica on a thread inside
-//! its own receiver namespace of an elec-testbed, broadcasting with the
-//! kernel fan-out; closed-loop clients in the sender namespace. Each run's
-//! history must be linearizable, also when a follower or the leader dies
-//! mid-run. Needs root.
+//! its own receiver namespace of an elec-testbed, with all three in-kernel
+//! mechanisms (fan-out, quorum collector, fast reply), each alone, or none;
+//! closed-loop clients in the sender namespace. Each run's history must be
+//! linearizable, also when a follower or the leader dies mid-run and when
+//! the network loses frames. Needs root.
 
 mod common;
 
 // The example's modules, compiled into this test (the example is a binary).
+#[allow(dead_code)]
+#[path = "../examples/paxos/accel.rs"]
+mod accel;
 #[allow(dead_code)]
 #[path = "../examples/paxos/client.rs"]
 mod client;
@@ -37,6 +41,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use accel::Accel;
 use elec_broadcast::Mode;
 use elec_testbed::{spawn_in_namespace, NsThread, Testbed, TestbedConfig, IFACE};
 
@@ -61,7 +66,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(n: usize, mode: Mode) -> Cluster {
+    fn start(n: usize, accel: Accel) -> Cluster {
         let tb = common::testbed(TestbedConfig {
             receivers: n,
             ..TestbedConfig::default()
@@ -87,7 +92,7 @@ impl Cluster {
                 layout: None,
                 bind: None,
                 index: i,
-                mode,
+                accel,
                 iface: IFACE.to_string(),
                 timing: Timing::lan(),
                 exit_with_parent: false,
@@ -176,7 +181,7 @@ fn assert_linearizable_and_complete(report: &ClientReport, requests: usize) {
 
 fn normal_run(n: usize) {
     let _serial = serial();
-    let mut cluster = Cluster::start(n, Mode::Kernel);
+    let mut cluster = Cluster::start(n, Accel::ALL);
     let requests = 2_000;
     let report = cluster.run_clients(requests, 4, &());
     assert_linearizable_and_complete(&report, requests);
@@ -198,6 +203,27 @@ fn normal_run(n: usize) {
         assert_eq!(r.rejected_datagrams, 0);
         assert_eq!(r.stats.view_changes, 0);
     }
+    // The quorum collector woke the leader once per quorum: about one ack
+    // per committed op reached its user space, not n - 1.
+    let quorum = leader.quorum.expect("quorum counters").kernel;
+    assert!(
+        quorum.quorums > 0 && quorum.quorums <= leader.commit_number,
+        "{quorum:?}"
+    );
+    assert!(
+        leader.received_acks <= leader.commit_number + leader.commit_number / 10,
+        "{} acks reached the leader for {} ops",
+        leader.received_acks,
+        leader.commit_number
+    );
+    // The followers' kernels acknowledged their Prepares.
+    for r in reports[1..].iter().flatten() {
+        let reply = r.reply.expect("reply counters");
+        // Most of them: the ones that came before its replier was armed,
+        // out of order, or in a state transfer, its user space took.
+        assert!(reply.kernel.acked >= requests as u64 / 2, "{reply:?}");
+        assert!(reply.kernel.acked > reply.user_space.acked, "{reply:?}");
+    }
 }
 
 #[test]
@@ -214,7 +240,7 @@ fn five_replicas_serve_a_linearizable_history_with_kernel_fan_out() {
 
 fn follower_killed(n: usize) {
     let _serial = serial();
-    let mut cluster = Cluster::start(n, Mode::Kernel);
+    let mut cluster = Cluster::start(n, Accel::ALL);
     let requests = 2_000;
     let killer = KillAfter {
         after: 500,
@@ -251,7 +277,7 @@ fn clients_find_the_new_leader_when_the_leader_dies_mid_run() {
     elec_testbed::require_root!();
     let _serial = serial();
     let n = 3;
-    let mut cluster = Cluster::start(n, Mode::Kernel);
+    let mut cluster = Cluster::start(n, Accel::ALL);
     let requests = 1_000;
     let killer = KillAfter {
         after: 300,
@@ -274,7 +300,7 @@ fn clients_find_the_new_leader_when_the_leader_dies_mid_run() {
 fn user_space_broadcasts_serve_the_same_protocol() {
     elec_testbed::require_root!();
     let _serial = serial();
-    let mut cluster = Cluster::start(3, Mode::UserSpace);
+    let mut cluster = Cluster::start(3, Accel::NONE);
     let report = cluster.run_clients(1_000, 4, &());
     assert_linearizable_and_complete(&report, 1_000);
     let reports = cluster.stop_all();
@@ -282,4 +308,40 @@ fn user_space_broadcasts_serve_the_same_protocol() {
     assert_eq!(leader.mode, Mode::UserSpace);
     assert_eq!(leader.broadcast.kernel_copies, 0);
     assert!(leader.broadcast.user_space_copies >= 2 * 1_000);
+    assert!(leader.quorum.is_none() && leader.reply.is_none());
+}
+
+/// Each mechanism alone serves the same protocol (Electrode's ablation).
+#[test]
+fn each_mechanism_alone_serves_a_linearizable_history() {
+    elec_testbed::require_root!();
+    let _serial = serial();
+    for accel in Accel::ablation() {
+        let mut cluster = Cluster::start(3, accel);
+        let report = cluster.run_clients(600, 4, &());
+        assert_linearizable_and_complete(&report, 600);
+        let reports = cluster.stop_all();
+        let leader = reports[0].as_ref().expect("leader report");
+        assert_eq!(leader.accel, accel);
+        assert_eq!(leader.quorum.is_some(), accel.quorum, "{accel}");
+        assert_eq!(reports[1].as_ref().unwrap().reply.is_some(), accel.reply);
+    }
+}
+
+/// 5% of the frames on every bridge port dropped (nftables), all three
+/// mechanisms on: lost Prepares, lost kernel acks and lost quorum acks are
+/// repaired by retransmission and state transfer.
+#[test]
+fn all_mechanisms_survive_five_percent_loss() {
+    elec_testbed::require_root!();
+    let _serial = serial();
+    let cluster = Cluster::start(3, Accel::ALL);
+    cluster::install_loss(&cluster.tb, 5).expect("installing the loss rule");
+    let report = cluster.run_clients(1_000, 4, &());
+    assert_linearizable_and_complete(&report, 1_000);
+    let dropped = cluster::loss_drops(&cluster.tb);
+    assert!(
+        dropped.is_some_and(|d| d > 0),
+        "frames dropped: {dropped:?}"
+    );
 }

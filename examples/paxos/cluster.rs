@@ -22,13 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use elec_broadcast::Mode;
 use elec_testbed::{Testbed, TestbedConfig, IFACE, SENDER_ADDR};
 use serde::Serialize;
 
+use crate::accel::Accel;
 use crate::config::Config;
 use crate::history;
-use crate::shell::{mode_name, run_clients, ClientOptions, ClientReport, Phases, ReplicaJson};
+use crate::shell::{run_clients, ClientOptions, ClientReport, Phases, ReplicaJson};
 
 /// Pids of live replica processes, for the Ctrl-C handler.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -69,8 +69,8 @@ fn signal(pid: u32, sig: libc::c_int) {
 pub struct ClusterOptions {
     /// Replicas, 2f + 1.
     pub replicas: usize,
-    /// Broadcast backend of every replica.
-    pub mode: Mode,
+    /// The in-kernel mechanisms of every replica.
+    pub accel: Accel,
     /// The workload (its `config` and `bind` are filled in here).
     pub client: ClientOptions,
     /// Kill the last follower after this many measured requests.
@@ -306,7 +306,7 @@ pub fn prefill_neighbours(tb: &Testbed) -> Result<(), String> {
 }
 
 /// Drops `percent`% of the frames every bridge port forwards.
-fn install_loss(tb: &Testbed, percent: u32) -> Result<(), String> {
+pub fn install_loss(tb: &Testbed, percent: u32) -> Result<(), String> {
     let rules = format!(
         "table bridge paxos_loss {{\n  chain forward {{\n    type filter hook forward priority 0; policy accept;\n    numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
     );
@@ -325,7 +325,7 @@ fn install_loss(tb: &Testbed, percent: u32) -> Result<(), String> {
 }
 
 /// Frames the loss rule dropped.
-fn loss_drops(tb: &Testbed) -> Option<u64> {
+pub fn loss_drops(tb: &Testbed) -> Option<u64> {
     let out = elec_testbed::output_in(
         tb.hub_ns(),
         Command::new("nft").args(["list", "table", "bridge", "paxos_loss"]),
@@ -340,8 +340,10 @@ fn loss_drops(tb: &Testbed) -> Option<u64> {
 #[derive(Clone, Debug, Serialize)]
 pub struct ClusterJson {
     pub replicas: usize,
-    /// `kernel` or `user`.
+    /// `kernel` or `user`: how the broadcasts went.
     pub broadcast: &'static str,
+    /// The in-kernel mechanisms: `none`, `all`, or a list.
+    pub accel: String,
     pub loss_percent: u32,
     pub killed_follower: bool,
     pub threads: usize,
@@ -364,6 +366,12 @@ pub struct ClusterJson {
     pub linearizable: Option<bool>,
     /// Operations in the history.
     pub history: usize,
+    /// Datagrams the leader's user space received per committed operation
+    /// (requests and acks; two decimals; null if the leader did not report).
+    pub leader_datagrams_per_op: Option<f64>,
+    /// Acks (`PrepareOk`s) the leader's user space received per committed
+    /// operation: f without `quorum`, about 1 with it.
+    pub leader_acks_per_op: Option<f64>,
     /// Each replica's report (null for one killed or silent).
     pub replica_stats: Vec<Option<ReplicaJson>>,
 }
@@ -445,7 +453,7 @@ pub fn run_cluster(opts: &ClusterOptions) -> Result<ClusterJson, String> {
             .arg("--config")
             .arg(&path)
             .args(["--index", &i.to_string()])
-            .args(["--broadcast", mode_name(opts.mode)])
+            .args(["--accel", &opts.accel.to_string()])
             .args(["--iface", IFACE, "--exit-with-parent", "--json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -529,6 +537,7 @@ fn summary(
     replica_stats: Vec<Option<ReplicaJson>>,
 ) -> ClusterJson {
     let requests = report.completed.max(1) as f64;
+    let leader = replica_stats.iter().flatten().find(|r| r.leader);
     let leader_us = end.leader_ns.saturating_sub(start.leader_ns) as f64 / 1e3;
     let jiffy_us = 1e6 / 100.0; // USER_HZ
     let busy = end.machine_busy.saturating_sub(start.machine_busy) as f64;
@@ -536,7 +545,12 @@ fn summary(
     let elapsed = report.elapsed.as_secs_f64().max(1e-9);
     ClusterJson {
         replicas: opts.replicas,
-        broadcast: mode_name(opts.mode),
+        broadcast: if opts.accel.broadcast {
+            "kernel"
+        } else {
+            "user"
+        },
+        accel: opts.accel.to_string(),
         loss_percent: opts.loss_percent,
         killed_follower: killed,
         threads: opts.client.threads,
@@ -551,6 +565,14 @@ fn summary(
         frames_dropped: dropped,
         linearizable,
         history: report.history.len(),
+        leader_datagrams_per_op: leader.map(|r| {
+            round_to(
+                r.received_datagrams as f64 / r.commit_number.max(1) as f64,
+                2,
+            )
+        }),
+        leader_acks_per_op: leader
+            .map(|r| round_to(r.received_acks as f64 / r.commit_number.max(1) as f64, 2)),
         replica_stats,
     }
 }

@@ -3,9 +3,9 @@
 //! Electrode (NSDI 2023), but at any cluster size and under faults.
 //!
 //! ```text
-//! paxos replica --config cluster.conf --index 0 --broadcast kernel --iface eth0
+//! paxos replica --config cluster.conf --index 0 --accel all --iface eth0
 //! paxos client  --config cluster.conf -n 10000 -w 1000 -t 8
-//! paxos cluster --replicas 7 --broadcast kernel -n 20000 -w 2000 -t 16   (root)
+//! paxos cluster --replicas 7 --accel all -n 20000 -w 2000 -t 16   (root)
 //! paxos report results.jsonl --svg paxos.svg
 //! paxos config --statefulset paxos --service paxos --replicas 3 --port 7000
 //! paxos check-config cluster.conf
@@ -20,6 +20,7 @@
 //! `cluster.rs` runs a whole cluster in network namespaces and `report.rs`
 //! summarizes measurements.
 
+mod accel;
 mod client;
 mod cluster;
 mod config;
@@ -39,10 +40,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use elec_broadcast::Mode;
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::accel::Accel;
 use crate::config::Config;
 use crate::replica::Timing;
 use crate::shell::{ClientOptions, ClientReport, ReplicaOptions};
@@ -106,24 +107,6 @@ struct ReportArgs {
     svg: Option<PathBuf>,
 }
 
-/// How the leader sends its broadcasts.
-#[derive(Clone, Copy, ValueEnum)]
-enum BroadcastArg {
-    /// One send, copies cloned by the TC egress eBPF program (root).
-    Kernel,
-    /// One sendmmsg(2) with one datagram per follower.
-    User,
-}
-
-impl From<BroadcastArg> for Mode {
-    fn from(b: BroadcastArg) -> Mode {
-        match b {
-            BroadcastArg::Kernel => Mode::Kernel,
-            BroadcastArg::User => Mode::UserSpace,
-        }
-    }
-}
-
 #[derive(Args)]
 struct ReplicaArgs {
     /// Configuration file (`f N` and 2f+1 `replica host:port` lines).
@@ -145,9 +128,12 @@ struct ReplicaArgs {
     /// address of the pod before it).
     #[arg(long)]
     bind: Option<Ipv4Addr>,
-    /// Broadcast backend.
-    #[arg(long, value_enum, default_value = "kernel")]
-    broadcast: BroadcastArg,
+    /// In-kernel mechanisms: `none` (the user-space baseline: sendmmsg
+    /// broadcasts, acks through the socket), `all`, or a comma-separated
+    /// list of `broadcast` (kernel fan-out), `quorum` (the leader's acks
+    /// counted in the kernel) and `reply` (followers ack in the kernel).
+    #[arg(long, default_value = "all")]
+    accel: Accel,
     /// Interface the other replicas are reached through.
     #[arg(long, default_value = "eth0")]
     iface: String,
@@ -243,9 +229,10 @@ struct ClusterArgs {
     /// Number of replicas (odd: 2f+1).
     #[arg(long, default_value_t = 3)]
     replicas: usize,
-    /// Broadcast backend of the replicas.
-    #[arg(long, value_enum, default_value = "kernel")]
-    broadcast: BroadcastArg,
+    /// In-kernel mechanisms of every replica: `none`, `all`, or a list of
+    /// `broadcast`, `quorum`, `reply` (see `paxos replica --help`).
+    #[arg(long, default_value = "all")]
+    accel: Accel,
     #[command(flatten)]
     workload: Workload,
     /// Kill (SIGKILL) the last follower after this many measured requests.
@@ -325,7 +312,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
         layout: Some(layout),
         bind: args.bind,
         index,
-        mode: args.broadcast.into(),
+        accel: args.accel,
         iface: args.iface,
         timing: Timing::lan(),
         exit_with_parent: args.exit_with_parent,
@@ -457,7 +444,7 @@ fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
         .options(placeholder, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
     let opts = cluster::ClusterOptions {
         replicas: args.replicas,
-        mode: args.broadcast.into(),
+        accel: args.accel,
         client,
         kill_follower_after: args.kill_follower_after,
         loss_percent: args.loss,

@@ -72,6 +72,10 @@ pub struct Timing {
     /// A gap in a follower's log that stays open this long is repaired by
     /// asking the leader (shorter gaps are usually reordering).
     pub reorder_grace: Time,
+    /// A replica that has just started waits this much longer before it
+    /// suspects the leader, so that replicas that start at different times
+    /// (loading eBPF programs takes a while) do not start with a view change.
+    pub startup_grace: Time,
 }
 
 impl Timing {
@@ -82,6 +86,7 @@ impl Timing {
             view_change_timeout: 150_000,
             retransmit: 10_000,
             reorder_grace: 1_000,
+            startup_grace: 1_000_000,
         }
     }
 }
@@ -242,6 +247,7 @@ impl Replica {
         );
         let mut rng = SmallRng::seed_from_u64(seed);
         let view_timeout = random_timeout(&mut rng, &timing);
+        let startup_grace = timing.startup_grace;
         Replica {
             me,
             n,
@@ -259,7 +265,7 @@ impl Replica {
             acked: vec![0; n],
             last_broadcast: now,
             commit_announced: 0,
-            last_heard: now,
+            last_heard: now + startup_grace,
             view_timeout,
             buffered: BTreeMap::new(),
             leader_op: 0,
@@ -278,7 +284,6 @@ impl Replica {
     }
 
     /// This replica's index.
-    #[cfg(test)]
     pub fn id(&self) -> usize {
         self.me
     }
@@ -315,6 +320,16 @@ impl Replica {
     /// Counters.
     pub fn stats(&self) -> &ReplicaStats {
         &self.stats
+    }
+
+    /// Replicas in the cluster.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The leader of the current view.
+    pub fn leader_index(&self) -> usize {
+        self.leader_of(self.view)
     }
 
     fn f(&self) -> usize {

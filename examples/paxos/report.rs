@@ -1,6 +1,7 @@
 //! `paxos report`: medians of repeated `paxos cluster` runs (one JSON line
-//! each) as a markdown table, and an SVG plot of throughput and leader CPU
-//! per request against the number of replicas.
+//! each) as a markdown table per scenario, one row per number of replicas
+//! and set of in-kernel mechanisms (Electrode's ablation), and an SVG plot of
+//! throughput and leader CPU per request against the number of replicas.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,7 +12,8 @@ use serde::Deserialize;
 #[derive(Clone, Debug)]
 struct Run {
     replicas: u64,
-    kernel: bool,
+    /// `none`, `all`, or a list of mechanisms.
+    accel: String,
     loss: u64,
     killed: bool,
     threads: u64,
@@ -22,6 +24,8 @@ struct Run {
     p99: f64,
     leader_cpu: f64,
     machine_cpu: f64,
+    /// Acks the leader's user space received per committed op (NaN if not known).
+    leader_acks: f64,
     linearizable: bool,
     completed: bool,
 }
@@ -32,6 +36,11 @@ struct Run {
 struct RunJson {
     replicas: u64,
     broadcast: String,
+    /// Absent in results from before the quorum and reply mechanisms.
+    #[serde(default)]
+    accel: Option<String>,
+    #[serde(default)]
+    leader_acks_per_op: Option<f64>,
     loss_percent: u64,
     #[serde(default)]
     killed_follower: bool,
@@ -56,7 +65,14 @@ fn parse(line: &str) -> Result<Run, String> {
     })?;
     Ok(Run {
         replicas: r.replicas,
-        kernel: r.broadcast == "kernel",
+        accel: r.accel.unwrap_or_else(|| {
+            if r.broadcast == "kernel" {
+                "broadcast"
+            } else {
+                "none"
+            }
+            .to_string()
+        }),
         loss: r.loss_percent,
         killed: r.killed_follower,
         threads: r.threads,
@@ -67,6 +83,7 @@ fn parse(line: &str) -> Result<Run, String> {
         p99: r.p99_us,
         leader_cpu: r.leader_cpu_us_per_request,
         machine_cpu: r.machine_cpu_us_per_request,
+        leader_acks: r.leader_acks_per_op.unwrap_or(f64::NAN),
         linearizable: r.linearizable == Some(true),
         completed: r.gave_up == 0 && r.completed == r.requests,
     })
@@ -92,8 +109,9 @@ struct Summary {
     p99: f64,
     leader_cpu: f64,
     machine_cpu: f64,
+    leader_acks: f64,
     all_good: bool,
-    /// Throughputs in file order, for pairing kernel and user runs.
+    /// Throughputs in file order, for pairing runs with the baseline's.
     throughputs: Vec<f64>,
 }
 
@@ -108,6 +126,7 @@ fn summarize(runs: &[&Run]) -> Summary {
         p99: m(|r| r.p99),
         leader_cpu: m(|r| r.leader_cpu),
         machine_cpu: m(|r| r.machine_cpu),
+        leader_acks: m(|r| r.leader_acks),
         all_good: runs.iter().all(|r| r.linearizable && r.completed),
         throughputs: runs.iter().map(|r| r.throughput).collect(),
     }
@@ -127,25 +146,42 @@ fn scenario_name((loss, killed, threads): Scenario) -> String {
     format!("{faults}, {threads} client{s}")
 }
 
-/// scenario -> replicas -> (kernel, user) summaries.
-type Table = BTreeMap<Scenario, BTreeMap<u64, [Option<Summary>; 2]>>;
+/// The order of the mechanisms in tables and plots: the baseline first.
+fn accel_rank(accel: &str) -> AccelKey {
+    let rank = ["none", "broadcast", "quorum", "reply", "all"]
+        .iter()
+        .position(|a| *a == accel)
+        .unwrap_or(4);
+    (rank, accel.to_string())
+}
+
+/// A set of mechanisms, as `accel_rank` orders them.
+type AccelKey = (usize, String);
+/// replicas -> mechanisms -> summary.
+type Rows = BTreeMap<u64, BTreeMap<AccelKey, Summary>>;
+/// scenario -> rows.
+type Table = BTreeMap<Scenario, Rows>;
 
 fn table(runs: &[Run]) -> Table {
-    let mut groups: BTreeMap<(Scenario, u64, bool), Vec<&Run>> = BTreeMap::new();
+    let mut groups: BTreeMap<(Scenario, u64, AccelKey), Vec<&Run>> = BTreeMap::new();
     for r in runs {
         groups
-            .entry(((r.loss, r.killed, r.threads), r.replicas, r.kernel))
+            .entry((
+                (r.loss, r.killed, r.threads),
+                r.replicas,
+                accel_rank(&r.accel),
+            ))
             .or_default()
             .push(r);
     }
     let mut table = Table::new();
-    for ((scenario, replicas, kernel), group) in groups {
-        let row = table
+    for ((scenario, replicas, accel), group) in groups {
+        table
             .entry(scenario)
             .or_default()
             .entry(replicas)
-            .or_default();
-        row[usize::from(!kernel)] = Some(summarize(&group));
+            .or_default()
+            .insert(accel, summarize(&group));
     }
     table
 }
@@ -166,15 +202,19 @@ pub fn report(text: &str, svg: Option<&std::path::Path>) -> Result<String, Strin
     for (scenario, rows) in &table {
         let _ = writeln!(out, "\n#### {}\n", scenario_name(*scenario));
         out.push_str(
-            "| replicas | broadcast | runs | throughput (req/s) | p50 (us) | p90 (us) | p95 (us) | p99 (us) | leader CPU (us/req) | machine CPU (us/req) | linearizable, complete |\n",
+            "| replicas | in-kernel | runs | throughput (req/s) | p50 (us) | p90 (us) | p95 (us) | p99 (us) | leader CPU (us/req) | machine CPU (us/req) | acks to the leader's user space per op | linearizable, complete |\n",
         );
-        out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
-        for (replicas, pair) in rows {
-            for (summary, mode) in pair.iter().zip(["kernel", "user"]) {
-                let Some(s) = summary else { continue };
+        out.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for (replicas, by_accel) in rows {
+            for ((_, accel), s) in by_accel {
+                let acks = if s.leader_acks.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{:.2}", s.leader_acks)
+                };
                 let _ = writeln!(
                     out,
-                    "| {replicas} | {mode} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {} |",
+                    "| {replicas} | {accel} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {acks} | {} |",
                     s.runs,
                     s.throughput,
                     s.p50,
@@ -187,33 +227,39 @@ pub fn report(text: &str, svg: Option<&std::path::Path>) -> Result<String, Strin
                 );
             }
         }
-        let gains: Vec<String> = rows
-            .iter()
-            .filter_map(|(replicas, [k, u])| {
-                let (k, u) = (k.as_ref()?, u.as_ref()?);
-                // The i-th kernel run against the i-th user run: neighbours
-                // in time, so a drift in the machine's load cancels out.
-                let paired = median(
-                    k.throughputs
-                        .iter()
-                        .zip(&u.throughputs)
-                        .map(|(k, u)| k / u)
-                        .collect(),
+        for (replicas, by_accel) in rows {
+            let Some(base) = by_accel.get(&accel_rank("none")) else {
+                continue;
+            };
+            let gains: Vec<String> = by_accel
+                .iter()
+                .filter(|((rank, _), _)| *rank > 0)
+                .map(|((_, accel), k)| {
+                    // The i-th run against the baseline's i-th: neighbours in
+                    // time, so a drift in the machine's load cancels out.
+                    let paired = median(
+                        k.throughputs
+                            .iter()
+                            .zip(&base.throughputs)
+                            .map(|(k, u)| k / u)
+                            .collect(),
+                    );
+                    format!(
+                        "{accel}: throughput {:+.0}% (paired runs {:+.0}%), p50 x{:.2}, leader CPU per request {:+.0}%",
+                        100.0 * (k.throughput / base.throughput - 1.0),
+                        100.0 * (paired - 1.0),
+                        k.p50 / base.p50,
+                        100.0 * (k.leader_cpu / base.leader_cpu - 1.0)
+                    )
+                })
+                .collect();
+            if !gains.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "\n{replicas} replicas, against none: {}.",
+                    gains.join("; ")
                 );
-                Some(format!(
-                    "{replicas} replicas: throughput {:+.0}% (paired runs {:+.0}%), leader CPU per request {:+.0}%",
-                    100.0 * (k.throughput / u.throughput - 1.0),
-                    100.0 * (paired - 1.0),
-                    100.0 * (k.leader_cpu / u.leader_cpu - 1.0)
-                ))
-            })
-            .collect();
-        if !gains.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nKernel fan-out against user space: {}.",
-                gains.join("; ")
-            );
+            }
         }
     }
     if let Some(path) = svg {
@@ -233,12 +279,19 @@ pub fn report(text: &str, svg: Option<&std::path::Path>) -> Result<String, Strin
 /// A chart: title, the measure plotted, left edge.
 type Panel = (&'static str, fn(&Summary) -> f64, f64);
 
-/// Two line charts side by side: throughput and leader CPU per request.
-fn plot(rows: &BTreeMap<u64, [Option<Summary>; 2]>) -> String {
+/// Two line charts side by side: throughput and leader CPU per request,
+/// one line per set of mechanisms.
+fn plot(rows: &Rows) -> String {
     let xs: Vec<u64> = rows.keys().copied().collect();
-    let series = |f: fn(&Summary) -> f64, mode: usize| -> Vec<(u64, f64)> {
+    let accels: Vec<(usize, String)> = {
+        let mut all: Vec<(usize, String)> = rows.values().flat_map(|m| m.keys().cloned()).collect();
+        all.sort();
+        all.dedup();
+        all
+    };
+    let series = |f: fn(&Summary) -> f64, accel: &(usize, String)| -> Vec<(u64, f64)> {
         rows.iter()
-            .filter_map(|(x, pair)| pair[mode].as_ref().map(|s| (*x, f(s))))
+            .filter_map(|(x, by_accel)| by_accel.get(accel).map(|s| (*x, f(s))))
             .collect()
     };
     let mut svg = String::from(
@@ -249,12 +302,11 @@ fn plot(rows: &BTreeMap<u64, [Option<Summary>; 2]>) -> String {
         ("Leader CPU per request (us)", |s| s.leader_cpu, 480.0),
     ];
     for (title, f, left) in panels {
-        let kernel = series(f, 0);
-        let user = series(f, 1);
-        let max = kernel
+        let lines: Vec<(Vec<(u64, f64)>, String)> =
+            accels.iter().map(|a| (series(f, a), a.1.clone())).collect();
+        let max = lines
             .iter()
-            .chain(&user)
-            .map(|p| p.1)
+            .flat_map(|(points, _)| points.iter().map(|p| p.1))
             .fold(0.0_f64, f64::max)
             .max(1e-9)
             * 1.15;
@@ -304,10 +356,12 @@ fn plot(rows: &BTreeMap<u64, [Option<Summary>; 2]>) -> String {
             left + w / 2.0 + 20.0,
             top + h + 36.0
         );
-        for (points, color, name, dy) in [
-            (&kernel, "#d62728", "kernel fan-out", 0.0),
-            (&user, "#1f77b4", "user space (sendmmsg)", 16.0),
-        ] {
+        const COLORS: [&str; 6] = [
+            "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#555",
+        ];
+        for (i, (points, name)) in lines.iter().enumerate() {
+            let color = COLORS[i.min(COLORS.len() - 1)];
+            let dy = 16.0 * i as f64;
             let path: Vec<String> = points
                 .iter()
                 .map(|&(x, y)| format!("{:.1},{:.1}", x_of(x), y_of(y)))
@@ -328,7 +382,7 @@ fn plot(rows: &BTreeMap<u64, [Option<Summary>; 2]>) -> String {
             let _ = writeln!(
                 svg,
                 "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
-                left + w - 150.0,
+                left + w - 110.0,
                 top + 10.0 + dy
             );
         }
@@ -374,13 +428,61 @@ mod tests {
             "not json".into(),
         ]
         .join("\n");
+        // Results from before --accel: kernel fan-out alone, and none.
         let table = report(&text, None).unwrap();
-        assert!(table.contains("| 3 | kernel | 3 | 200 |"), "{table}");
-        assert!(table.contains("| 3 | user | 1 | 100 |"), "{table}");
+        assert!(table.contains("| 3 | broadcast | 3 | 200 |"), "{table}");
+        assert!(table.contains("| 3 | none | 1 | 100 |"), "{table}");
         assert!(
-            table.contains("throughput +100% (paired runs +0%), leader CPU per request -50%"),
+            table.contains(
+                "broadcast: throughput +100% (paired runs +0%), p50 x1.00, leader CPU per request -50%"
+            ),
             "{table}"
         );
+    }
+
+    #[test]
+    fn the_ablation_is_one_row_per_set_of_mechanisms() {
+        let with = |accel: &str, throughput: f64| {
+            let mut v: serde_json::Value =
+                serde_json::from_str(&line(7, "user", throughput, 10.0)).unwrap();
+            v["accel"] = accel.into();
+            v["leader_acks_per_op"] = if accel.contains("quorum") || accel == "all" {
+                1.0
+            } else {
+                6.0
+            }
+            .into();
+            v.to_string()
+        };
+        let text = [
+            with("all", 300.0),
+            with("none", 100.0),
+            with("quorum", 150.0),
+            with("reply", 120.0),
+            with("broadcast", 130.0),
+        ]
+        .join("\n");
+        let table = report(&text, None).unwrap();
+        let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| 7 |")).collect();
+        let order: Vec<&str> = rows
+            .iter()
+            .map(|r| r.split('|').nth(2).unwrap().trim())
+            .collect();
+        assert_eq!(
+            order,
+            ["none", "broadcast", "quorum", "reply", "all"],
+            "{table}"
+        );
+        assert!(
+            rows[4].contains("| 1.00 |") && rows[0].contains("| 6.00 |"),
+            "{table}"
+        );
+        assert!(table.contains("all: throughput +200%"), "{table}");
+        let svg = plot(
+            &super::table(&text.lines().map(|l| parse(l).unwrap()).collect::<Vec<_>>())
+                [&(0, false, 4)],
+        );
+        assert!(svg.contains(">all</text>") && svg.contains(">none</text>"));
     }
 
     #[test]
@@ -397,13 +499,18 @@ mod tests {
             broadcast: elec_broadcast::Stats::default(),
             incomplete_broadcasts: 0,
             rejected_datagrams: 1,
+            accel: crate::accel::Accel::ALL,
+            received_datagrams: 20,
+            received_acks: 9,
+            quorum: None,
+            reply: None,
         }
         .to_json();
         let json = serde_json::to_string(&replica).unwrap();
         assert!(
             json.starts_with(
                 r#"{"index":0,"mode":"kernel","view":0,"leader":true,"commit_number":9,"prepares":0,"#
-            ) && json.ends_with(r#","incomplete_broadcasts":0,"rejected_datagrams":1}"#),
+            ) && json.contains(r#","incomplete_broadcasts":0,"rejected_datagrams":1,"accel":"all","received_datagrams":20,"received_acks":9,"#),
             "{json}"
         );
         assert_eq!(serde_json::from_str::<ReplicaJson>(&json).unwrap(), replica);
@@ -411,6 +518,7 @@ mod tests {
         let summary = ClusterJson {
             replicas: 3,
             broadcast: "kernel",
+            accel: "all".into(),
             loss_percent: 5,
             killed_follower: true,
             threads: 4,
@@ -435,25 +543,28 @@ mod tests {
             frames_dropped: None,
             linearizable: Some(true),
             history: 12,
+            leader_datagrams_per_op: Some(2.22),
+            leader_acks_per_op: Some(1.0),
             replica_stats: vec![Some(replica), None],
         };
         let line = serde_json::to_string(&summary).unwrap();
         assert!(
             line.starts_with(
-                r#"{"replicas":3,"broadcast":"kernel","loss_percent":5,"killed_follower":true,"threads":4,"requests":10,"completed":10,"gave_up":0,"elapsed_s":1.235,"throughput":8,"mean_us":400,"#
+                r#"{"replicas":3,"broadcast":"kernel","accel":"all","loss_percent":5,"killed_follower":true,"threads":4,"requests":10,"completed":10,"gave_up":0,"elapsed_s":1.235,"throughput":8,"mean_us":400,"#
             ),
             "{line}"
         );
         assert!(
             line.contains(r#""leader_cpu_us_per_request":12.35,"#)
                 && line.contains(
-                    r#""frames_dropped":null,"linearizable":true,"history":12,"replica_stats":[{"index":0,"#
+                    r#""frames_dropped":null,"linearizable":true,"history":12,"leader_datagrams_per_op":2.22,"leader_acks_per_op":1.0,"replica_stats":[{"index":0,"#
                 )
                 && line.ends_with(r#"},null]}"#),
             "{line}"
         );
         let run = parse(&line).unwrap();
-        assert!(run.kernel && run.killed && run.linearizable && run.completed);
+        assert!(run.accel == "all" && run.killed && run.linearizable && run.completed);
+        assert_eq!(run.leader_acks, 1.0);
         assert_eq!((run.replicas, run.loss, run.threads), (3, 5, 4));
         assert_eq!(
             (run.throughput, run.p99, run.leader_cpu),
@@ -474,7 +585,7 @@ mod tests {
             .map(|l| parse(l).unwrap())
             .collect();
         let svg = plot(&table(&runs)[&(0, false, 4)]);
-        assert!(svg.contains("kernel fan-out") && svg.contains("user space"));
+        assert!(svg.contains(">broadcast</text>") && svg.contains(">none</text>"));
         assert_eq!(svg.matches("<polyline").count(), 4);
     }
 }

@@ -19,13 +19,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use elec_broadcast::{Broadcaster, Mode};
+use elec_broadcast::{
+    Ack, Broadcaster, Datagram, Mode, Quorum, QuorumCounters, Receipt, Replier, ReplyCounters,
+    Sequenced, Verdict, DEFAULT_RING_BYTES,
+};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, MsgFlags, SockaddrIn};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::accel::{self, Accel};
 use crate::client::{Client, ClientTo};
 use crate::config::{Config, Layout};
 use crate::history::Operation;
@@ -49,8 +53,8 @@ pub struct ReplicaOptions {
     pub layout: Option<Layout>,
     /// This replica's index in the configuration.
     pub index: usize,
-    /// Kernel fan-out or user-space `sendmmsg` for broadcasts.
-    pub mode: Mode,
+    /// The in-kernel mechanisms to use (broadcast, quorum, reply).
+    pub accel: Accel,
     /// Interface the other replicas are reached through.
     pub iface: String,
     /// Protocol timeouts.
@@ -70,6 +74,16 @@ pub struct ReplicaReport {
     pub index: usize,
     /// The backend its broadcasts used.
     pub mode: Mode,
+    /// The in-kernel mechanisms it used.
+    pub accel: Accel,
+    /// Datagrams its user space received (socket and ring).
+    pub received_datagrams: u64,
+    /// Of those, acks (`PrepareOk`s).
+    pub received_acks: u64,
+    /// The quorum collector's counters (with `quorum`).
+    pub quorum: Option<QuorumCounters>,
+    /// The replier's counters (with `reply`).
+    pub reply: Option<ReplyCounters>,
     /// Its view when it stopped.
     pub view: u64,
     /// Whether it led that view.
@@ -109,6 +123,31 @@ pub struct ReplicaJson {
     pub user_space_copies: u64,
     pub incomplete_broadcasts: u64,
     pub rejected_datagrams: u64,
+    /// `none`, `all`, or the list of mechanisms.
+    #[serde(default)]
+    pub accel: String,
+    #[serde(default)]
+    pub received_datagrams: u64,
+    #[serde(default)]
+    pub received_acks: u64,
+    /// Acks the quorum program passed as completing a quorum.
+    #[serde(default)]
+    pub quorum_passed: u64,
+    /// Acks the quorum program dropped (counted, duplicate, late).
+    #[serde(default)]
+    pub quorum_dropped: u64,
+    /// Acks the quorum program left to user space (not sure about them).
+    #[serde(default)]
+    pub quorum_left: u64,
+    /// Prepares the reply program queued and acknowledged.
+    #[serde(default)]
+    pub reply_acked: u64,
+    /// Prepares the reply program left to the socket.
+    #[serde(default)]
+    pub reply_left: u64,
+    /// Prepares user space took and acknowledged itself.
+    #[serde(default)]
+    pub reply_user_acked: u64,
 }
 
 impl ReplicaReport {
@@ -135,6 +174,29 @@ impl ReplicaReport {
             user_space_copies: b.user_space_copies,
             incomplete_broadcasts: self.incomplete_broadcasts,
             rejected_datagrams: self.rejected_datagrams,
+            accel: self.accel.to_string(),
+            received_datagrams: self.received_datagrams,
+            received_acks: self.received_acks,
+            quorum_passed: self.quorum.map_or(0, |q| q.kernel.quorums),
+            quorum_dropped: self.quorum.map_or(0, |q| {
+                q.kernel.counted + q.kernel.duplicates + q.kernel.late
+            }),
+            quorum_left: self.quorum.map_or(0, |q| {
+                let k = q.kernel;
+                k.other_epoch + k.outside_window + k.unknown_voter + k.not_acks + k.unverified
+            }),
+            reply_acked: self.reply.map_or(0, |r| r.kernel.acked),
+            reply_left: self.reply.map_or(0, |r| {
+                let k = r.kernel;
+                k.ring_full
+                    + k.gaps
+                    + k.duplicates
+                    + k.other_epoch
+                    + k.frozen
+                    + k.too_long
+                    + k.bad_checksum
+            }),
+            reply_user_acked: self.reply.map_or(0, |r| r.user_space.acked),
         }
     }
 }
@@ -151,6 +213,7 @@ pub fn mode_name(mode: Mode) -> &'static str {
 /// inside the network namespace that owns `opts.iface` and the replica's
 /// address.
 pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaReport, String> {
+    let setup_started = Instant::now();
     let config = &opts.config;
     let me = opts.index;
     let Some(&local) = config.replicas.get(me) else {
@@ -169,13 +232,41 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
     socket
         .set_read_timeout(Some(POLL))
         .map_err(|e| format!("setting the socket timeout: {e}"))?;
-    let broadcaster = Broadcaster::with_mode(&opts.iface, opts.mode).map_err(|e| {
+    let mode = if opts.accel.broadcast {
+        Mode::Kernel
+    } else {
+        Mode::UserSpace
+    };
+    let broadcaster = Broadcaster::with_mode(&opts.iface, mode).map_err(|e| {
         format!(
             "cannot set up {} broadcasts on {}: {e}",
-            mode_name(opts.mode),
+            mode_name(mode),
             opts.iface
         )
     })?;
+    let quorum = opts
+        .accel
+        .quorum
+        .then(|| Quorum::with_mode(&opts.iface, local.port(), Mode::Kernel))
+        .transpose()
+        .map_err(|e| format!("cannot count acks in the kernel on {}: {e}", opts.iface))?;
+    let replier = opts
+        .accel
+        .reply
+        .then(|| {
+            Replier::with_mode(
+                &opts.iface,
+                local.port(),
+                me as u16,
+                Mode::Kernel,
+                DEFAULT_RING_BYTES,
+            )
+        })
+        .transpose()
+        .map_err(|e| format!("cannot acknowledge in the kernel on {}: {e}", opts.iface))?;
+    if let Some(replier) = &replier {
+        replier.set_quiet(true);
+    }
     let others: Vec<SocketAddr> = config
         .replicas
         .iter()
@@ -194,6 +285,9 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         .clone()
         .map(|layout| follow_names(layout, RENAME_PERIOD));
 
+    if std::env::var_os("PAXOS_DEBUG").is_some() {
+        eprintln!("DEBUG replica {me} set up in {:?}", setup_started.elapsed());
+    }
     let start = Instant::now();
     let now = || start.elapsed().as_micros() as Time;
     let seed = rand::random::<u64>();
@@ -204,6 +298,7 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         replicas: config.replicas.clone(),
         clients: HashMap::new(),
         incomplete_broadcasts: 0,
+        quorum: quorum.as_ref(),
     };
     let mut replica = Replica::new(me, config.n(), opts.timing.clone(), seed, now());
     let mut rejected = 0u64;
@@ -214,23 +309,53 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
 
     let debug = std::env::var_os("PAXOS_DEBUG").is_some();
     let mut last_state = (replica.view(), replica.status());
+    let mut accel = AccelState {
+        quorum: quorum.as_ref(),
+        replier: replier.as_ref(),
+        collecting: None,
+        armed: None,
+        received: 0,
+        acks: 0,
+    };
     while !stop.load(Ordering::Relaxed) {
+        // A quiet replier wakes nobody: what it queued is taken here, on
+        // every wake-up (the leader's next Commit, a timer), off the
+        // leader's critical path, which the kernel's acks already served.
         let mut received = match socket.recv_from(&mut buf) {
             Ok((len, from)) => Some((len, from)),
             Err(e) if is_transient(&e) => None,
             Err(e) => return Err(format!("receiving on {local}: {e}")),
         };
+        accel.deliver_ring(&mut replica, &mut shell, now(), &mut out, &replica_at)?;
         let mut batch = 0;
         while let Some((len, from)) = received {
-            match Message::decode(&buf[..len]) {
-                Ok(msg) if sender_ok(&msg, from, config.n(), &replica_at) => {
-                    if let Message::Request(entry) = &msg {
-                        shell.clients.insert(entry.client_id, from);
+            accel.received += 1;
+            let bytes = &buf[..len];
+            match accel.intercept(bytes, from, &socket)? {
+                Intercepted::Handled => {}
+                Intercepted::Quorum {
+                    view,
+                    round,
+                    voters,
+                } => {
+                    for msg in accel::quorum_acks(view, round, &voters) {
+                        replica.handle(now(), msg, &mut out);
                     }
-                    replica.handle(now(), msg, &mut out);
                     shell.send(&mut out);
                 }
-                _ => rejected += 1,
+                Intercepted::Taken => {
+                    accel.deliver_ring(&mut replica, &mut shell, now(), &mut out, &replica_at)?;
+                }
+                Intercepted::No => match Message::from_datagram(bytes) {
+                    Ok(msg) if sender_ok(&msg, from, config.n(), &replica_at) => {
+                        if let Message::Request(entry) = &msg {
+                            shell.clients.insert(entry.client_id, from);
+                        }
+                        replica.handle(now(), msg, &mut out);
+                        shell.send(&mut out);
+                    }
+                    _ => rejected += 1,
+                },
             }
             batch += 1;
             if batch >= MAX_BATCH {
@@ -252,6 +377,7 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         }
         replica.flush(t, &mut out);
         shell.send(&mut out);
+        accel.follow(&replica, &shell.replicas)?;
         if let Some(Ok(addresses)) = renamed.as_ref().map(mpsc::Receiver::try_recv) {
             if addresses != shell.replicas {
                 eprintln!("replica {me}: the replicas are at {addresses:?} now");
@@ -275,6 +401,11 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
     Ok(ReplicaReport {
         index: me,
         mode: broadcaster.mode(),
+        accel: opts.accel,
+        received_datagrams: accel.received,
+        received_acks: accel.acks,
+        quorum: quorum.as_ref().and_then(|q| q.counters().ok()),
+        reply: replier.as_ref().and_then(|r| r.counters().ok()),
         view: replica.view(),
         leader: replica.is_leader(),
         commit_number: replica.commit_number(),
@@ -346,6 +477,151 @@ fn try_recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Option<(usize, Soc
     }
 }
 
+/// What became of a datagram the in-kernel mechanisms' user-space halves
+/// looked at first.
+enum Intercepted {
+    /// Counted by the quorum collector (nothing else to do).
+    Handled,
+    /// Rounds up to `round` of `view` have a quorum of `voters`.
+    Quorum {
+        view: u64,
+        round: u64,
+        voters: Vec<u16>,
+    },
+    /// Taken by the replier: deliver what it queued.
+    Taken,
+    /// Not for them: decode and handle it as usual.
+    No,
+}
+
+/// The user-space halves of the quorum collector and the replier, and
+/// which view each follows.
+struct AccelState<'a> {
+    quorum: Option<&'a Quorum>,
+    replier: Option<&'a Replier>,
+    /// The view the collector counts acks of.
+    collecting: Option<u64>,
+    /// The view the replier is armed in.
+    armed: Option<u64>,
+    /// Datagrams user space received: socket and ring.
+    received: u64,
+    /// Of those, acks (`PrepareOk`s).
+    acks: u64,
+}
+
+impl AccelState<'_> {
+    fn intercept(
+        &mut self,
+        bytes: &[u8],
+        from: SocketAddr,
+        socket: &UdpSocket,
+    ) -> Result<Intercepted, String> {
+        let is_ack = Ack::parse(bytes).is_ok();
+        self.acks += u64::from(is_ack);
+        if let (Some(quorum), Some(view), true) = (self.quorum, self.collecting, is_ack) {
+            return Ok(match quorum.receive(bytes, from) {
+                Verdict::Quorum { round } => Intercepted::Quorum {
+                    view,
+                    round,
+                    voters: quorum.voters(round),
+                },
+                Verdict::Counted | Verdict::Duplicate | Verdict::Late => Intercepted::Handled,
+                _ => Intercepted::No,
+            });
+        }
+        if let (Some(replier), Ok(_)) = (self.replier, Sequenced::parse(bytes)) {
+            let receipt = replier
+                .receive(socket, bytes, from)
+                .map_err(|e| format!("acknowledging: {e}"))?;
+            if let Receipt::Taken { .. } = receipt {
+                return Ok(Intercepted::Taken);
+            }
+        }
+        Ok(Intercepted::No)
+    }
+
+    /// Hands what the replier queued (ring and socket) to the core, in
+    /// order; the core's answers to those `Prepare`s went out already.
+    fn deliver_ring(
+        &mut self,
+        replica: &mut Replica,
+        shell: &mut Shell<'_>,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+        replica_at: &HashMap<SocketAddr, usize>,
+    ) -> Result<(), String> {
+        let Some(replier) = self.replier else {
+            return Ok(());
+        };
+        let mut taken: Vec<Datagram> = Vec::new();
+        replier
+            .drain(|d| taken.push(d))
+            .map_err(|e| format!("reading the replier's ring: {e}"))?;
+        for d in taken {
+            if d.from_kernel {
+                self.received += 1;
+            }
+            let from = SocketAddr::V4(d.from);
+            match Message::from_sequenced(d.header, &d.payload) {
+                Ok(msg) if sender_ok(&msg, from, replica.n(), replica_at) => {
+                    replica.handle(now, msg, out);
+                    let acked_to = replier.next_round().saturating_sub(1);
+                    accel::drop_acked(out, d.header.epoch, acked_to);
+                    shell.send(out);
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the collector and the replier in step with the core: the
+    /// collector counts the leader's current view, the replier takes the
+    /// next op of a follower's current view from its leader.
+    fn follow(&mut self, replica: &Replica, replicas: &[SocketAddr]) -> Result<(), String> {
+        let v4 = |i: usize| match replicas.get(i) {
+            Some(SocketAddr::V4(a)) => Some(*a),
+            _ => None,
+        };
+        if let Some(quorum) = self.quorum {
+            match accel::collecting(replica) {
+                Some((view, followers, f)) if self.collecting != Some(view) => {
+                    let voters: Vec<(u16, SocketAddrV4)> = followers
+                        .iter()
+                        .filter_map(|&i| Some((i as u16, v4(i)?)))
+                        .collect();
+                    quorum
+                        .configure(view, &voters, f)
+                        .map_err(|e| format!("configuring the quorum: {e}"))?;
+                    quorum.extend(replica.op_number());
+                    self.collecting = Some(view);
+                }
+                Some(_) => {}
+                None => self.collecting = None,
+            }
+        }
+        if let Some(replier) = self.replier {
+            match accel::arming(replica) {
+                Some((view, next, leader)) if self.armed != Some(view) => {
+                    if let Some(leader) = v4(leader) {
+                        replier
+                            .arm(view, next, leader)
+                            .map_err(|e| format!("arming the replier: {e}"))?;
+                        self.armed = Some(view);
+                    }
+                }
+                Some((_, next, _)) => replier.advance(next),
+                None if self.armed.is_some() => {
+                    replier.freeze();
+                    self.armed = None;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 struct Shell<'a> {
     socket: &'a UdpSocket,
     broadcaster: &'a Broadcaster,
@@ -354,14 +630,21 @@ struct Shell<'a> {
     /// Where each client's requests came from.
     clients: HashMap<u64, SocketAddr>,
     incomplete_broadcasts: u64,
+    /// The leader's quorum collector: told about each round before its
+    /// `Prepare` leaves, so that its acks are counted from the first.
+    quorum: Option<&'a Quorum>,
 }
 
 impl Shell<'_> {
     /// Sends and clears `out`. Send errors are losses the protocol recovers
     /// from, so they are counted, not fatal.
     fn send(&mut self, out: &mut Vec<Outgoing>) {
+        let ack_port = self.socket.local_addr().map_or(0, |a| a.port());
         for Outgoing { to, msg } in out.drain(..) {
-            let bytes = msg.encode();
+            if let (Some(quorum), Message::Prepare { op_number, .. }) = (self.quorum, &msg) {
+                quorum.extend(*op_number);
+            }
+            let bytes = msg.to_datagram(ack_port);
             match to {
                 To::Replica(i) => {
                     if let Some(addr) = self.replicas.get(i) {

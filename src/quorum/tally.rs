@@ -309,7 +309,6 @@ mod tests {
         t.tally(&config, &a, addr(a.voter))
     }
 
-
     #[test]
     fn the_kth_ack_completes_and_only_it() {
         let (_mem, t) = heap();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
 
 use crate::header::{Ack, Sequenced, MAX_ROUND_NUMBER, MAX_VOTERS};
-use crate::kernel::wire::{MAX_ROUND, REPLY_MAX_PAYLOAD};
+use crate::kernel::wire::{MAX_ROUND, REPLY_MAX_PAYLOAD, REPLY_QUIET as QUIET};
 use crate::kernel::{KernelReplier, ReplyKernelCounters, ReplyShared};
 use crate::{Error, Mode};
 
@@ -397,6 +397,22 @@ impl Replier {
         inner.epoch = epoch;
         inner.deliver_next = next;
         Ok(())
+    }
+
+    /// Quiet: the kernel queues datagrams without waking the application up
+    /// (no readiness on [`Replier::ring_fd`] for them); the application
+    /// calls [`Replier::drain`] on its own schedule, on every other wake-up
+    /// or timer. For an application whose ring is off its critical path
+    /// (a follower whose acks the kernel sends). Off by default.
+    pub fn set_quiet(&self, quiet: bool) {
+        // SAFETY: inside the valid entry; 2-aligned; accessed atomically
+        // here, and read once per datagram by the program.
+        let flags = unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.shared.as_ptr()).flags)) };
+        if quiet {
+            flags.fetch_or(QUIET as u16, SeqCst);
+        } else {
+            flags.fetch_and(!(QUIET as u16), SeqCst);
+        }
     }
 
     /// Tells the replier that the application holds every round of the
