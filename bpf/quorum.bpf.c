@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 /*
- * TC ingress quorum collector: k acknowledgements in, one wake-up out.
+ * Ingress quorum collector (TC, or XDP): k acknowledgements in, one
+ * wake-up out.
  *
  * The program sees every packet the interface receives. It acts only on
  * IPv4 UDP datagrams to the configured port that carry a valid cumulative
@@ -88,6 +89,14 @@ struct packet {
 
 #define HEADERS_LEN (ETH_HLEN + sizeof(struct iphdr) + sizeof(struct udphdr))
 
+/* Copy bytes of the packet out: the TC and the XDP flavour of the program
+ * share everything else (`xdp` is a constant in each, so the other branch
+ * is compiled out). */
+static __always_inline long load(void *ctx, const int xdp, __u32 off, void *to, __u32 len)
+{
+	return xdp ? bpf_xdp_load_bytes(ctx, off, to, len) : bpf_skb_load_bytes(ctx, off, to, len);
+}
+
 static __always_inline __u16 fold(__u64 sum)
 {
 	sum = (sum & 0xffffffff) + (sum >> 32);
@@ -102,14 +111,14 @@ static __always_inline __u16 fold(__u64 sum)
  * pseudo-header sum, which a datagram with a full checksum matches with
  * probability 1/65535; a NIC has verified the checksum of what it received
  * (CHECKSUM_UNNECESSARY). Anything else is summed here, up to EB_VERIFY_MAX. */
-static __always_inline int checksum_ok(struct __sk_buff *skb, const struct packet *p)
+static __always_inline int checksum_ok(void *ctx, const int xdp, const struct packet *p)
 {
 	struct scratch *s;
 	__u32 zero = 0, len = bpf_ntohs(p->udp.len);
 	__u64 pseudo;
 	__s64 sum;
 
-	if (bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) >= 0)
+	if (!xdp && bpf_csum_level(ctx, BPF_CSUM_LEVEL_QUERY) >= 0)
 		return 1;
 	if (p->udp.check == 0) /* the sender computed no checksum (IPv4 allows it) */
 		return 1;
@@ -121,7 +130,7 @@ static __always_inline int checksum_ok(struct __sk_buff *skb, const struct packe
 	if (!s || len > EB_VERIFY_MAX || len < sizeof(struct udphdr))
 		return 0;
 	*(__u32 *)&s->bytes[len & ~3U] = 0; /* zero padding after the datagram */
-	if (bpf_skb_load_bytes(skb, UDP_OFF, s->bytes, len))
+	if (load(ctx, xdp, UDP_OFF, s->bytes, len))
 		return 0;
 	sum = bpf_csum_diff(0, 0, (__be32 *)s->bytes, (len + 3) & ~3U, fold(pseudo));
 	return sum >= 0 && fold(sum) == 0xffff;
@@ -187,7 +196,7 @@ static __always_inline __u64 kth_highest(struct eb_quorum *q, __u64 tag, __u64 v
 
 /* What became of one ack; indexes into struct eb_quorum_counters. */
 enum verdict { QUORUM, COUNTED, DUPLICATE, LATE, OTHER_EPOCH, OUTSIDE_WINDOW,
-	       UNKNOWN_VOTER, NOT_AN_ACK, UNVERIFIED };
+	       UNKNOWN_VOTER, NOT_AN_ACK, UNVERIFIED, NOT_OURS };
 
 /* Count one ack of `voter` for `round` under configuration tag `tag`. */
 static __always_inline enum verdict tally(struct eb_quorum *q, __u64 tag, __u32 voter,
@@ -231,45 +240,33 @@ static __always_inline enum verdict tally(struct eb_quorum *q, __u64 tag, __u32 
 	return UNVERIFIED;
 }
 
-SEC("tcx/ingress")
-int collect(struct __sk_buff *skb)
+/* What to do with one packet: NOT_OURS for anything but an IPv4 UDP
+ * datagram to the port (not counted), else the decision on it. */
+static __always_inline enum verdict decide(void *ctx, const int xdp, struct eb_quorum *q)
 {
 	struct packet p;
-	struct eb_quorum *q;
-	struct eb_quorum_counters *c;
 	__u64 gen, epoch, voters, high, round;
-	__u32 zero = 0, k, voter, addr;
+	__u32 k, voter, addr;
 	__u16 port;
-	enum verdict v;
 
-	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return PASS;
-	q = bpf_map_lookup_elem(&quorum, &zero);
-	c = bpf_map_lookup_elem(&counters, &zero);
-	if (!q || !c)
-		return PASS;
 	/* Too short for IPv4 and UDP: not ours, whatever it is. */
-	if (bpf_skb_load_bytes(skb, 0, &p.eth, HEADERS_LEN))
-		return PASS;
+	if (load(ctx, xdp, 0, &p.eth, HEADERS_LEN) || p.eth.h_proto != bpf_htons(ETH_P_IP))
+		return NOT_OURS;
 	if (p.ip.ihl != 5 || p.ip.protocol != IPPROTO_UDP ||
 	    (p.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) || p.udp.dest != READ_ONCE(q->port))
-		return PASS;
+		return NOT_OURS;
 
 	/* From here on the datagram is to our port: every decision counts. */
 	if (bpf_ntohs(p.udp.len) < sizeof(struct udphdr) + sizeof(struct eb_ack) ||
-	    bpf_skb_load_bytes(skb, HEADERS_LEN, &p.ack, sizeof(p.ack)) ||
+	    load(ctx, xdp, HEADERS_LEN, &p.ack, sizeof(p.ack)) ||
 	    p.ack.magic != bpf_htons(EB_ACK_MAGIC) || p.ack.version != EB_WIRE_VERSION ||
 	    !(p.ack.flags & EB_ACK_CUMULATIVE) || p.ack.reserved != 0 ||
 	    (p.ack.flags & ~(EB_ACK_CUMULATIVE | EB_ACK_FROM_KERNEL)) ||
-	    bpf_ntohs(p.ip.tot_len) != sizeof(struct iphdr) + bpf_ntohs(p.udp.len)) {
-		v = NOT_AN_ACK;
-		goto out;
-	}
+	    bpf_ntohs(p.ip.tot_len) != sizeof(struct iphdr) + bpf_ntohs(p.udp.len))
+		return NOT_AN_ACK;
 	/* Never count a voter on the word of a corrupted datagram. */
-	if (!checksum_ok(skb, &p)) {
-		v = UNVERIFIED;
-		goto out;
-	}
+	if (!checksum_ok(ctx, xdp, &p))
+		return UNVERIFIED;
 	/* A consistent snapshot of the configuration (sequence lock; the
 	 * atomic reads are full barriers). */
 	voter = bpf_ntohs(p.ack.voter) & (EB_MAX_VOTERS - 1); /* checked below */
@@ -281,36 +278,67 @@ int collect(struct __sk_buff *skb)
 	addr = READ_ONCE(q->voter_addr[voter].addr);
 	port = READ_ONCE(q->voter_addr[voter].port);
 	if (gen == 0 || (gen & 1) || __sync_fetch_and_add(&q->generation, 0) != gen ||
-	    bpf_be64_to_cpu(p.ack.epoch) != epoch || k == 0 || k > EB_MAX_VOTERS) {
-		v = OTHER_EPOCH;
-		goto out;
-	}
+	    bpf_be64_to_cpu(p.ack.epoch) != epoch || k == 0 || k > EB_MAX_VOTERS)
+		return OTHER_EPOCH;
 	/* A voter counts only from its own address: nobody else can vote in
 	 * its name. */
 	if (bpf_ntohs(p.ack.voter) >= EB_MAX_VOTERS || !(voters & (1ULL << voter)) ||
-	    p.ip.saddr != addr || p.udp.source != port) {
-		v = UNKNOWN_VOTER;
-		goto out;
-	}
+	    p.ip.saddr != addr || p.udp.source != port)
+		return UNKNOWN_VOTER;
 	round = bpf_be64_to_cpu(p.ack.round);
-	if (round == 0 || round > high || round > EB_MAX_ROUND) {
-		v = OUTSIDE_WINDOW;
-		goto out;
-	}
+	if (round == 0 || round > high || round > EB_MAX_ROUND)
+		return OUTSIDE_WINDOW;
 	/* The tag of this configuration: never 0, so a zeroed tally is stale. */
-	v = tally(q, (gen / 2) % 0xffff + 1, voter, round, voters, k);
-out:
+	return tally(q, (gen / 2) % 0xffff + 1, voter, round, voters, k);
+}
+
+/* Counts the decision; returns whether the packet is dropped. */
+static __always_inline int counted_drop(enum verdict v)
+{
+	struct eb_quorum_counters *c;
+	__u32 zero = 0;
+
+	if (v == NOT_OURS)
+		return 0;
+	c = bpf_map_lookup_elem(&counters, &zero);
+	if (!c)
+		return 0;
 	switch (v) {
-	case QUORUM: c->quorums++; return PASS;
-	case COUNTED: c->counted++; return DROP;
-	case DUPLICATE: c->duplicates++; return DROP;
-	case LATE: c->late++; return DROP;
-	case OTHER_EPOCH: c->other_epoch++; return PASS;
-	case OUTSIDE_WINDOW: c->outside_window++; return PASS;
-	case UNKNOWN_VOTER: c->unknown_voter++; return PASS;
-	case NOT_AN_ACK: c->not_acks++; return PASS;
-	default: c->unverified++; return PASS;
+	case QUORUM: c->quorums++; return 0;
+	case COUNTED: c->counted++; return 1;
+	case DUPLICATE: c->duplicates++; return 1;
+	case LATE: c->late++; return 1;
+	case OTHER_EPOCH: c->other_epoch++; return 0;
+	case OUTSIDE_WINDOW: c->outside_window++; return 0;
+	case UNKNOWN_VOTER: c->unknown_voter++; return 0;
+	case NOT_AN_ACK: c->not_acks++; return 0;
+	default: c->unverified++; return 0;
 	}
 }
+
+/* The collector on the TC ingress hook (the default: see src/quorum/). */
+SEC("tcx/ingress")
+int collect(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct eb_quorum *q = bpf_map_lookup_elem(&quorum, &zero);
+
+	if (!q)
+		return PASS;
+	return counted_drop(decide(skb, 0, q)) ? DROP : PASS;
+}
+
+/* The same collector on the XDP hook, before any skb exists. */
+SEC("xdp")
+int collect_xdp(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct eb_quorum *q = bpf_map_lookup_elem(&quorum, &zero);
+
+	if (!q)
+		return XDP_PASS;
+	return counted_drop(decide(ctx, 1, q)) ? XDP_DROP : XDP_PASS;
+}
+
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

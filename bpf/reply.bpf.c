@@ -160,7 +160,8 @@ static __always_inline int checksum_ok(struct __sk_buff *skb, const struct heade
 		return 0;
 	c.len = (udp_len + 3) & ~3U;
 	c.sum = fold(pseudo_sum(h->ip.saddr, h->ip.daddr, h->udp.len));
-	bpf_loop(CHUNKS, sum_chunk, &c, 0);
+	if (bpf_loop(CHUNKS, sum_chunk, &c, 0) < 0)
+		return 0;
 	return c.sum >= 0 && fold(c.sum) == 0xffff;
 }
 

@@ -3,20 +3,24 @@
 #
 # For 3, 5, 7 and 9 replicas, each replica in its own network namespace
 # behind a bridge and the clients in another, runs the same workload with
-# the leader's broadcasts fanned out in the kernel and sent from user space
-# (sendmmsg), in four scenarios: no faults, a follower killed (SIGKILL)
-# half-way through, 5% of the frames dropped on every bridge port
-# (nftables `numgen random`), and a single client (latency). Every run
-# checks its history for linearizability. Kernel and user runs alternate,
-# REPS times, and the table reports medians.
+# each set of in-kernel mechanisms of Electrode's ablation (--accel: none,
+# broadcast, quorum, reply, all), in four scenarios: no faults, a follower
+# killed (SIGKILL) half-way through, 5% of the frames dropped on every
+# bridge port (nftables `numgen random`), and a single client (latency).
+# Every run checks its history for linearizability. The sets run one after
+# another in an order that rotates every repetition, REPS times, and the
+# table reports medians and ratios of neighbouring runs.
 #
 #   sudo scripts/paxos-bench.sh
-#   sudo SIZES="3 7" REPS=5 SCENARIOS=normal scripts/paxos-bench.sh
+#   sudo SIZES="3 7" REPS=5 SCENARIOS=normal ACCELS="none all" scripts/paxos-bench.sh
 #
 # Settings (environment): SIZES ("3 5 7 9"), REPS (3), N measured requests
 # (20000), W warm-up requests (2000), T concurrent clients (16), LOSS
 # percent (5), LOSS_N requests in the loss scenario (5000), LAT_N requests
-# of the single client (5000), SCENARIOS ("normal kill loss latency"), OUT
+# of the single client (5000), SCENARIOS ("normal kill loss latency"),
+# ACCELS ("none broadcast quorum reply all"; the fault and latency
+# scenarios use LAT_ACCELS, "none all"), LEADER_CPU (unset; a CPU number
+# runs every cluster with --leader-cpu, see docs/paxos.md), OUT
 # (target/paxos-bench). Results: $OUT/results.jsonl (one JSON line per run),
 # $OUT/table.md, $OUT/paxos-bench.svg, $OUT/environment.txt.
 set -euo pipefail
@@ -30,6 +34,8 @@ LOSS=${LOSS:-5}
 LOSS_N=${LOSS_N:-5000}
 LAT_N=${LAT_N:-5000}
 SCENARIOS=${SCENARIOS:-"normal kill loss latency"}
+ACCELS=${ACCELS:-"none broadcast quorum reply all"}
+LAT_ACCELS=${LAT_ACCELS:-"none all"}
 
 cd "$(dirname "$0")/.."
 OUT=${OUT:-target/paxos-bench}
@@ -52,12 +58,13 @@ results=$OUT/results.jsonl
     echo "kernel: $(uname -r)"
     echo "cpus: $(nproc)"
     echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "settings: SIZES=$SIZES REPS=$REPS N=$N W=$W T=$T LOSS=$LOSS LOSS_N=$LOSS_N LAT_N=$LAT_N"
+    echo "settings: SIZES=$SIZES REPS=$REPS N=$N W=$W T=$T LOSS=$LOSS LOSS_N=$LOSS_N LAT_N=$LAT_N ACCELS=$ACCELS LAT_ACCELS=$LAT_ACCELS LEADER_CPU=${LEADER_CPU:-}"
 } >"$OUT/environment.txt"
 
 failures=0
 run() {
     local line
+    if [[ -n ${LEADER_CPU:-} ]]; then set -- "$@" --leader-cpu "$LEADER_CPU"; fi
     if line=$("$bin" cluster "$@"); then
         echo "$line" >>"$results"
     else
@@ -66,24 +73,31 @@ run() {
         [[ $line == "{"* ]] && echo "$line" >>"$results"
     fi
     if command -v jq >/dev/null && [[ $line == "{"* ]]; then
-        jq -r '"\(.replicas) replicas \(.broadcast | (. + "    ")[:6]) loss \(.loss_percent)% killed \(.killed_follower | tostring | (. + " ")[:5]) \(.throughput) req/s  p50 \(.p50_us) p99 \(.p99_us) us  leader \(.leader_cpu_us_per_request) us/req  linearizable \(.linearizable)"' <<<"$line"
+        jq -r '"\(.replicas) replicas \(.accel | (. + "          ")[:10]) loss \(.loss_percent)% killed \(.killed_follower | tostring | (. + " ")[:5]) \(.throughput) req/s  p50 \(.p50_us) p99 \(.p99_us) us  leader \(.leader_cpu_us_per_request) us/req  linearizable \(.linearizable)"' <<<"$line"
     fi
 }
 
+# The list rotated left by $2 places.
+rotate() {
+    local -a a=($1)
+    local k=$(($2 % ${#a[@]}))
+    echo "${a[@]:k}" "${a[@]:0:k}"
+}
+
 for rep in $(seq "$REPS"); do
-    # Alternate which mode goes first, so drift in the machine's load
-    # does not favour one of them.
-    if ((rep % 2)); then modes="kernel user"; else modes="user kernel"; fi
     for scenario in $SCENARIOS; do
+        # Rotate which set goes first, so drift in the machine's load
+        # does not favour one of them.
+        if [[ $scenario == normal ]]; then accels=$(rotate "$ACCELS" "$rep"); else accels=$(rotate "$LAT_ACCELS" "$rep"); fi
         for n in $SIZES; do
-            for mode in $modes; do
+            for accel in $accels; do
                 case $scenario in
-                normal) run --replicas "$n" --broadcast "$mode" -n "$N" -w "$W" -t "$T" ;;
-                kill) run --replicas "$n" --broadcast "$mode" -n "$N" -w "$W" -t "$T" \
+                normal) run --replicas "$n" --accel "$accel" -n "$N" -w "$W" -t "$T" ;;
+                kill) run --replicas "$n" --accel "$accel" -n "$N" -w "$W" -t "$T" \
                     --kill-follower-after $((N / 2)) ;;
-                loss) run --replicas "$n" --broadcast "$mode" -n "$LOSS_N" -w 500 -t "$T" \
+                loss) run --replicas "$n" --accel "$accel" -n "$LOSS_N" -w 500 -t "$T" \
                     --loss "$LOSS" ;;
-                latency) run --replicas "$n" --broadcast "$mode" -n "$LAT_N" -w 500 -t 1 ;;
+                latency) run --replicas "$n" --accel "$accel" -n "$LAT_N" -w 500 -t 1 ;;
                 *)
                     echo "paxos-bench: unknown scenario $scenario" >&2
                     exit 2

@@ -52,7 +52,7 @@ mod tables;
 pub use broadcaster::{Broadcaster, Mode};
 pub use error::Error;
 pub use header::{Ack, HeaderError, Sequenced, HEADER_LEN, MAX_ROUND_NUMBER, MAX_VOTERS};
-pub use quorum::{Decisions, Quorum, QuorumCounters, Verdict};
+pub use quorum::{Decisions, Ingress, Quorum, QuorumCounters, Verdict};
 pub use reply::{
     Datagram, Receipt, Replier, ReplyCounters, ReplyDecisions, DEFAULT_RING_BYTES,
     MAX_QUEUED_PAYLOAD,

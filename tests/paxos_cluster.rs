@@ -93,6 +93,7 @@ impl Cluster {
                 bind: None,
                 index: i,
                 accel,
+                quorum_ingress: elec_broadcast::Ingress::Tc,
                 iface: IFACE.to_string(),
                 timing: Timing::lan(),
                 exit_with_parent: false,

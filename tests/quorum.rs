@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+use elec_broadcast::{Ack, Ingress, Mode, Quorum, Verdict};
 use elec_testbed::{in_namespace, udp_socket_in, Testbed};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -33,9 +33,13 @@ struct Bench {
 
 impl Bench {
     fn new(n: usize, mode: Mode) -> Bench {
+        Bench::at(n, mode, Ingress::Tc)
+    }
+
+    fn at(n: usize, mode: Mode, ingress: Ingress) -> Bench {
         let tb = small_testbed(n, 1);
         let quorum = in_namespace(tb.sender_ns(), || {
-            Quorum::with_mode(tb.sender_iface(), PORT, mode)
+            Quorum::with_ingress(tb.sender_iface(), PORT, mode, ingress)
         })
         .expect("entering the sender namespace")
         .expect("creating the collector");
@@ -114,8 +118,8 @@ fn majority(n: usize) -> usize {
 /// one of them, the k-th ack, then (once its quorum datagram arrived) the
 /// n - k late ones. Exactly the k-th ack of each round reaches the socket,
 /// unchanged, from the k-th voter; the kernel drops every other one.
-fn exactly_one_datagram_per_round(n: usize, mode: Mode) {
-    let bench = Bench::new(n, mode);
+fn exactly_one_datagram_per_round(n: usize, mode: Mode, ingress: Ingress) {
+    let bench = Bench::at(n, mode, ingress);
     let k = majority(n);
     let voters = bench.voters(n);
     bench.quorum.configure(1, &voters, k).unwrap();
@@ -196,15 +200,25 @@ fn exactly_one_datagram_per_round(n: usize, mode: Mode) {
 fn exactly_one_datagram_per_round_at_k_of_3_5_7_9() {
     elec_testbed::require_root!();
     for n in [3, 5, 7, 9] {
-        exactly_one_datagram_per_round(n, Mode::Kernel);
+        exactly_one_datagram_per_round(n, Mode::Kernel, Ingress::Tc);
     }
+}
+
+/// The same collector on the XDP hook decides the same.
+#[test]
+fn exactly_one_datagram_per_round_on_the_xdp_hook() {
+    elec_testbed::require_root!();
+    for n in [3, 7] {
+        exactly_one_datagram_per_round(n, Mode::Kernel, Ingress::Xdp);
+    }
+    loss_reordering_and_an_epoch_change(5, Mode::Kernel, Ingress::Xdp);
 }
 
 #[test]
 fn user_space_collector_decides_the_same() {
     elec_testbed::require_root!();
     for n in [3, 7] {
-        exactly_one_datagram_per_round(n, Mode::UserSpace);
+        exactly_one_datagram_per_round(n, Mode::UserSpace, Ingress::Tc);
     }
 }
 
@@ -222,8 +236,8 @@ fn model_complete(acked: &HashMap<usize, u64>, k: usize) -> u64 {
 /// either advances the commit point or is one the kernel was not sure
 /// about (and then arrives byte-identical), the commit point ends where
 /// the acks put it, and no ack of the old epoch counts in the new one.
-fn loss_reordering_and_an_epoch_change(n: usize, mode: Mode) {
-    let bench = Bench::new(n, mode);
+fn loss_reordering_and_an_epoch_change(n: usize, mode: Mode, ingress: Ingress) {
+    let bench = Bench::at(n, mode, ingress);
     let k = majority(n);
     let voters = bench.voters(n);
     let mut rng = SmallRng::seed_from_u64(0xec + n as u64);
@@ -355,9 +369,9 @@ fn loss_reordering_and_an_epoch_change(n: usize, mode: Mode) {
 fn loss_reordering_duplicates_and_an_epoch_change() {
     elec_testbed::require_root!();
     for n in [3, 5, 7, 9] {
-        loss_reordering_and_an_epoch_change(n, Mode::Kernel);
+        loss_reordering_and_an_epoch_change(n, Mode::Kernel, Ingress::Tc);
     }
-    loss_reordering_and_an_epoch_change(5, Mode::UserSpace);
+    loss_reordering_and_an_epoch_change(5, Mode::UserSpace, Ingress::Tc);
 }
 
 /// Acks for rounds not sent yet pass to user space uncounted, and count as

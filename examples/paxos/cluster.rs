@@ -29,6 +29,7 @@ use crate::accel::Accel;
 use crate::config::Config;
 use crate::history;
 use crate::shell::{run_clients, ClientOptions, ClientReport, Phases, ReplicaJson};
+use elec_broadcast::Ingress;
 
 /// Pids of live replica processes, for the Ctrl-C handler.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -71,6 +72,8 @@ pub struct ClusterOptions {
     pub replicas: usize,
     /// The in-kernel mechanisms of every replica.
     pub accel: Accel,
+    /// The hook of their quorum collectors.
+    pub quorum_ingress: Ingress,
     /// The workload (its `config` and `bind` are filled in here).
     pub client: ClientOptions,
     /// Kill the last follower after this many measured requests.
@@ -81,6 +84,10 @@ pub struct ClusterOptions {
     pub port: u16,
     /// Check the history for linearizability.
     pub check: bool,
+    /// Pin the leader to this CPU and steer the followers' receive
+    /// processing (RPS) to the other CPUs, as if each ran on its own
+    /// machine (see docs/paxos.md); `None`: leave placement to the kernel.
+    pub leader_cpu: Option<usize>,
 }
 
 /// The replica processes; killed and reaped on drop.
@@ -305,6 +312,54 @@ pub fn prefill_neighbours(tb: &Testbed) -> Result<(), String> {
     Ok(())
 }
 
+/// Steers the receive processing of every follower's interface (RPS) to
+/// every CPU but `leader_cpu`. On one host, a frame a veth sends is
+/// received in the softirq of the CPU that sent it, so without this the
+/// followers' whole receive path (and, with fast reply, their kernel acks)
+/// runs on the leader's CPU, as it never would across machines.
+fn steer_followers_off(tb: &Testbed, n: usize, leader_cpu: usize) -> Result<(), String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if leader_cpu >= cpus || cpus < 2 || cpus > 32 {
+        return Err(format!(
+            "--leader-cpu {leader_cpu}: needs 2 to 32 CPUs and a CPU below {cpus}"
+        ));
+    }
+    let mask = ((1u64 << cpus) - 1) & !(1u64 << leader_cpu);
+    for i in 1..n {
+        // `ip netns exec` remounts /sys for the namespace (setns alone does not).
+        let out = Command::new("ip")
+            .args(["netns", "exec", tb.receiver_ns(i), "sh", "-c"])
+            .arg(format!(
+                "echo {mask:x} > /sys/class/net/{IFACE}/queues/rx-0/rps_cpus"
+            ))
+            .output()
+            .map_err(|e| format!("running ip netns exec: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "steering replica {i}'s receive processing: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pins every thread of process `pid` to `cpu`.
+fn pin(pid: u32, cpu: usize) -> Result<(), String> {
+    let out = Command::new("taskset")
+        .args(["-a", "-c", "-p", &cpu.to_string(), &pid.to_string()])
+        .output()
+        .map_err(|e| format!("running taskset: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "pinning the leader to CPU {cpu}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// Drops `percent`% of the frames every bridge port forwards.
 pub fn install_loss(tb: &Testbed, percent: u32) -> Result<(), String> {
     let rules = format!(
@@ -344,7 +399,11 @@ pub struct ClusterJson {
     pub broadcast: &'static str,
     /// The in-kernel mechanisms: `none`, `all`, or a list.
     pub accel: String,
+    /// The hook of the quorum collectors: `tc` or `xdp`.
+    pub quorum_ingress: &'static str,
     pub loss_percent: u32,
+    /// The CPU the leader was pinned to (`--leader-cpu`), or null.
+    pub leader_cpu: Option<usize>,
     pub killed_follower: bool,
     pub threads: usize,
     pub requests: usize,
@@ -439,6 +498,9 @@ pub fn run_cluster(opts: &ClusterOptions) -> Result<ClusterJson, String> {
             .collect(),
     };
     prefill_neighbours(&tb)?;
+    if let Some(cpu) = opts.leader_cpu {
+        steer_followers_off(&tb, n, cpu)?;
+    }
     let path = config_path();
     fs::write(&path, config.to_text()).map_err(|e| format!("writing {}: {e}", path.display()))?;
     let _config_file = TempFile(path.clone());
@@ -454,6 +516,14 @@ pub fn run_cluster(opts: &ClusterOptions) -> Result<ClusterJson, String> {
             .arg(&path)
             .args(["--index", &i.to_string()])
             .args(["--accel", &opts.accel.to_string()])
+            .args([
+                "--quorum-ingress",
+                if opts.quorum_ingress == Ingress::Xdp {
+                    "xdp"
+                } else {
+                    "tc"
+                },
+            ])
             .args(["--iface", IFACE, "--exit-with-parent", "--json"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -469,6 +539,9 @@ pub fn run_cluster(opts: &ClusterOptions) -> Result<ClusterJson, String> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(child.id());
+        if let (0, Some(cpu)) = (i, opts.leader_cpu) {
+            pin(child.id(), cpu)?;
+        }
         replicas.children.push(Some(child));
     }
     wait_until_bound(&tb, &config, &mut replicas)?;
@@ -551,7 +624,13 @@ fn summary(
             "user"
         },
         accel: opts.accel.to_string(),
+        quorum_ingress: if opts.quorum_ingress == Ingress::Xdp {
+            "xdp"
+        } else {
+            "tc"
+        },
         loss_percent: opts.loss_percent,
+        leader_cpu: opts.leader_cpu,
         killed_follower: killed,
         threads: opts.client.threads,
         requests: opts.client.requests,

@@ -47,6 +47,7 @@ use crate::accel::Accel;
 use crate::config::Config;
 use crate::replica::Timing;
 use crate::shell::{ClientOptions, ClientReport, ReplicaOptions};
+use elec_broadcast::Ingress;
 
 #[derive(Parser)]
 #[command(about = "Multi-Paxos (Viewstamped Replication) over elec-broadcast")]
@@ -107,6 +108,15 @@ struct ReportArgs {
     svg: Option<PathBuf>,
 }
 
+/// `tc` or `xdp`.
+fn parse_ingress(s: &str) -> Result<Ingress, String> {
+    match s {
+        "tc" => Ok(Ingress::Tc),
+        "xdp" => Ok(Ingress::Xdp),
+        _ => Err(format!("{s:?}: use tc or xdp")),
+    }
+}
+
 #[derive(Args)]
 struct ReplicaArgs {
     /// Configuration file (`f N` and 2f+1 `replica host:port` lines).
@@ -134,6 +144,9 @@ struct ReplicaArgs {
     /// counted in the kernel) and `reply` (followers ack in the kernel).
     #[arg(long, default_value = "all")]
     accel: Accel,
+    /// The hook of the quorum collector: `tc` or `xdp` (see docs/paxos.md).
+    #[arg(long, default_value = "tc", value_parser = parse_ingress)]
+    quorum_ingress: Ingress,
     /// Interface the other replicas are reached through.
     #[arg(long, default_value = "eth0")]
     iface: String,
@@ -233,6 +246,9 @@ struct ClusterArgs {
     /// `broadcast`, `quorum`, `reply` (see `paxos replica --help`).
     #[arg(long, default_value = "all")]
     accel: Accel,
+    /// The hook of the replicas' quorum collectors: `tc` or `xdp`.
+    #[arg(long, default_value = "tc", value_parser = parse_ingress)]
+    quorum_ingress: Ingress,
     #[command(flatten)]
     workload: Workload,
     /// Kill (SIGKILL) the last follower after this many measured requests.
@@ -244,6 +260,11 @@ struct ClusterArgs {
     /// UDP port of the replicas.
     #[arg(long, default_value_t = 7000)]
     port: u16,
+    /// Pin the leader to this CPU and steer the followers' receive
+    /// processing to the other CPUs, as if each replica had its own machine
+    /// (needs taskset; see docs/paxos.md).
+    #[arg(long)]
+    leader_cpu: Option<usize>,
     /// Skip the linearizability check.
     #[arg(long)]
     no_check: bool,
@@ -313,6 +334,7 @@ fn replica(args: ReplicaArgs) -> Result<ExitCode, String> {
         bind: args.bind,
         index,
         accel: args.accel,
+        quorum_ingress: args.quorum_ingress,
         iface: args.iface,
         timing: Timing::lan(),
         exit_with_parent: args.exit_with_parent,
@@ -445,11 +467,13 @@ fn cluster(args: ClusterArgs) -> Result<ExitCode, String> {
     let opts = cluster::ClusterOptions {
         replicas: args.replicas,
         accel: args.accel,
+        quorum_ingress: args.quorum_ingress,
         client,
         kill_follower_after: args.kill_follower_after,
         loss_percent: args.loss,
         port: args.port,
         check: !args.no_check,
+        leader_cpu: args.leader_cpu,
     };
     let summary = cluster::run_cluster(&opts)?;
     println!("{}", to_line(&summary));

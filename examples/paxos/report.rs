@@ -17,6 +17,8 @@ struct Run {
     loss: u64,
     killed: bool,
     threads: u64,
+    /// Run with `--leader-cpu`.
+    pinned: bool,
     throughput: f64,
     p50: f64,
     p90: f64,
@@ -41,6 +43,8 @@ struct RunJson {
     accel: Option<String>,
     #[serde(default)]
     leader_acks_per_op: Option<f64>,
+    #[serde(default)]
+    leader_cpu: Option<u64>,
     loss_percent: u64,
     #[serde(default)]
     killed_follower: bool,
@@ -76,6 +80,7 @@ fn parse(line: &str) -> Result<Run, String> {
         loss: r.loss_percent,
         killed: r.killed_follower,
         threads: r.threads,
+        pinned: r.leader_cpu.is_some(),
         throughput: r.throughput,
         p50: r.p50_us,
         p90: r.p90_us,
@@ -132,10 +137,10 @@ fn summarize(runs: &[&Run]) -> Summary {
     }
 }
 
-/// Loss percentage, follower killed, clients.
-type Scenario = (u64, bool, u64);
+/// Leader pinned (`--leader-cpu`), loss percentage, follower killed, clients.
+type Scenario = (bool, u64, bool, u64);
 
-fn scenario_name((loss, killed, threads): Scenario) -> String {
+fn scenario_name((pinned, loss, killed, threads): Scenario) -> String {
     let faults = match (loss, killed) {
         (0, false) => "no faults".into(),
         (0, true) => "a follower killed mid-run".into(),
@@ -143,7 +148,12 @@ fn scenario_name((loss, killed, threads): Scenario) -> String {
         (l, true) => format!("{l}% loss and a follower killed"),
     };
     let s = if threads == 1 { "" } else { "s" };
-    format!("{faults}, {threads} client{s}")
+    let placement = if pinned {
+        ", leader pinned, followers' receive on the other CPU"
+    } else {
+        ""
+    };
+    format!("{faults}, {threads} client{s}{placement}")
 }
 
 /// The order of the mechanisms in tables and plots: the baseline first.
@@ -167,7 +177,7 @@ fn table(runs: &[Run]) -> Table {
     for r in runs {
         groups
             .entry((
-                (r.loss, r.killed, r.threads),
+                (r.pinned, r.loss, r.killed, r.threads),
                 r.replicas,
                 accel_rank(&r.accel),
             ))
@@ -266,8 +276,8 @@ pub fn report(text: &str, svg: Option<&std::path::Path>) -> Result<String, Strin
         // The fault-free runs with the most clients.
         let fault_free = table
             .iter()
-            .filter(|((loss, killed, _), _)| *loss == 0 && !killed)
-            .max_by_key(|((_, _, threads), _)| *threads);
+            .filter(|((_, loss, killed, _), _)| *loss == 0 && !killed)
+            .max_by_key(|((pinned, _, _, threads), _)| (*threads, !pinned));
         if let Some((_, rows)) = fault_free {
             std::fs::write(path, plot(rows))
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -480,7 +490,7 @@ mod tests {
         assert!(table.contains("all: throughput +200%"), "{table}");
         let svg = plot(
             &super::table(&text.lines().map(|l| parse(l).unwrap()).collect::<Vec<_>>())
-                [&(0, false, 4)],
+                [&(false, 0, false, 4)],
         );
         assert!(svg.contains(">all</text>") && svg.contains(">none</text>"));
     }
@@ -519,7 +529,9 @@ mod tests {
             replicas: 3,
             broadcast: "kernel",
             accel: "all".into(),
+            quorum_ingress: "tc",
             loss_percent: 5,
+            leader_cpu: None,
             killed_follower: true,
             threads: 4,
             requests: 10,
@@ -550,7 +562,7 @@ mod tests {
         let line = serde_json::to_string(&summary).unwrap();
         assert!(
             line.starts_with(
-                r#"{"replicas":3,"broadcast":"kernel","accel":"all","loss_percent":5,"killed_follower":true,"threads":4,"requests":10,"completed":10,"gave_up":0,"elapsed_s":1.235,"throughput":8,"mean_us":400,"#
+                r#"{"replicas":3,"broadcast":"kernel","accel":"all","quorum_ingress":"tc","loss_percent":5,"leader_cpu":null,"killed_follower":true,"threads":4,"requests":10,"completed":10,"gave_up":0,"elapsed_s":1.235,"throughput":8,"mean_us":400,"#
             ),
             "{line}"
         );
@@ -584,7 +596,7 @@ mod tests {
             .iter()
             .map(|l| parse(l).unwrap())
             .collect();
-        let svg = plot(&table(&runs)[&(0, false, 4)]);
+        let svg = plot(&table(&runs)[&(false, 0, false, 4)]);
         assert!(svg.contains(">broadcast</text>") && svg.contains(">none</text>"));
         assert_eq!(svg.matches("<polyline").count(), 4);
     }

@@ -20,8 +20,8 @@ use std::sync::{mpsc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use elec_broadcast::{
-    Ack, Broadcaster, Datagram, Mode, Quorum, QuorumCounters, Receipt, Replier, ReplyCounters,
-    Sequenced, Verdict, DEFAULT_RING_BYTES,
+    Ack, Broadcaster, Datagram, Ingress, Mode, Quorum, QuorumCounters, Receipt, Replier,
+    ReplyCounters, Sequenced, Verdict, DEFAULT_RING_BYTES,
 };
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, MsgFlags, SockaddrIn};
@@ -55,6 +55,8 @@ pub struct ReplicaOptions {
     pub index: usize,
     /// The in-kernel mechanisms to use (broadcast, quorum, reply).
     pub accel: Accel,
+    /// The hook of the quorum collector (with `quorum`).
+    pub quorum_ingress: Ingress,
     /// Interface the other replicas are reached through.
     pub iface: String,
     /// Protocol timeouts.
@@ -226,12 +228,6 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
         Some(ip) => SocketAddr::new(ip.into(), local.port()),
         None => local,
     };
-    let socket = UdpSocket::bind(local).map_err(|e| {
-        format!("cannot bind replica {me} to {local}: {e} (is it an address of this host?)")
-    })?;
-    socket
-        .set_read_timeout(Some(POLL))
-        .map_err(|e| format!("setting the socket timeout: {e}"))?;
     let mode = if opts.accel.broadcast {
         Mode::Kernel
     } else {
@@ -247,7 +243,7 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
     let quorum = opts
         .accel
         .quorum
-        .then(|| Quorum::with_mode(&opts.iface, local.port(), Mode::Kernel))
+        .then(|| Quorum::with_ingress(&opts.iface, local.port(), Mode::Kernel, opts.quorum_ingress))
         .transpose()
         .map_err(|e| format!("cannot count acks in the kernel on {}: {e}", opts.iface))?;
     let replier = opts
@@ -267,6 +263,14 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
     if let Some(replier) = &replier {
         replier.set_quiet(true);
     }
+    // Bound last: a replica whose port answers is ready (its programs are
+    // loaded), so clients and peers that wait for the port wait for that.
+    let socket = UdpSocket::bind(local).map_err(|e| {
+        format!("cannot bind replica {me} to {local}: {e} (is it an address of this host?)")
+    })?;
+    socket
+        .set_read_timeout(Some(POLL))
+        .map_err(|e| format!("setting the socket timeout: {e}"))?;
     let others: Vec<SocketAddr> = config
         .replicas
         .iter()
@@ -362,6 +366,12 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
                 break;
             }
             received = try_recv(&socket, &mut buf).map_err(|e| format!("receiving: {e}"))?;
+        }
+        if let Some((view, round, voters)) = accel.missed_quorum() {
+            for msg in accel::quorum_acks(view, round, &voters) {
+                replica.handle(now(), msg, &mut out);
+            }
+            shell.send(&mut out);
         }
         let t = now();
         replica.tick(t, &mut out);
@@ -573,6 +583,14 @@ impl AccelState<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A quorum the collector completed but whose datagram never reached
+    /// us (a full socket buffer): learnt from its memory instead.
+    fn missed_quorum(&self) -> Option<(u64, u64, Vec<u16>)> {
+        let (quorum, view) = (self.quorum?, self.collecting?);
+        let round = quorum.advanced()?;
+        Some((view, round, quorum.voters(round)))
     }
 
     /// Keeps the collector and the replier in step with the core: the

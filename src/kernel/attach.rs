@@ -68,7 +68,8 @@ pub(crate) fn attach(
 
 /// How the program is attached; detached on drop.
 pub(super) enum Attachment {
-    /// A TCX link (Linux 6.6+): dropping the link detaches exactly our program.
+    /// A TCX (Linux 6.6+) or XDP link: dropping the link detaches exactly
+    /// our program.
     Tcx(#[allow(dead_code)] Link),
     /// A cls_bpf filter on a clsact qdisc (older kernels).
     Clsact {

@@ -33,8 +33,14 @@ unsafe impl Sync for Collector {}
 
 impl Collector {
     /// Loads the program, writes `port` (host order) into its map and
-    /// attaches it to the ingress of `ifindex`.
-    pub(crate) fn attach(interface: &str, ifindex: u32, port: u16) -> Result<Collector, Error> {
+    /// attaches it to the ingress of `ifindex`: on the TC hook, or with
+    /// `xdp` on the XDP hook.
+    pub(crate) fn attach(
+        interface: &str,
+        ifindex: u32,
+        port: u16,
+        xdp: bool,
+    ) -> Result<Collector, Error> {
         check_capabilities()?;
         let cell = ObjectCell::new();
         // SAFETY: the cell is a valid, exclusively owned allocation that
@@ -61,14 +67,29 @@ impl Collector {
         // SAFETY: the mapping is at least one QuorumShared long, page-aligned,
         // and the program is not attached yet: nothing else writes it.
         unsafe { (*shared).port = port.to_be() };
-        let (attachment, _tcx) = attach(
-            &skel.progs.collect,
-            WHAT,
-            interface,
-            ifindex,
-            Hook::Ingress,
-            false,
-        )?;
+        let attachment = if xdp {
+            let link = skel
+                .progs
+                .collect_xdp
+                .attach_xdp(ifindex as i32)
+                .map_err(|e| Error::Attach {
+                    program: WHAT,
+                    hook: "XDP",
+                    interface: interface.to_string(),
+                    source: to_io(e),
+                })?;
+            Attachment::Tcx(link)
+        } else {
+            attach(
+                &skel.progs.collect,
+                WHAT,
+                interface,
+                ifindex,
+                Hook::Ingress,
+                false,
+            )?
+            .0
+        };
         Ok(Collector {
             _attachment: attachment,
             memory,

@@ -168,6 +168,18 @@ impl NsSetup {
         ] {
             write_sysctl_here(p, "1")?;
         }
+        // The hub is a switch: where br_netfilter is loaded (on the host,
+        // by a container runtime, say) bridged frames would otherwise go
+        // through the iptables hooks too, which costs every frame in the
+        // softirq of whichever CPU sends it. nftables' bridge family (the
+        // loss rules) does not need it.
+        for p in [
+            "/proc/sys/net/bridge/bridge-nf-call-iptables",
+            "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+            "/proc/sys/net/bridge/bridge-nf-call-arptables",
+        ] {
+            write_sysctl_here(p, "0")?;
+        }
         for iface in &self.tx_csum_off {
             set_tx_csum_here(iface, false).map_err(|e| {
                 context(
