@@ -319,7 +319,7 @@ pub fn prefill_neighbours(tb: &Testbed) -> Result<(), String> {
 /// runs on the leader's CPU, as it never would across machines.
 fn steer_followers_off(tb: &Testbed, n: usize, leader_cpu: usize) -> Result<(), String> {
     let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
-    if leader_cpu >= cpus || cpus < 2 || cpus > 32 {
+    if leader_cpu >= cpus || !(2..=32).contains(&cpus) {
         return Err(format!(
             "--leader-cpu {leader_cpu}: needs 2 to 32 CPUs and a CPU below {cpus}"
         ));
