@@ -6,11 +6,11 @@ use std::mem::{size_of, MaybeUninit};
 use std::os::fd::AsFd;
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, OpenObject};
+use libbpf_rs::{MapCore, OpenObject};
 
 use super::abi::{QuorumKernelCounters, QuorumShared, QuorumSkel, QuorumSkelBuilder};
 use super::attach::{attach, Attachment, Hook};
-use super::program::{check_capabilities, load_error, to_io, ObjectCell};
+use super::program::{check_capabilities, load_error, sum_per_cpu, to_io, ObjectCell};
 use crate::sys::MapMemory;
 use crate::Error;
 
@@ -105,21 +105,8 @@ impl Collector {
 
     /// The program's counters, summed over CPUs.
     pub(crate) fn counters(&self) -> io::Result<QuorumKernelCounters> {
-        let per_cpu = self
-            .skel
-            .maps
-            .counters
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(to_io)?
-            .unwrap_or_default();
-        let mut sum = [0u64; size_of::<QuorumKernelCounters>() / 8];
-        for value in per_cpu {
-            for (total, bytes) in sum.iter_mut().zip(value.chunks_exact(8)) {
-                *total += u64::from_ne_bytes(bytes.try_into().expect("chunks of 8"));
-            }
-        }
         let [quorums, counted, duplicates, late, other_epoch, outside_window, unknown_voter, not_acks, unverified] =
-            sum;
+            sum_per_cpu::<{ size_of::<QuorumKernelCounters>() / 8 }>(&self.skel.maps.counters)?;
         Ok(QuorumKernelCounters {
             quorums,
             counted,

@@ -55,6 +55,21 @@ unsafe impl Send for Program {}
 // through `Slot`, whose exclusivity the caller of `slot()` guarantees.
 unsafe impl Sync for Program {}
 
+/// Entry 0 of a per-CPU array of `N` u64 counters, summed over CPUs.
+pub(super) fn sum_per_cpu<const N: usize>(map: &dyn MapCore) -> io::Result<[u64; N]> {
+    let per_cpu = map
+        .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+        .map_err(to_io)?
+        .unwrap_or_default();
+    let mut sum = [0u64; N];
+    for value in per_cpu {
+        for (total, bytes) in sum.iter_mut().zip(value.chunks_exact(8)) {
+            *total += u64::from_ne_bytes(bytes.try_into().expect("chunks of 8"));
+        }
+    }
+    Ok(sum)
+}
+
 pub(super) fn to_io(err: libbpf_rs::Error) -> io::Error {
     io::Error::other(format!("{err:#}"))
 }
@@ -166,20 +181,8 @@ impl Program {
 
     /// The program's own counters, summed over CPUs.
     pub(crate) fn kernel_stats(&self) -> io::Result<KernelStats> {
-        let per_cpu = self
-            .skel
-            .maps
-            .stats
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(to_io)?
-            .unwrap_or_default();
-        let mut sum = [0u64; 5];
-        for value in per_cpu {
-            for (total, bytes) in sum.iter_mut().zip(value.chunks_exact(8)) {
-                *total += u64::from_ne_bytes(bytes.try_into().expect("chunks of 8"));
-            }
-        }
-        let [fan_outs, clones, clone_failures, rewrite_failures, mismatches] = sum;
+        let [fan_outs, clones, clone_failures, rewrite_failures, mismatches] =
+            sum_per_cpu(&self.skel.maps.stats)?;
         Ok(KernelStats {
             fan_outs,
             clones,

@@ -10,11 +10,11 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, OpenObject, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapCore, OpenObject, RingBuffer, RingBufferBuilder};
 
 use super::abi::{ReplyKernelCounters, ReplyShared, ReplySkel, ReplySkelBuilder};
 use super::attach::{attach, Attachment, Hook};
-use super::program::{check_capabilities, load_error, to_io, ObjectCell};
+use super::program::{check_capabilities, load_error, sum_per_cpu, to_io, ObjectCell};
 use crate::sys::MapMemory;
 use crate::Error;
 
@@ -133,21 +133,8 @@ impl Replier {
 
     /// The program's counters, summed over CPUs.
     pub(crate) fn counters(&self) -> io::Result<ReplyKernelCounters> {
-        let per_cpu = self
-            .skel
-            .maps
-            .counters
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
-            .map_err(to_io)?
-            .unwrap_or_default();
-        let mut sum = [0u64; size_of::<ReplyKernelCounters>() / 8];
-        for value in per_cpu {
-            for (total, bytes) in sum.iter_mut().zip(value.chunks_exact(8)) {
-                *total += u64::from_ne_bytes(bytes.try_into().expect("chunks of 8"));
-            }
-        }
         let [acked, ring_full, gaps, duplicates, other_epoch, frozen, not_sequenced, too_long, bad_checksum, ack_failures] =
-            sum;
+            sum_per_cpu::<{ size_of::<ReplyKernelCounters>() / 8 }>(&self.skel.maps.counters)?;
         Ok(ReplyKernelCounters {
             acked,
             ring_full,
