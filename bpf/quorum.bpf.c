@@ -35,6 +35,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "checksum.h"
+
 #include "elec_wire.h"
 #include "elec_quorum.h"
 
@@ -97,15 +99,6 @@ static __always_inline long load(void *ctx, const int xdp, __u32 off, void *to, 
 	return xdp ? bpf_xdp_load_bytes(ctx, off, to, len) : bpf_skb_load_bytes(ctx, off, to, len);
 }
 
-static __always_inline __u16 fold(__u64 sum)
-{
-	sum = (sum & 0xffffffff) + (sum >> 32);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum;
-}
-
 /* Whether the UDP checksum is right, or known to be right. A CHECKSUM_PARTIAL
  * datagram from a sender on this host (or across a veth) holds only the
  * pseudo-header sum, which a datagram with a full checksum matches with
@@ -122,8 +115,7 @@ static __always_inline int checksum_ok(void *ctx, const int xdp, const struct pa
 		return 1;
 	if (p->udp.check == 0) /* the sender computed no checksum (IPv4 allows it) */
 		return 1;
-	pseudo = (p->ip.saddr & 0xffff) + (p->ip.saddr >> 16) + (p->ip.daddr & 0xffff) +
-		 (p->ip.daddr >> 16) + bpf_htons(IPPROTO_UDP) + p->udp.len;
+	pseudo = pseudo_sum(p->ip.saddr, p->ip.daddr, p->udp.len);
 	if (p->udp.check == fold(pseudo))
 		return 1;
 	s = bpf_map_lookup_elem(&scratch, &zero);

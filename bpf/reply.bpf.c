@@ -29,6 +29,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "checksum.h"
+
 #include "elec_wire.h"
 #include "elec_reply.h"
 
@@ -103,22 +105,6 @@ struct ack_frame {
 	struct udphdr udp;
 	struct eb_ack ack;
 };
-
-static __always_inline __u16 fold(__u64 sum)
-{
-	sum = (sum & 0xffffffff) + (sum >> 32);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return sum;
-}
-
-/* The UDP pseudo-header sum (addresses, protocol, length), unfolded. */
-static __always_inline __u64 pseudo_sum(__be32 saddr, __be32 daddr, __be16 udp_len)
-{
-	return (saddr & 0xffff) + (saddr >> 16) + (daddr & 0xffff) + (daddr >> 16) +
-	       bpf_htons(IPPROTO_UDP) + udp_len;
-}
 
 /* State of the chunked checksum (bpf_loop passes it by pointer). */
 struct summing {

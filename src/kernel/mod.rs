@@ -31,3 +31,31 @@ pub(crate) use collector::Collector;
 pub(crate) use program::Program;
 pub(crate) use replier::Replier as KernelReplier;
 pub(crate) use slots::Tags;
+
+/// The kernel half of a receive-side primitive for `mode`: `attach` it on
+/// `interface` (given its index) for [`Mode::Kernel`] and [`Mode::Auto`];
+/// `Auto` falls back to `Ok((None, Some(why)))` where that fails, `Kernel`
+/// fails. `doing` says what the user-space half does instead, for the log.
+pub(crate) fn attach_or_fall_back<T>(
+    interface: &str,
+    mode: crate::Mode,
+    doing: &str,
+    attach: impl FnOnce(u32) -> Result<T, crate::Error>,
+) -> Result<(Option<T>, Option<crate::Error>), crate::Error> {
+    use crate::{Error, Mode};
+    let ifindex =
+        nix::net::if_::if_nametoindex(interface).map_err(|_| Error::UnknownInterface {
+            name: interface.to_string(),
+        })?;
+    match mode {
+        Mode::UserSpace => Ok((None, None)),
+        Mode::Auto | Mode::Kernel => match attach(ifindex) {
+            Ok(program) => Ok((Some(program), None)),
+            Err(err) if mode == Mode::Kernel => Err(err),
+            Err(err) => {
+                log::warn!("elec-broadcast: {doing} in user space on {interface}: {err}");
+                Ok((None, Some(err)))
+            }
+        },
+    }
+}

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::header::{Ack, MAX_VOTERS};
-use crate::kernel::{Collector, QuorumKernelCounters, QuorumShared};
+use crate::kernel::{attach_or_fall_back, Collector, QuorumKernelCounters, QuorumShared};
 use crate::{Error, Mode};
 use tally::{tag_of, Decision, Tallies};
 
@@ -192,24 +192,13 @@ impl Quorum {
                 why: "the port is 0: give the UDP port the acks are sent to".into(),
             });
         }
-        let ifindex =
-            nix::net::if_::if_nametoindex(interface).map_err(|_| Error::UnknownInterface {
-                name: interface.to_string(),
+        let (collector, fallback_reason) =
+            attach_or_fall_back(interface, mode, "counting acks", |ifindex| {
+                Collector::attach(interface, ifindex, port, ingress == Ingress::Xdp)
             })?;
-        let (backend, fallback_reason) = match mode {
-            Mode::UserSpace => (Backend::UserSpace(Box::default()), None),
-            Mode::Auto | Mode::Kernel => {
-                match Collector::attach(interface, ifindex, port, ingress == Ingress::Xdp) {
-                    Ok(collector) => (Backend::Kernel(Box::new(collector)), None),
-                    Err(err) if mode == Mode::Kernel => return Err(err),
-                    Err(err) => {
-                        log::warn!(
-                            "elec-broadcast: counting acks in user space on {interface}: {err}"
-                        );
-                        (Backend::UserSpace(Box::default()), Some(err))
-                    }
-                }
-            }
+        let backend = match collector {
+            Some(collector) => Backend::Kernel(Box::new(collector)),
+            None => Backend::UserSpace(Box::default()),
         };
         let shared = match &backend {
             Backend::Kernel(collector) => collector.shared(),

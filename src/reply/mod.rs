@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use crate::header::{Ack, Sequenced, MAX_ROUND_NUMBER, MAX_VOTERS};
 use crate::kernel::wire::{MAX_ROUND, REPLY_MAX_PAYLOAD, REPLY_QUIET as QUIET};
-use crate::kernel::{KernelReplier, ReplyKernelCounters, ReplyShared};
+use crate::kernel::{attach_or_fall_back, KernelReplier, ReplyKernelCounters, ReplyShared};
 use crate::{Error, Mode};
 
 const TAG_SHIFT: u32 = 48;
@@ -243,24 +243,13 @@ impl Replier {
                 why: format!("a ring of {ring_bytes} bytes: give a power of two of 4096 or more"),
             });
         }
-        let ifindex =
-            nix::net::if_::if_nametoindex(interface).map_err(|_| Error::UnknownInterface {
-                name: interface.to_string(),
+        let (replier, fallback_reason) =
+            attach_or_fall_back(interface, mode, "acknowledging", |ifindex| {
+                KernelReplier::attach(interface, ifindex, port, ring_bytes)
             })?;
-        let (backend, fallback_reason) = match mode {
-            Mode::UserSpace => (Backend::UserSpace(Box::default()), None),
-            Mode::Auto | Mode::Kernel => {
-                match KernelReplier::attach(interface, ifindex, port, ring_bytes) {
-                    Ok(replier) => (Backend::Kernel(Box::new(replier)), None),
-                    Err(err) if mode == Mode::Kernel => return Err(err),
-                    Err(err) => {
-                        log::warn!(
-                            "elec-broadcast: acknowledging in user space on {interface}: {err}"
-                        );
-                        (Backend::UserSpace(Box::default()), Some(err))
-                    }
-                }
-            }
+        let backend = match replier {
+            Some(replier) => Backend::Kernel(Box::new(replier)),
+            None => Backend::UserSpace(Box::default()),
         };
         let shared = match &backend {
             Backend::Kernel(replier) => replier.shared(),
