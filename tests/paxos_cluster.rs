@@ -335,6 +335,44 @@ fn each_mechanism_alone_serves_a_linearizable_history() {
     }
 }
 
+/// Each mechanism alone under each fault: 5% loss, a follower stopped, the
+/// leader stopped (a view change moves the collector's and the repliers'
+/// epoch).
+#[test]
+fn each_mechanism_alone_survives_every_fault() {
+    elec_testbed::require_root!();
+    let _serial = serial();
+    for accel in Accel::ablation() {
+        if accel == Accel::NONE || accel == Accel::ALL {
+            continue; // covered by the tests above and below
+        }
+        let cluster = Cluster::start(3, accel);
+        cluster::install_loss(&cluster.tb, 5).expect("installing the loss rule");
+        let report = cluster.run_clients(400, 4, &());
+        assert_linearizable_and_complete(&report, 400);
+        drop(cluster);
+        for victim in [2, 0] {
+            let mut cluster = Cluster::start(3, accel);
+            let killer = KillAfter {
+                after: 150,
+                stop: cluster.stop_flag(victim),
+            };
+            let report = cluster.run_clients(500, 4, &killer);
+            assert_linearizable_and_complete(&report, 500);
+            let reports = cluster.stop_all();
+            if victim == 0 {
+                assert!(
+                    reports[1..]
+                        .iter()
+                        .flatten()
+                        .any(|r| r.leader && r.view >= 1),
+                    "{accel}: a new leader"
+                );
+            }
+        }
+    }
+}
+
 /// 5% of the frames on every bridge port dropped (nftables), all three
 /// mechanisms on: lost Prepares, lost kernel acks and lost quorum acks are
 /// repaired by retransmission and state transfer.
