@@ -168,7 +168,8 @@ static long scan_voter(__u32 v, void *data)
 /* The highest round that at least k of the voters have acknowledged: scan
  * for the highest round, then the next lower one, ..., until k voters are
  * covered. Each scan covers at least one voter, so k scans are enough. */
-static __always_inline __u64 kth_highest(struct eb_quorum *q, __u64 tag, __u64 voters, __u32 k)
+static __always_inline __u64 kth_highest(struct eb_quorum *q, __u64 tag, __u64 voters, __u32 k,
+					 __u32 span)
 {
 	struct scan s = { .q = q, .tag = tag, .voters = voters, .below = ~0ULL };
 	__u32 need = k;
@@ -176,7 +177,7 @@ static __always_inline __u64 kth_highest(struct eb_quorum *q, __u64 tag, __u64 v
 	for (int i = 0; i < EB_MAX_VOTERS; i++) {
 		s.max = 0;
 		s.ties = 0;
-		if (bpf_loop(EB_MAX_VOTERS, scan_voter, &s, 0) < 0 || s.max == 0)
+		if (bpf_loop(span, scan_voter, &s, 0) < 0 || s.max == 0)
 			return 0;
 		if (s.ties >= need)
 			return s.max;
@@ -192,7 +193,7 @@ enum verdict { QUORUM, COUNTED, DUPLICATE, LATE, OTHER_EPOCH, OUTSIDE_WINDOW,
 
 /* Count one ack of `voter` for `round` under configuration tag `tag`. */
 static __always_inline enum verdict tally(struct eb_quorum *q, __u64 tag, __u32 voter,
-					  __u64 round, __u64 voters, __u32 k)
+					  __u64 round, __u64 voters, __u32 k, __u32 span)
 {
 	__u64 old, seen, highest;
 	int raised = 0, i;
@@ -223,7 +224,7 @@ static __always_inline enum verdict tally(struct eb_quorum *q, __u64 tag, __u32 
 			return i == 0 ? LATE : COUNTED;
 		if (!raised)
 			return DUPLICATE;
-		highest = kth_highest(q, tag, voters, k);
+		highest = kth_highest(q, tag, voters, k, span);
 		if (highest <= seen)
 			return COUNTED;
 		if (__sync_val_compare_and_swap(&q->complete, old, tag << TAG_SHIFT | highest) == old)
@@ -238,7 +239,7 @@ static __always_inline enum verdict decide(void *ctx, const int xdp, struct eb_q
 {
 	struct packet p;
 	__u64 gen, epoch, voters, high, round;
-	__u32 k, voter, addr;
+	__u32 k, voter, addr, span;
 	__u16 port;
 
 	/* Too short for IPv4 and UDP: not ours, whatever it is. */
@@ -267,10 +268,12 @@ static __always_inline enum verdict decide(void *ctx, const int xdp, struct eb_q
 	voters = READ_ONCE(q->voters);
 	high = READ_ONCE(q->high);
 	k = READ_ONCE(q->k);
+	span = READ_ONCE(q->span);
 	addr = READ_ONCE(q->voter_addr[voter].addr);
 	port = READ_ONCE(q->voter_addr[voter].port);
 	if (gen == 0 || (gen & 1) || __sync_fetch_and_add(&q->generation, 0) != gen ||
-	    bpf_be64_to_cpu(p.ack.epoch) != epoch || k == 0 || k > EB_MAX_VOTERS)
+	    bpf_be64_to_cpu(p.ack.epoch) != epoch || k == 0 || k > EB_MAX_VOTERS ||
+	    span > EB_MAX_VOTERS)
 		return OTHER_EPOCH;
 	/* A voter counts only from its own address: nobody else can vote in
 	 * its name. */
@@ -281,7 +284,7 @@ static __always_inline enum verdict decide(void *ctx, const int xdp, struct eb_q
 	if (round == 0 || round > high || round > EB_MAX_ROUND)
 		return OUTSIDE_WINDOW;
 	/* The tag of this configuration: never 0, so a zeroed tally is stale. */
-	return tally(q, (gen / 2) % 0xffff + 1, voter, round, voters, k);
+	return tally(q, (gen / 2) % 0xffff + 1, voter, round, voters, k, span);
 }
 
 /* Counts the decision; returns whether the packet is dropped. */

@@ -37,7 +37,7 @@ struct eb_quorum {
 	__u64 high;       /* acks for rounds above pass (not sent yet) */
 	__u32 k;          /* acks that make a quorum, 1..=EB_MAX_VOTERS */
 	__be16 port;      /* UDP destination port of the acks */
-	__u16 pad;
+	__u16 span;       /* 1 + the highest voter number: scans stop there */
 	struct eb_voter_addr voter_addr[EB_MAX_VOTERS]; /* acks from elsewhere pass */
 	/* Written by the program (and by user space for the acks it counts). */
 	__u64 complete;               /* tag<<48 | highest round with k voters */

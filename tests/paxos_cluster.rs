@@ -106,6 +106,32 @@ impl Cluster {
                 .expect("starting a replica thread in its namespace");
             cluster.replicas.push(Some((stop, thread)));
         }
+        // A replica binds its port once its programs are loaded (which
+        // takes a while in a debug build): wait for every one, so that none
+        // misses the run.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for (i, addr) in cluster.config.replicas.iter().enumerate() {
+            let SocketAddr::V4(addr) = *addr else {
+                unreachable!("the testbed is IPv4")
+            };
+            while !cluster::udp_bound_in(cluster.tb.receiver_ns(i), addr) {
+                if cluster.replicas[i]
+                    .as_ref()
+                    .is_some_and(|(_, thread)| thread.is_finished())
+                {
+                    let (_, thread) = cluster.replicas[i].take().expect("just seen");
+                    panic!(
+                        "replica {i} stopped before binding: {:?}",
+                        thread.join().err()
+                    );
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "replica {i} did not bind {addr} within 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         cluster
     }
 

@@ -230,7 +230,7 @@ impl Phases for ClusterPhases<'_> {
 /// Whether a UDP socket is bound to `addr` in network namespace `ns`
 /// (read from the namespace's /proc/net/udp; binding a probe socket
 /// instead would race with the replica's own bind).
-fn udp_bound_in(ns: &str, addr: SocketAddrV4) -> bool {
+pub fn udp_bound_in(ns: &str, addr: SocketAddrV4) -> bool {
     let table = elec_testbed::in_namespace(ns, || {
         fs::read_to_string("/proc/thread-self/net/udp").unwrap_or_default()
     })

@@ -137,6 +137,10 @@ impl Tallies {
             }
         }
         self.voters().store(set, SeqCst);
+        let span = 64 - set.leading_zeros() as u16; // the program's scans stop there
+                                                    // SAFETY: inside the valid struct; read by the program only under
+                                                    // the sequence lock, which is odd now.
+        unsafe { std::ptr::write_volatile(addr_of_mut!((*self.0.as_ptr()).span), span) };
         self.high().store(high.min(MAX_ROUND), SeqCst);
         self.k().store(k, SeqCst);
         // The tags alone keep epochs apart until they wrap around (65535
