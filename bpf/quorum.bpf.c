@@ -192,10 +192,10 @@ enum verdict { QUORUM, COUNTED, DUPLICATE, LATE, OTHER_EPOCH, OUTSIDE_WINDOW,
 	       UNKNOWN_VOTER, NOT_AN_ACK, UNVERIFIED, NOT_OURS };
 
 /* Count one ack of `voter` for `round` under configuration tag `tag`. */
-static __always_inline enum verdict tally(struct eb_quorum *q, __u64 tag, __u32 voter,
+static __always_inline enum verdict tally(struct eb_quorum *q, __u64 gen, __u32 voter,
 					  __u64 round, __u64 voters, __u32 k, __u32 span)
 {
-	__u64 old, seen, highest;
+	__u64 old, seen, highest, tag = (gen / 2) % 0xffff + 1;
 	int raised = 0, i;
 
 	if (voter >= EB_MAX_VOTERS) /* bounds acked[] for the verifier */
@@ -206,6 +206,11 @@ static __always_inline enum verdict tally(struct eb_quorum *q, __u64 tag, __u32 
 		old = READ_ONCE(q->acked[voter]);
 		if (round_of(old, tag) >= round)
 			break;
+		/* A value of another tag reads as 0 and would be overwritten: make
+		 * sure it is not the new configuration's (user space reconfigured
+		 * since we read it), as far as one more read can. */
+		if (__sync_fetch_and_add(&q->generation, 0) != gen)
+			return OTHER_EPOCH;
 		if (__sync_val_compare_and_swap(&q->acked[voter], old, tag << TAG_SHIFT | round) ==
 		    old) {
 			raised = 1;
@@ -222,11 +227,11 @@ static __always_inline enum verdict tally(struct eb_quorum *q, __u64 tag, __u32 
 		seen = round_of(old, tag);
 		if (round <= seen)
 			return i == 0 ? LATE : COUNTED;
-		if (!raised)
-			return DUPLICATE;
+		/* Even for a duplicate: its first copy may have raised the tally
+		 * and lost the race for `complete` (and passed, unsure). */
 		highest = kth_highest(q, tag, voters, k, span);
 		if (highest <= seen)
-			return COUNTED;
+			return raised ? COUNTED : DUPLICATE;
 		if (__sync_val_compare_and_swap(&q->complete, old, tag << TAG_SHIFT | highest) == old)
 			return QUORUM;
 	}
@@ -283,8 +288,9 @@ static __always_inline enum verdict decide(void *ctx, const int xdp, struct eb_q
 	round = bpf_be64_to_cpu(p.ack.round);
 	if (round == 0 || round > high || round > EB_MAX_ROUND)
 		return OUTSIDE_WINDOW;
-	/* The tag of this configuration: never 0, so a zeroed tally is stale. */
-	return tally(q, (gen / 2) % 0xffff + 1, voter, round, voters, k, span);
+	/* The tally's tag is derived from `gen`: never 0, so a zeroed tally is
+	 * stale. */
+	return tally(q, gen, voter, round, voters, k, span);
 }
 
 /* Counts the decision; returns whether the packet is dropped. */

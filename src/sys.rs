@@ -262,3 +262,35 @@ pub(crate) fn has_capability(capability: caps::Capability) -> io::Result<bool> {
     caps::has_cap(None, caps::CapSet::Effective, capability)
         .map_err(|err| io::Error::other(err.to_string()))
 }
+
+/// A heap value shared the way a map's mmap()ed memory is: through raw
+/// pointers and atomics, by several threads (the user-space mode of the
+/// receive-side primitives). Made with `Box::into_raw`, so that the
+/// pointer carries write permission; freed on drop.
+pub(crate) struct SharedMemory<T>(std::ptr::NonNull<T>);
+
+impl<T: Default> SharedMemory<T> {
+    pub(crate) fn new() -> SharedMemory<T> {
+        SharedMemory(std::ptr::NonNull::from(Box::leak(Box::<T>::default())))
+    }
+}
+
+impl<T> SharedMemory<T> {
+    pub(crate) fn as_ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+}
+
+impl<T> Drop for SharedMemory<T> {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::leak in `new`, and no pointer
+        // into the value outlives its owner (the primitives drop their views
+        // first).
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+// SAFETY: the value is plain memory that its users access atomically.
+unsafe impl<T> Send for SharedMemory<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SharedMemory<T> {}

@@ -483,3 +483,54 @@ fn a_wrong_checksum_is_never_queued_or_acked() {
     let kernel = f.replier.counters().unwrap().kernel;
     assert_eq!((kernel.bad_checksum, kernel.acked), (1, 1), "{kernel:?}");
 }
+
+/// Freezing in the middle of a stream: every round below the `next` that
+/// `quiesce` returns was acked once and delivered once; nothing at or above
+/// it was acked or taken (those wait on the socket). Whatever the timing.
+#[test]
+fn quiesce_leaves_no_ack_without_its_datagram() {
+    elec_testbed::require_root!();
+    let tb = small_testbed(1, 1);
+    let f = follower(&tb, 0, Mode::Kernel, DEFAULT_RING_BYTES);
+    let acks = ack_socket(&tb);
+    f.replier.arm(4, 1, leader_addr(&tb)).unwrap();
+    // Few enough that those left on the socket fit its receive buffer.
+    let rounds = 160u64;
+    let (next, delivered) = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            for round in 1..=rounds {
+                acks.send_to(&sequenced(4, round, 64), f.addr).unwrap();
+                if round % 8 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+        let mut delivered = Vec::new();
+        let next = f
+            .replier
+            .quiesce(Duration::from_millis(100), |d| {
+                delivered.push(d.header.round)
+            })
+            .unwrap();
+        sender.join().unwrap();
+        (next, delivered)
+    });
+    assert!(next > 1 && next <= rounds, "froze mid-stream at {next}");
+    assert_eq!(delivered, (1..next).collect::<Vec<_>>());
+    let mut later = Vec::new();
+    std::thread::sleep(Duration::from_millis(100));
+    f.replier.drain(|d| later.push(d.header.round)).unwrap();
+    assert!(later.is_empty(), "taken after the freeze: {later:?}");
+    let acked: Vec<u64> = drain_socket(&acks, Duration::from_millis(100))
+        .iter()
+        .map(|(bytes, _)| Ack::parse(bytes).unwrap().0.round)
+        .collect();
+    assert_eq!(
+        acked,
+        (1..next).collect::<Vec<_>>(),
+        "one ack per round taken"
+    );
+    let on_socket = drain_socket(&f.socket, Duration::from_millis(100));
+    assert_eq!(on_socket.len() as u64, rounds - next + 1);
+}

@@ -135,6 +135,22 @@ pub fn drop_acked(out: &mut Vec<Outgoing>, view: u64, acked_to: u64) {
     });
 }
 
+/// Whether handling `msg` may take a follower out of normal operation in
+/// `view` (a view change, joining a newer view, a state transfer): before
+/// that, everything its replier acknowledged must be in the core's log, or a
+/// view change could lose an op the leader counted as held here.
+pub fn may_leave_view(msg: &Message, view: u64) -> bool {
+    match msg {
+        Message::Request(_) | Message::Reply { .. } | Message::PrepareOk { .. } => false,
+        Message::GetState { .. } => false,
+        Message::Prepare { view: v, .. } | Message::Commit { view: v, .. } => *v != view,
+        Message::NewState { .. }
+        | Message::StartViewChange { .. }
+        | Message::DoViewChange { .. }
+        | Message::StartView { .. } => true,
+    }
+}
+
 /// What a follower's replier should take: `Some((view, next round,
 /// leader))` while the replica follows a leader in normal status, `None`
 /// (frozen) while it leads or changes views.

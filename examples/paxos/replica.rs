@@ -425,6 +425,14 @@ impl Replica {
         }
     }
 
+    /// Whether the next [`Replica::tick`] at `now` starts a view change (a
+    /// follower that has not heard from its leader for too long).
+    pub fn view_change_due(&self, now: Time) -> bool {
+        self.status == Status::Normal
+            && !self.is_leader()
+            && now >= self.last_heard + self.view_timeout
+    }
+
     /// Runs the timers: heartbeats, view-change timeouts, retransmissions.
     /// Call it every millisecond or so.
     pub fn tick(&mut self, now: Time, out: &mut Vec<Outgoing>) {

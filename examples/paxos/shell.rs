@@ -39,6 +39,8 @@ use crate::wire::{Message, MAX_DATAGRAM};
 
 /// How long a replica blocks waiting for a datagram before running its timers.
 const POLL: Duration = Duration::from_millis(1);
+/// Longest wait for a record the kernel was writing when the replier froze.
+const QUIESCE_TIMEOUT: Duration = Duration::from_millis(50);
 /// Datagrams handled before the timers run and the batch's `Commit` goes out.
 const MAX_BATCH: usize = 256;
 
@@ -355,6 +357,18 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
                         if let Message::Request(entry) = &msg {
                             shell.clients.insert(entry.client_id, from);
                         }
+                        if accel
+                            .armed
+                            .is_some_and(|view| accel::may_leave_view(&msg, view))
+                        {
+                            accel.quiesce(
+                                &mut replica,
+                                &mut shell,
+                                now(),
+                                &mut out,
+                                &replica_at,
+                            )?;
+                        }
                         replica.handle(now(), msg, &mut out);
                         shell.send(&mut out);
                     }
@@ -374,6 +388,9 @@ pub fn run_replica(opts: &ReplicaOptions, stop: &AtomicBool) -> Result<ReplicaRe
             shell.send(&mut out);
         }
         let t = now();
+        if replica.view_change_due(t) {
+            accel.quiesce(&mut replica, &mut shell, t, &mut out, &replica_at)?;
+        }
         replica.tick(t, &mut out);
         if debug && last_state != (replica.view(), replica.status()) {
             eprintln!(
@@ -560,13 +577,54 @@ impl AccelState<'_> {
         out: &mut Vec<Outgoing>,
         replica_at: &HashMap<SocketAddr, usize>,
     ) -> Result<(), String> {
+        self.deliver_taken(replica, shell, now, out, replica_at, false)
+    }
+
+    /// Before the core handles something that may take it out of its view
+    /// (`accel::may_leave_view`, a view-change timeout): freezes the
+    /// replier and hands every op it acknowledged to the core first, so that
+    /// the core's log (its `DoViewChange`, say) holds all of them. `follow`
+    /// arms the replier again if the core stays in its view.
+    fn quiesce(
+        &mut self,
+        replica: &mut Replica,
+        shell: &mut Shell<'_>,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+        replica_at: &HashMap<SocketAddr, usize>,
+    ) -> Result<(), String> {
+        if self.armed.is_none() {
+            return Ok(());
+        }
+        self.deliver_taken(replica, shell, now, out, replica_at, true)
+    }
+
+    fn deliver_taken(
+        &mut self,
+        replica: &mut Replica,
+        shell: &mut Shell<'_>,
+        now: Time,
+        out: &mut Vec<Outgoing>,
+        replica_at: &HashMap<SocketAddr, usize>,
+        quiesce: bool,
+    ) -> Result<(), String> {
         let Some(replier) = self.replier else {
             return Ok(());
         };
         let mut taken: Vec<Datagram> = Vec::new();
-        replier
-            .drain(|d| taken.push(d))
-            .map_err(|e| format!("reading the replier's ring: {e}"))?;
+        let next = if quiesce {
+            let next = replier
+                .quiesce(QUIESCE_TIMEOUT, |d| taken.push(d))
+                .map_err(|e| format!("freezing the replier: {e}"))?;
+            self.armed = None;
+            next
+        } else {
+            replier
+                .drain(|d| taken.push(d))
+                .map_err(|e| format!("reading the replier's ring: {e}"))?;
+            replier.next_round()
+        };
+        let acked_to = next.saturating_sub(1);
         for d in taken {
             if d.from_kernel {
                 self.received += 1;
@@ -575,7 +633,6 @@ impl AccelState<'_> {
             match Message::from_sequenced(d.header, &d.payload) {
                 Ok(msg) if sender_ok(&msg, from, replica.n(), replica_at) => {
                     replica.handle(now, msg, out);
-                    let acked_to = replier.next_round().saturating_sub(1);
                     accel::drop_acked(out, d.header.epoch, acked_to);
                     shell.send(out);
                 }

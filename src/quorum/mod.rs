@@ -22,6 +22,7 @@ use std::sync::Mutex;
 
 use crate::header::{Ack, MAX_VOTERS};
 use crate::kernel::{attach_or_fall_back, Collector, QuorumKernelCounters, QuorumShared};
+use crate::sys::SharedMemory;
 use crate::{Error, Mode};
 use tally::{tag_of, Decision, Tallies};
 
@@ -84,7 +85,7 @@ pub struct Quorum {
 
 enum Backend {
     Kernel(Box<Collector>),
-    UserSpace(#[allow(dead_code)] Box<QuorumShared>),
+    UserSpace(SharedMemory<QuorumShared>),
 }
 
 /// Which ingress hook the kernel collector runs on.
@@ -198,13 +199,13 @@ impl Quorum {
             })?;
         let backend = match collector {
             Some(collector) => Backend::Kernel(Box::new(collector)),
-            None => Backend::UserSpace(Box::default()),
+            None => Backend::UserSpace(SharedMemory::new()),
         };
         let shared = match &backend {
             Backend::Kernel(collector) => collector.shared(),
-            Backend::UserSpace(memory) => &**memory as *const QuorumShared as *mut QuorumShared,
+            Backend::UserSpace(memory) => memory.as_ptr(),
         };
-        // SAFETY: the memory is the collector's mapping or the box, both
+        // SAFETY: the memory is the collector's mapping or the shared heap value, both
         // owned by `backend`, which drops after `tallies`; both are
         // 8-aligned and accessed only atomically.
         let tallies = unsafe { Tallies::new(NonNull::new(shared).expect("not null")) };
@@ -313,16 +314,27 @@ impl Quorum {
     fn advance(&self, config: &tally::Config) -> Option<u64> {
         let complete = self.tallies.complete(config);
         let tagged = tag_of(config.generation) << 48 | complete;
-        let previous = self.reported.fetch_max(tagged, Ordering::SeqCst);
-        let advanced = if previous >> 48 == tagged >> 48 {
-            previous < tagged
-        } else {
-            // The first report of this configuration (a tag that wrapped
-            // around compares lower, but is new all the same).
-            self.reported.store(tagged, Ordering::SeqCst);
-            complete > 0
-        };
-        advanced.then_some(complete)
+        let mut previous = self.reported.load(Ordering::SeqCst);
+        loop {
+            let same_configuration = previous >> 48 == tagged >> 48;
+            if same_configuration && previous >= tagged {
+                return None;
+            }
+            // A report of another configuration: ours must be the current
+            // one (a caller holding an older one reports nothing).
+            if !same_configuration && !self.tallies.is_current(config) {
+                return None;
+            }
+            match self.reported.compare_exchange(
+                previous,
+                tagged,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return (complete > 0).then_some(complete),
+                Err(now) => previous = now,
+            }
+        }
     }
 
     /// The highest complete round, if it advanced since it was last

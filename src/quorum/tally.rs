@@ -10,8 +10,8 @@
 //! tallies, which keeps epochs apart when the tags wrap around.
 
 use std::net::SocketAddrV4;
-use std::ptr::{addr_of, addr_of_mut, NonNull};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::ptr::{addr_of_mut, NonNull};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering::SeqCst};
 
 use crate::header::Ack;
 use crate::kernel::wire::{MAX_ROUND, MAX_VOTERS};
@@ -105,6 +105,23 @@ impl Tallies {
         // SAFETY: as above; `k` is 4-aligned and accessed atomically.
         unsafe { AtomicU32::from_ptr(addr_of_mut!((*self.0.as_ptr()).k)) }
     }
+    fn voter_addr(&self, voter: usize) -> (&AtomicU32, &AtomicU16) {
+        assert!(voter < MAX_VOTERS as usize);
+        // SAFETY: inside the valid struct, `voter` within the array; the
+        // address is 4-aligned and the port 2-aligned (pinned by
+        // include/elec_quorum.h), and both are accessed atomically.
+        unsafe {
+            let slot = addr_of_mut!((*self.0.as_ptr()).voter_addr[voter]);
+            (
+                AtomicU32::from_ptr(addr_of_mut!((*slot).addr)),
+                AtomicU16::from_ptr(addr_of_mut!((*slot).port)),
+            )
+        }
+    }
+    fn span(&self) -> &AtomicU16 {
+        // SAFETY: as above; 2-aligned, accessed atomically.
+        unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.0.as_ptr()).span)) }
+    }
     fn complete_cell(&self) -> &AtomicU64 {
         // SAFETY: as above.
         self.u64_at(unsafe { addr_of_mut!((*self.0.as_ptr()).complete) })
@@ -128,19 +145,13 @@ impl Tallies {
             let voter = usize::from(voter);
             assert!(voter < MAX_VOTERS as usize, "checked by the caller");
             set |= 1 << voter;
-            // SAFETY: inside the valid struct; the program reads these only
-            // under the sequence lock, which is odd now.
-            unsafe {
-                let slot = addr_of_mut!((*self.0.as_ptr()).voter_addr[voter]);
-                (*slot).addr = u32::from_ne_bytes(addr.ip().octets());
-                (*slot).port = addr.port().to_be();
-            }
+            let (ip, port) = self.voter_addr(voter);
+            ip.store(u32::from_ne_bytes(addr.ip().octets()), SeqCst);
+            port.store(addr.port().to_be(), SeqCst);
         }
         self.voters().store(set, SeqCst);
-        let span = 64 - set.leading_zeros() as u16; // the program's scans stop there
-                                                    // SAFETY: inside the valid struct; read by the program only under
-                                                    // the sequence lock, which is odd now.
-        unsafe { std::ptr::write_volatile(addr_of_mut!((*self.0.as_ptr()).span), span) };
+        // The program's scans stop at the highest voter.
+        self.span().store(64 - set.leading_zeros() as u16, SeqCst);
         self.high().store(high.min(MAX_ROUND), SeqCst);
         self.k().store(k, SeqCst);
         // The tags alone keep epochs apart until they wrap around (65535
@@ -170,14 +181,11 @@ impl Tallies {
             }
             let voters = self.voters().load(SeqCst);
             let voter_addr = (voter < MAX_VOTERS as u16 && voters & 1 << voter != 0).then(|| {
-                // SAFETY: inside the valid struct; a torn read is caught by
-                // the sequence lock below.
-                let slot = unsafe {
-                    std::ptr::read_volatile(addr_of!(
-                        (*self.0.as_ptr()).voter_addr[usize::from(voter)]
-                    ))
-                };
-                SocketAddrV4::new(slot.addr.to_ne_bytes().into(), u16::from_be(slot.port))
+                let (ip, port) = self.voter_addr(usize::from(voter));
+                SocketAddrV4::new(
+                    ip.load(SeqCst).to_ne_bytes().into(),
+                    u16::from_be(port.load(SeqCst)),
+                )
             });
             let config = Config {
                 generation,
@@ -192,6 +200,11 @@ impl Tallies {
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// Whether `config` is still the configuration in place.
+    pub(crate) fn is_current(&self, config: &Config) -> bool {
+        self.generation().load(SeqCst) == config.generation
     }
 
     /// The highest round acknowledged by a quorum in `config`.
@@ -227,6 +240,10 @@ impl Tallies {
         let mut raised = false;
         let mut old = cell.load(SeqCst);
         while round_of(old, tag) < ack.round {
+            // As the program: never overwrite a reconfiguration's tally.
+            if self.generation().load(SeqCst) != config.generation {
+                return Decision::OtherEpoch;
+            }
             match cell.compare_exchange(old, tagged, SeqCst, SeqCst) {
                 Ok(_) => {
                     raised = true;
@@ -246,12 +263,15 @@ impl Tallies {
                     Decision::Counted
                 };
             }
-            if !raised {
-                return Decision::Duplicate;
-            }
+            // Even for a duplicate: its first copy may have raised the tally
+            // in the kernel and lost the race for `complete`.
             let highest = self.kth_highest(tag, config.voters, config.k);
             if highest <= seen {
-                return Decision::Counted;
+                return if raised {
+                    Decision::Counted
+                } else {
+                    Decision::Duplicate
+                };
             }
             let new = tag << TAG_SHIFT | highest;
             if self
@@ -350,9 +370,9 @@ mod tests {
         let new = t.config(0).unwrap();
         assert_eq!(t.complete(&new), 0);
         assert_eq!(count(&t, ack(1, 5, 1)), Decision::OtherEpoch);
-        // A run still holding the old configuration writes old tags only.
-        assert_eq!(t.tally(&old1, &ack(1, 5, 1), addr(1)), Decision::Counted);
-        assert_eq!(t.tally(&old2, &ack(1, 5, 2), addr(2)), Decision::Quorum);
+        // A run still holding the old configuration writes nothing.
+        assert_eq!(t.tally(&old1, &ack(1, 5, 1), addr(1)), Decision::OtherEpoch);
+        assert_eq!(t.tally(&old2, &ack(1, 5, 2), addr(2)), Decision::OtherEpoch);
         assert_eq!(t.complete(&new), 0);
         assert_eq!(count(&t, ack(2, 5, 1)), Decision::Counted);
         assert_eq!(count(&t, ack(2, 3, 2)), Decision::Quorum);
@@ -390,5 +410,18 @@ mod tests {
         assert_eq!(tag_of(again.generation), tag_of(first.generation));
         assert_eq!(count(&t, ack(0xffff, 7, 1)), Decision::Counted);
         assert_eq!(t.complete(&again), 0);
+    }
+
+    #[test]
+    fn an_advance_the_kernel_raised_but_did_not_publish_is_made_here() {
+        let (_mem, t) = heap();
+        t.configure(1, &voters(0b111), 2, 100);
+        assert_eq!(count(&t, ack(1, 4, 0)), Decision::Counted);
+        // The kernel raised voter 1's tally to 4, then lost every race for
+        // `complete` and passed the ack on, unsure.
+        let tag = tag_of(t.config(1).unwrap().generation);
+        t.acked(1).store(tag << TAG_SHIFT | 4, SeqCst);
+        assert_eq!(count(&t, ack(1, 4, 1)), Decision::Quorum);
+        assert_eq!(t.complete(&t.config(0).unwrap()), 4);
     }
 }

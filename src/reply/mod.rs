@@ -5,13 +5,15 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{BorrowedFd, RawFd};
-use std::ptr::{addr_of, addr_of_mut, NonNull};
+use std::ptr::{addr_of_mut, NonNull};
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::header::{Ack, Sequenced, MAX_ROUND_NUMBER, MAX_VOTERS};
 use crate::kernel::wire::{MAX_ROUND, REPLY_MAX_PAYLOAD, REPLY_QUIET as QUIET};
 use crate::kernel::{attach_or_fall_back, KernelReplier, ReplyKernelCounters, ReplyShared};
+use crate::sys::SharedMemory;
 use crate::{Error, Mode};
 
 const TAG_SHIFT: u32 = 48;
@@ -74,8 +76,9 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// # Order
 /// [`Replier::drain`] delivers the taken datagrams of the armed epoch in
 /// round order without gaps, whoever took them (ring or socket), starting at
-/// the round given to [`Replier::arm`]; datagrams of an earlier arming that
-/// were taken and not drained yet come first. A datagram that
+/// the round given to [`Replier::arm`]; datagrams of other epochs (earlier
+/// armings) that were taken and not drained yet come first. `drain` calls
+/// its closure without holding any lock: the closure may use the replier. A datagram that
 /// [`Replier::receive`] reports as `Gap`, `Duplicate`, `OtherEpoch` or
 /// `Frozen` was neither taken nor acknowledged: the application decides
 /// (buffer it, repair by state transfer, ignore it).
@@ -100,7 +103,7 @@ unsafe impl Sync for Replier {}
 
 enum Backend {
     Kernel(Box<KernelReplier>),
-    UserSpace(#[allow(dead_code)] Box<ReplyShared>),
+    UserSpace(SharedMemory<ReplyShared>),
 }
 
 #[derive(Default)]
@@ -249,11 +252,11 @@ impl Replier {
             })?;
         let backend = match replier {
             Some(replier) => Backend::Kernel(Box::new(replier)),
-            None => Backend::UserSpace(Box::default()),
+            None => Backend::UserSpace(SharedMemory::new()),
         };
         let shared = match &backend {
             Backend::Kernel(replier) => replier.shared(),
-            Backend::UserSpace(memory) => &**memory as *const ReplyShared as *mut ReplyShared,
+            Backend::UserSpace(memory) => memory.as_ptr(),
         };
         Ok(Replier {
             shared: NonNull::new(shared).expect("not null"),
@@ -299,6 +302,14 @@ impl Replier {
         // SAFETY: as above; 4-aligned, accessed atomically.
         unsafe { AtomicU32::from_ptr(addr_of_mut!((*self.shared.as_ptr()).armed)) }
     }
+    fn sender_addr_cell(&self) -> &AtomicU32 {
+        // SAFETY: as above; 4-aligned, accessed atomically.
+        unsafe { AtomicU32::from_ptr(addr_of_mut!((*self.shared.as_ptr()).sender_addr)) }
+    }
+    fn sender_port_cell(&self) -> &AtomicU16 {
+        // SAFETY: as above; 2-aligned, accessed atomically.
+        unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.shared.as_ptr()).sender_port)) }
+    }
     fn voter_cell(&self) -> &AtomicU16 {
         // SAFETY: as above; 2-aligned, accessed atomically.
         unsafe { AtomicU16::from_ptr(addr_of_mut!((*self.shared.as_ptr()).voter)) }
@@ -310,35 +321,28 @@ impl Replier {
         let generation = self.generation().load(SeqCst);
         let writing = generation | 1;
         self.generation().store(writing, SeqCst);
-        let before = self.next_cell().load(SeqCst);
-        let was_next = if before >> TAG_SHIFT == tag_of(generation) && generation != 0 {
+        self.epoch_cell().store(epoch, SeqCst);
+        self.voter_cell().store(self.voter, SeqCst);
+        let tag = tag_of(writing + 1);
+        if let Some((_, sender)) = next {
+            self.sender_addr_cell()
+                .store(u32::from_ne_bytes(sender.ip().octets()), SeqCst);
+            self.sender_port_cell().store(sender.port().to_be(), SeqCst);
+        }
+        self.armed_cell().store(u32::from(next.is_some()), SeqCst);
+        // The new tag goes into `next` in one swap, frozen or not: a taker
+        // (program run or `receive`) that read the old arming fails its
+        // compare-and-swap from here on, so nothing is taken, nor acked,
+        // after this; what was taken before is below `was_next`.
+        let before = self.next_cell().swap(
+            tag << TAG_SHIFT | next.map_or(0, |(round, _)| round),
+            SeqCst,
+        );
+        let was_next = if generation != 0 && before >> TAG_SHIFT == tag_of(generation) {
             before & MAX_ROUND
         } else {
             0
         };
-        self.epoch_cell().store(epoch, SeqCst);
-        self.voter_cell().store(self.voter, SeqCst);
-        let tag = tag_of(writing + 1);
-        match next {
-            Some((round, sender)) => {
-                // SAFETY: inside the valid entry; the program reads these
-                // only under the sequence lock, which is odd now.
-                unsafe {
-                    let entry = self.shared.as_ptr();
-                    std::ptr::write_volatile(
-                        addr_of_mut!((*entry).sender_addr),
-                        u32::from_ne_bytes(sender.ip().octets()),
-                    );
-                    std::ptr::write_volatile(
-                        addr_of_mut!((*entry).sender_port),
-                        sender.port().to_be(),
-                    );
-                }
-                self.next_cell().store(tag << TAG_SHIFT | round, SeqCst);
-                self.armed_cell().store(1, SeqCst);
-            }
-            None => self.armed_cell().store(0, SeqCst),
-        }
         self.generation().store(writing + 1, SeqCst);
         was_next
     }
@@ -349,15 +353,10 @@ impl Replier {
             if generation == 0 {
                 return None;
             }
-            let entry = self.shared.as_ptr();
-            // SAFETY: inside the valid entry; a torn read is caught by the
-            // sequence lock below.
-            let (addr, port) = unsafe {
-                (
-                    std::ptr::read_volatile(addr_of!((*entry).sender_addr)),
-                    std::ptr::read_volatile(addr_of!((*entry).sender_port)),
-                )
-            };
+            let (addr, port) = (
+                self.sender_addr_cell().load(SeqCst),
+                self.sender_port_cell().load(SeqCst),
+            );
             let arming = Arming {
                 epoch: self.epoch_cell().load(SeqCst),
                 armed: self.armed_cell().load(SeqCst) != 0,
@@ -441,6 +440,31 @@ impl Replier {
         self.write_arming(inner.epoch, None)
     }
 
+    /// Freezes the replier ([`Replier::freeze`]) and delivers every datagram
+    /// it took before, waiting up to `timeout` for a record the kernel was
+    /// writing at that moment. After it returns `Ok(next)`, every round
+    /// below `next` has been handed to `deliver` (now or by an earlier
+    /// `drain`), and nothing more is taken or acknowledged until
+    /// [`Replier::arm`]. For a view change: whatever the kernel acknowledged
+    /// is in the application's hands before it answers the change.
+    pub fn quiesce(&self, timeout: Duration, mut deliver: impl FnMut(Datagram)) -> io::Result<u64> {
+        let next = self.freeze();
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain(&mut deliver)?;
+            if self.lock().deliver_next >= next {
+                return Ok(next);
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("rounds below {next} were taken but did not reach the ring"),
+                ));
+            }
+            std::thread::yield_now();
+        }
+    }
+
     /// Delivers the taken datagrams, in order (see the type's docs), to
     /// `deliver`; returns how many.
     pub fn drain(&self, mut deliver: impl FnMut(Datagram)) -> io::Result<usize> {
@@ -463,20 +487,42 @@ impl Replier {
                 }
             }
         }
-        let mut delivered = 0;
-        while let Some((&(epoch, round), _)) = inner.pending.first_key_value() {
-            // Earlier armings first; in the armed epoch, no gap.
-            let current = (inner.epoch, inner.deliver_next);
-            if (epoch, round) > current {
+        // Other epochs' datagrams (earlier armings) first, in (epoch, round)
+        // order; then the armed epoch's from `deliver_next` on, without a
+        // gap. Handed over after the lock is released, so that `deliver`
+        // may call the replier.
+        let armed = inner.epoch;
+        let others: Vec<(u64, u64)> = inner
+            .pending
+            .keys()
+            .filter(|(epoch, _)| *epoch != armed)
+            .copied()
+            .collect();
+        let mut ready: Vec<Datagram> = others
+            .iter()
+            .filter_map(|key| inner.pending.remove(key))
+            .collect();
+        loop {
+            let key = (armed, inner.deliver_next);
+            let below = inner
+                .pending
+                .first_key_value()
+                .is_some_and(|(&(e, r), _)| e == armed && r < key.1);
+            if below {
+                // Taken before an `advance` past it: still delivered.
+                let datagram = inner.pending.pop_first().expect("just seen").1;
+                ready.push(datagram);
+                continue;
+            }
+            let Some(datagram) = inner.pending.remove(&key) else {
                 break;
-            }
-            let datagram = inner.pending.pop_first().expect("just seen").1;
-            if (epoch, round) == current {
-                inner.deliver_next += 1;
-            }
-            deliver(datagram);
-            delivered += 1;
+            };
+            inner.deliver_next += 1;
+            ready.push(datagram);
         }
+        drop(inner);
+        let delivered = ready.len();
+        ready.into_iter().for_each(&mut deliver);
         Ok(delivered)
     }
 
