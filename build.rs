@@ -2,6 +2,12 @@
 //! `OUT_DIR`, their libbpf-rs skeletons (the map structs come with them, from
 //! BTF) and the `#define` constants of the headers in `include/`, which BTF
 //! does not carry; all are included by `src/kernel/abi.rs`.
+//!
+//! Without clang (a downstream build, docs.rs), or with
+//! `ELEC_BROADCAST_PREBUILT=1`, the skeletons are generated from the
+//! compiled objects shipped in `bpf/prebuilt/` (eBPF bytecode is the same on
+//! every little-endian host); `scripts/prebuild-bpf.sh` rebuilds them and
+//! `tests/prebuilt.rs` checks that they belong to the sources.
 
 use std::env;
 use std::ffi::OsString;
@@ -10,12 +16,11 @@ use std::process::{exit, Command};
 
 use libbpf_cargo::SkeletonBuilder;
 
-/// The eBPF programs, each with the skeleton file generated for it.
-const PROGRAMS: [(&str, &str); 3] = [
-    ("bpf/fan_out.bpf.c", "fan_out.skel.rs"),
-    ("bpf/quorum.bpf.c", "quorum.skel.rs"),
-    ("bpf/reply.bpf.c", "reply.skel.rs"),
-];
+/// The eBPF programs: name (`bpf/<name>.bpf.c`, `<name>.bpf.o`,
+/// `<name>.skel.rs`).
+const PROGRAMS: [&str; 3] = ["fan_out", "quorum", "reply"];
+/// Where the compiled objects are shipped.
+const PREBUILT: &str = "bpf/prebuilt";
 /// The headers shared by the programs and the loader.
 const ABI_HEADERS: [&str; 4] = [
     "include/elec_broadcast.h",
@@ -28,13 +33,19 @@ fn main() {
     println!("cargo:rerun-if-changed=bpf");
     println!("cargo:rerun-if-changed=include");
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-env-changed=ELEC_BROADCAST_PREBUILT");
+    println!("cargo:rerun-if-env-changed=DOCS_RS");
 
     let clang = env::var_os("CLANG").unwrap_or_else(|| OsString::from("clang"));
-    if Command::new(&clang).arg("--version").output().is_err() {
+    let forced = env::var_os("ELEC_BROADCAST_PREBUILT").is_some_and(|v| v == "1")
+        || env::var_os("DOCS_RS").is_some();
+    let use_clang = !forced && Command::new(&clang).arg("--version").output().is_ok();
+    if !use_clang && !Path::new(PREBUILT).join("fan_out.bpf.o").is_file() {
         fail(&format!(
-            "`{}` was not found. The eBPF program in bpf/ is compiled with clang: \
-             install it with `apt-get install -y clang` (Debian/Ubuntu; scripts/setup.sh \
-             installs everything the build needs), or point CLANG at a clang binary.",
+            "`{}` was not found, and there are no compiled eBPF objects in {PREBUILT}. \
+             The eBPF programs in bpf/ are compiled with clang: install it with \
+             `apt-get install -y clang` (Debian/Ubuntu; scripts/setup.sh installs \
+             everything the build needs), or point CLANG at a clang binary.",
             Path::new(&clang).display()
         ));
     }
@@ -60,14 +71,29 @@ fn main() {
         fail(&format!("writing the ABI constants: {err}"));
     }
 
-    for (program, skeleton) in PROGRAMS {
-        if let Err(err) = SkeletonBuilder::new()
-            .source(program)
-            .clang(&clang)
-            .clang_args(args.clone())
-            .build_and_generate(out_dir.join(skeleton))
-        {
-            fail(&format!("building {program} failed: {err:#}"));
+    if !use_clang {
+        println!(
+            "cargo:warning=elec-broadcast: using the compiled eBPF programs of {PREBUILT} \
+             (clang not found, or ELEC_BROADCAST_PREBUILT=1)"
+        );
+    }
+    for name in PROGRAMS {
+        let skeleton = out_dir.join(format!("{name}.skel.rs"));
+        let mut builder = SkeletonBuilder::new();
+        let built = if use_clang {
+            builder
+                .source(format!("bpf/{name}.bpf.c"))
+                .obj(out_dir.join(format!("{name}.bpf.o")))
+                .clang(&clang)
+                .clang_args(args.clone())
+                .build_and_generate(&skeleton)
+        } else {
+            builder
+                .obj(Path::new(PREBUILT).join(format!("{name}.bpf.o")))
+                .generate(&skeleton)
+        };
+        if let Err(err) = built {
+            fail(&format!("building bpf/{name}.bpf.c failed: {err:#}"));
         }
     }
 }
