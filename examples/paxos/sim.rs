@@ -1075,7 +1075,8 @@ mod tests {
     }
 
     /// Many more seeds: `PAXOS_SOAK_SEEDS=5000 cargo test --release
-    /// --example paxos soak -- --ignored`.
+    /// --example paxos soak -- --ignored`; `PAXOS_SOAK_ACCEL=all` (or any
+    /// `--accel` value) runs them with the in-kernel mechanisms modelled.
     #[test]
     #[ignore = "long; run explicitly"]
     fn soak_random_fault_schedules() {
@@ -1083,9 +1084,14 @@ mod tests {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(1000);
+        let accel: Accel = std::env::var("PAXOS_SOAK_ACCEL")
+            .ok()
+            .map(|v| v.parse().expect("PAXOS_SOAK_ACCEL: none, all, or a list"))
+            .unwrap_or(Accel::NONE);
         let mut failed = Vec::new();
         for seed in 100_000..100_000 + seeds {
-            let scenario = random_scenario(seed);
+            let mut scenario = random_scenario(seed);
+            scenario.accel = accel;
             if std::panic::catch_unwind(|| run(&scenario)).is_err() {
                 failed.push(seed);
             }
