@@ -1,59 +1,49 @@
-//! The map layout shared with `bpf/fan_out.bpf.c`.
+//! The map layouts shared with the programs of `bpf/`.
 //!
-//! Everything is defined once, in `include/elec_broadcast.h`: the structs
+//! Everything is defined once, in the headers of `include/`: the structs
 //! reach Rust through the compiled object's BTF (libbpf-cargo generates the
 //! types), the `#define` constants through `build.rs`, which generates them
 //! from the header. The asserts below pin the few facts the loader relies on,
 //! so a change on the C side that the Rust side does not follow fails the
 //! build.
 
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks,
-    missing_docs,
-    unsafe_op_in_unsafe_fn,
-    unused_imports
-)]
-mod skel {
-    include!(concat!(env!("OUT_DIR"), "/fan_out.skel.rs"));
+/// A generated skeleton (`OUT_DIR/<file>`) as module `$name`, with the
+/// lints that do not apply to generated code turned off.
+macro_rules! skeleton {
+    ($name:ident, $file:literal) => {
+        #[allow(
+            clippy::all,
+            clippy::pedantic,
+            clippy::undocumented_unsafe_blocks,
+            missing_docs,
+            unsafe_op_in_unsafe_fn,
+            unused_imports
+        )]
+        mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+    };
 }
+
+skeleton!(skel, "fan_out.skel.rs");
+skeleton!(quorum_skel, "quorum.skel.rs");
+skeleton!(reply_skel, "reply.skel.rs");
 
 pub(crate) use skel::types::{eb_dest as Dest, eb_slot as Slot, eb_stats as KernelStats};
 pub(crate) use skel::{FanOutSkel, FanOutSkelBuilder};
 
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks,
-    missing_docs,
-    unsafe_op_in_unsafe_fn,
-    unused_imports
-)]
-mod quorum_skel {
-    include!(concat!(env!("OUT_DIR"), "/quorum.skel.rs"));
-}
-
 pub(crate) use quorum_skel::types::{
     eb_quorum as QuorumShared, eb_quorum_counters as QuorumKernelCounters,
 };
+/// Counters of `struct eb_quorum_counters` (all u64).
+pub(crate) const QUORUM_COUNTERS: usize = size_of::<QuorumKernelCounters>() / 8;
 pub(crate) use quorum_skel::{QuorumSkel, QuorumSkelBuilder};
-
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::undocumented_unsafe_blocks,
-    missing_docs,
-    unsafe_op_in_unsafe_fn,
-    unused_imports
-)]
-mod reply_skel {
-    include!(concat!(env!("OUT_DIR"), "/reply.skel.rs"));
-}
 
 pub(crate) use reply_skel::types::{
     eb_reply as ReplyShared, eb_reply_counters as ReplyKernelCounters,
 };
+/// Counters of `struct eb_reply_counters` (all u64).
+pub(crate) const REPLY_COUNTERS: usize = size_of::<ReplyKernelCounters>() / 8;
 pub(crate) use reply_skel::{ReplySkel, ReplySkelBuilder};
 
 use std::mem::{offset_of, size_of};

@@ -8,7 +8,7 @@ use std::os::fd::AsFd;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, OpenObject};
 
-use super::abi::{QuorumKernelCounters, QuorumShared, QuorumSkel, QuorumSkelBuilder};
+use super::abi::{QuorumShared, QuorumSkel, QuorumSkelBuilder, QUORUM_COUNTERS};
 use super::attach::{attach, Attachment, Hook};
 use super::program::{check_capabilities, load_error, sum_per_cpu, to_io, ObjectCell};
 use crate::sys::MapMemory;
@@ -103,20 +103,9 @@ impl Collector {
         self.memory.as_ptr().cast()
     }
 
-    /// The program's counters, summed over CPUs.
-    pub(crate) fn counters(&self) -> io::Result<QuorumKernelCounters> {
-        let [quorums, counted, duplicates, late, other_epoch, outside_window, unknown_voter, not_acks, unverified] =
-            sum_per_cpu::<{ size_of::<QuorumKernelCounters>() / 8 }>(&self.skel.maps.counters)?;
-        Ok(QuorumKernelCounters {
-            quorums,
-            counted,
-            duplicates,
-            late,
-            other_epoch,
-            outside_window,
-            unknown_voter,
-            not_acks,
-            unverified,
-        })
+    /// The program's counters, summed over CPUs, in the order of
+    /// `struct eb_quorum_counters`.
+    pub(crate) fn counters(&self) -> io::Result<[u64; QUORUM_COUNTERS]> {
+        sum_per_cpu(&self.skel.maps.counters)
     }
 }

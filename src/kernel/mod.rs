@@ -26,7 +26,7 @@ pub(crate) mod wire {
 }
 
 pub(crate) use abi::{Dest, MAX_DESTS, MAX_SOCKETS};
-pub(crate) use abi::{QuorumKernelCounters, QuorumShared, ReplyKernelCounters, ReplyShared};
+pub(crate) use abi::{QuorumShared, ReplyShared, QUORUM_COUNTERS, REPLY_COUNTERS};
 pub(crate) use collector::Collector;
 pub(crate) use program::Program;
 pub(crate) use replier::Replier as KernelReplier;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, OpenObject, RingBuffer, RingBufferBuilder};
 
-use super::abi::{ReplyKernelCounters, ReplyShared, ReplySkel, ReplySkelBuilder};
+use super::abi::{ReplyShared, ReplySkel, ReplySkelBuilder, REPLY_COUNTERS};
 use super::attach::{attach, Attachment, Hook};
 use super::program::{check_capabilities, load_error, sum_per_cpu, to_io, ObjectCell};
 use crate::sys::MapMemory;
@@ -131,21 +131,9 @@ impl Replier {
         self.ring.epoll_fd()
     }
 
-    /// The program's counters, summed over CPUs.
-    pub(crate) fn counters(&self) -> io::Result<ReplyKernelCounters> {
-        let [acked, ring_full, gaps, duplicates, other_epoch, frozen, not_sequenced, too_long, bad_checksum, ack_failures] =
-            sum_per_cpu::<{ size_of::<ReplyKernelCounters>() / 8 }>(&self.skel.maps.counters)?;
-        Ok(ReplyKernelCounters {
-            acked,
-            ring_full,
-            gaps,
-            duplicates,
-            other_epoch,
-            frozen,
-            not_sequenced,
-            too_long,
-            bad_checksum,
-            ack_failures,
-        })
+    /// The program's counters, summed over CPUs, in the order of
+    /// `struct eb_reply_counters`.
+    pub(crate) fn counters(&self) -> io::Result<[u64; REPLY_COUNTERS]> {
+        sum_per_cpu(&self.skel.maps.counters)
     }
 }

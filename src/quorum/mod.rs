@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::header::{Ack, MAX_VOTERS};
-use crate::kernel::{attach_or_fall_back, Collector, QuorumKernelCounters, QuorumShared};
+use crate::kernel::{attach_or_fall_back, Collector, QuorumShared, QUORUM_COUNTERS};
 use crate::sys::SharedMemory;
 use crate::{Error, Mode};
 use tally::{tag_of, Decision, Tallies};
@@ -78,7 +78,7 @@ pub struct Quorum {
     /// The highest `complete` handed to the application, tagged.
     reported: AtomicU64,
     /// Decisions made in user space, in the order of `Decision`.
-    user_space: [AtomicU64; 9],
+    user_space: [AtomicU64; QUORUM_COUNTERS],
     configuring: Mutex<()>,
     fallback_reason: Option<Error>,
 }
@@ -154,6 +154,26 @@ pub struct Decisions {
     /// Acks the kernel could not verify the checksum of, or lost a race on
     /// (passed, and counted in user space).
     pub unverified: u64,
+}
+
+impl Decisions {
+    /// From counts in the order of `struct eb_quorum_counters` (and of
+    /// `Decision`, which user space counts in).
+    fn from_counts(counts: [u64; QUORUM_COUNTERS]) -> Decisions {
+        let [quorums, counted, duplicates, late, other_epoch, outside_window, unknown_voter, not_acks, unverified] =
+            counts;
+        Decisions {
+            quorums,
+            counted,
+            duplicates,
+            late,
+            other_epoch,
+            outside_window,
+            unknown_voter,
+            not_acks,
+            unverified,
+        }
+    }
 }
 
 /// The collector's counters: what the program decided, and what
@@ -369,39 +389,16 @@ impl Quorum {
     /// What the kernel and [`Quorum::receive`] decided so far.
     pub fn counters(&self) -> io::Result<QuorumCounters> {
         let kernel = match &self.backend {
-            Backend::Kernel(collector) => {
-                let c: QuorumKernelCounters = collector.counters()?;
-                Decisions {
-                    quorums: c.quorums,
-                    counted: c.counted,
-                    duplicates: c.duplicates,
-                    late: c.late,
-                    other_epoch: c.other_epoch,
-                    outside_window: c.outside_window,
-                    unknown_voter: c.unknown_voter,
-                    not_acks: c.not_acks,
-                    unverified: c.unverified,
-                }
-            }
+            Backend::Kernel(collector) => Decisions::from_counts(collector.counters()?),
             Backend::UserSpace(_) => Decisions::default(),
         };
-        let [quorums, counted, duplicates, late, other_epoch, outside_window, unknown_voter, not_acks, unverified] =
-            self.user_space
-                .each_ref()
-                .map(|c| c.load(Ordering::Relaxed));
+        let user_space = self
+            .user_space
+            .each_ref()
+            .map(|c| c.load(Ordering::Relaxed));
         Ok(QuorumCounters {
             kernel,
-            user_space: Decisions {
-                quorums,
-                counted,
-                duplicates,
-                late,
-                other_epoch,
-                outside_window,
-                unknown_voter,
-                not_acks,
-                unverified,
-            },
+            user_space: Decisions::from_counts(user_space),
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::header::{Ack, Sequenced, MAX_ROUND_NUMBER, MAX_VOTERS};
 use crate::kernel::wire::{MAX_ROUND, REPLY_MAX_PAYLOAD, REPLY_QUIET as QUIET};
-use crate::kernel::{attach_or_fall_back, KernelReplier, ReplyKernelCounters, ReplyShared};
+use crate::kernel::{attach_or_fall_back, KernelReplier, ReplyShared, REPLY_COUNTERS};
 use crate::sys::SharedMemory;
 use crate::{Error, Mode};
 
@@ -88,7 +88,7 @@ pub struct Replier {
     voter: u16,
     inner: Mutex<Inner>,
     /// Decisions of `receive`, in the order of `ReplyDecisions`' fields.
-    user_space: [AtomicU64; 10],
+    user_space: [AtomicU64; REPLY_COUNTERS],
     fallback_reason: Option<Error>,
 }
 
@@ -187,6 +187,27 @@ pub struct ReplyDecisions {
     pub bad_checksum: u64,
     /// Taken, but the ack could not be sent (the sender retransmits).
     pub ack_failures: u64,
+}
+
+impl ReplyDecisions {
+    /// From counts in the order of `struct eb_reply_counters` (and of the
+    /// indexes user space counts with).
+    fn from_counts(counts: [u64; REPLY_COUNTERS]) -> ReplyDecisions {
+        let [acked, ring_full, gaps, duplicates, other_epoch, frozen, not_sequenced, too_long, bad_checksum, ack_failures] =
+            counts;
+        ReplyDecisions {
+            acked,
+            ring_full,
+            gaps,
+            duplicates,
+            other_epoch,
+            frozen,
+            not_sequenced,
+            too_long,
+            bad_checksum,
+            ack_failures,
+        }
+    }
 }
 
 /// The replier's counters: what the program decided, and what
@@ -638,39 +659,13 @@ impl Replier {
     /// What the kernel and [`Replier::receive`] decided so far.
     pub fn counters(&self) -> io::Result<ReplyCounters> {
         let kernel = match &self.backend {
-            Backend::Kernel(replier) => {
-                let c: ReplyKernelCounters = replier.counters()?;
-                ReplyDecisions {
-                    acked: c.acked,
-                    ring_full: c.ring_full,
-                    gaps: c.gaps,
-                    duplicates: c.duplicates,
-                    other_epoch: c.other_epoch,
-                    frozen: c.frozen,
-                    not_sequenced: c.not_sequenced,
-                    too_long: c.too_long,
-                    bad_checksum: c.bad_checksum,
-                    ack_failures: c.ack_failures,
-                }
-            }
+            Backend::Kernel(replier) => ReplyDecisions::from_counts(replier.counters()?),
             Backend::UserSpace(_) => ReplyDecisions::default(),
         };
-        let [acked, ring_full, gaps, duplicates, other_epoch, frozen, not_sequenced, too_long, bad_checksum, ack_failures] =
-            self.user_space.each_ref().map(|c| c.load(SeqCst));
+        let user_space = self.user_space.each_ref().map(|c| c.load(SeqCst));
         Ok(ReplyCounters {
             kernel,
-            user_space: ReplyDecisions {
-                acked,
-                ring_full,
-                gaps,
-                duplicates,
-                other_epoch,
-                frozen,
-                not_sequenced,
-                too_long,
-                bad_checksum,
-                ack_failures,
-            },
+            user_space: ReplyDecisions::from_counts(user_space),
         })
     }
 
