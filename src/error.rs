@@ -9,6 +9,19 @@ use std::net::SocketAddr;
 /// Input errors (`NoDestinations`, `Ipv6Destination`, `PayloadTooLarge`, ...)
 /// are detected before anything is sent: a call that returns one of them sent
 /// nothing.
+///
+/// # Example
+///
+/// ```
+/// use elec_broadcast::{Error, Mode, Quorum};
+///
+/// match Quorum::with_mode("no-such-if0", 7000, Mode::UserSpace) {
+///     Err(Error::UnknownInterface { name }) => assert_eq!(name, "no-such-if0"),
+///     // The enum is non-exhaustive; every message says what to do.
+///     Err(other) => panic!("{other}"),
+///     Ok(_) => panic!("there is no such interface"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

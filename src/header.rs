@@ -25,6 +25,21 @@ pub const MAX_ROUND_NUMBER: u64 = MAX_ROUND;
 pub const MAX_VOTERS: u16 = crate::kernel::wire::MAX_VOTERS as u16;
 
 /// Why bytes are not a valid header.
+///
+/// # Example
+///
+/// ```
+/// use elec_broadcast::{Ack, HeaderError, Sequenced};
+///
+/// assert_eq!(Ack::parse(&[0u8; 10]), Err(HeaderError::TooShort { len: 10 }));
+/// // A sequenced header is no ack: its magic number differs.
+/// let header = Sequenced { epoch: 1, round: 1, ack_port: 7000 }.to_bytes();
+/// assert!(matches!(Ack::parse(&header), Err(HeaderError::Magic { .. })));
+/// // Round 0 is out of range.
+/// let round0 = Ack { epoch: 1, round: 0, voter: 2 }.to_bytes();
+/// assert_eq!(Ack::parse(&round0), Err(HeaderError::Field { field: "round" }));
+/// println!("{}", HeaderError::TooShort { len: 10 }); // "10 bytes are too short ..."
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HeaderError {
@@ -58,6 +73,8 @@ pub enum HeaderError {
 /// An acknowledgement: `voter` has every round of `epoch` up to `round`
 /// (acks are cumulative, as a VR PrepareOK is).
 ///
+/// # Example
+///
 /// ```
 /// use elec_broadcast::Ack;
 ///
@@ -81,6 +98,19 @@ pub struct Ack {
 impl Ack {
     /// The 24 header bytes. Rounds and voters out of range are written as
     /// given; [`Ack::parse`] (and the kernel) will refuse them.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Ack, HEADER_LEN};
+    ///
+    /// let ack = Ack { epoch: 7, round: 42, voter: 3 };
+    /// let bytes: [u8; HEADER_LEN] = ack.to_bytes();
+    /// assert_eq!(Ack::parse(&bytes).unwrap(), (ack, &[][..]));
+    /// // Out of range is written as given, and refused when parsed.
+    /// let bad = Ack { voter: 64, ..ack }.to_bytes();
+    /// assert!(Ack::parse(&bad).is_err());
+    /// ```
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         write(
             ACK_MAGIC,
@@ -93,6 +123,21 @@ impl Ack {
 
     /// Parses an ack at the start of `datagram`; returns it and the bytes
     /// after the header.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Ack, HeaderError};
+    ///
+    /// let mut datagram = Ack { epoch: 1, round: 9, voter: 0 }.to_bytes().to_vec();
+    /// datagram.extend_from_slice(b"state digest");
+    /// let (ack, rest) = Ack::parse(&datagram)?;
+    /// assert_eq!((ack.epoch, ack.round, ack.voter), (1, 9, 0));
+    /// assert_eq!(rest, b"state digest");
+    /// // A datagram shorter than the header is an error, not a panic.
+    /// assert_eq!(Ack::parse(&datagram[..5]), Err(HeaderError::TooShort { len: 5 }));
+    /// # Ok::<(), HeaderError>(())
+    /// ```
     pub fn parse(datagram: &[u8]) -> Result<(Ack, &[u8]), HeaderError> {
         let fields = read(datagram, ACK_MAGIC)?;
         if fields.flags & !(ACK_CUMULATIVE | ACK_FROM_KERNEL) != 0
@@ -112,12 +157,41 @@ impl Ack {
     }
 
     /// Whether `datagram` starts with an ack that a kernel program sent.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::Ack;
+    ///
+    /// // An ack built (and sent) by user space, such as this one, is not.
+    /// let ack = Ack { epoch: 1, round: 4, voter: 2 }.to_bytes();
+    /// assert!(Ack::parse(&ack).is_ok());
+    /// assert!(!Ack::is_from_kernel(&ack));
+    /// assert!(!Ack::is_from_kernel(b"not an ack"));
+    /// ```
     pub fn is_from_kernel(datagram: &[u8]) -> bool {
         read(datagram, ACK_MAGIC).is_ok_and(|f| f.flags & ACK_FROM_KERNEL != 0)
     }
 
     /// Sends this ack, followed by `payload`, to `to` through `socket`, as
     /// one datagram.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// use elec_broadcast::Ack;
+    ///
+    /// # fn main() -> std::io::Result<()> {
+    /// let (voter, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// let ack = Ack { epoch: 2, round: 11, voter: 4 };
+    /// ack.send(&voter, leader.local_addr()?, b"ok")?;
+    /// let mut buf = [0u8; 64];
+    /// let (len, _) = leader.recv_from(&mut buf)?;
+    /// assert_eq!(Ack::parse(&buf[..len]).unwrap(), (ack, &b"ok"[..]));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn send(&self, socket: &UdpSocket, to: SocketAddr, payload: &[u8]) -> io::Result<()> {
         let mut datagram = Vec::with_capacity(HEADER_LEN + payload.len());
         datagram.extend_from_slice(&self.to_bytes());
@@ -128,6 +202,8 @@ impl Ack {
 
 /// The header of a datagram in a sequence: round `round` of epoch `epoch`,
 /// to be acknowledged to the sender's IP address at port `ack_port`.
+///
+/// # Example
 ///
 /// ```
 /// use elec_broadcast::Sequenced;
@@ -149,12 +225,39 @@ pub struct Sequenced {
 
 impl Sequenced {
     /// The 24 header bytes.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Sequenced, HEADER_LEN};
+    ///
+    /// let header = Sequenced { epoch: 5, round: 1, ack_port: 7001 };
+    /// let bytes = header.to_bytes();
+    /// assert_eq!(bytes.len(), HEADER_LEN);
+    /// assert_eq!(Sequenced::parse(&bytes).unwrap().0, header);
+    /// ```
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         write(SEQUENCED_MAGIC, 0, self.ack_port, self.epoch, self.round)
     }
 
     /// Parses the header at the start of `datagram`; returns it and the
     /// bytes after it.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Ack, HeaderError, Sequenced};
+    ///
+    /// let mut datagram = Sequenced { epoch: 5, round: 2, ack_port: 7001 }.to_bytes().to_vec();
+    /// datagram.extend_from_slice(b"commit x=1");
+    /// let (header, payload) = Sequenced::parse(&datagram)?;
+    /// assert_eq!((header.round, payload), (2, &b"commit x=1"[..]));
+    /// // No port to acknowledge to, or an ack instead: not a sequenced header.
+    /// let no_port = Sequenced { ack_port: 0, ..header }.to_bytes();
+    /// assert_eq!(Sequenced::parse(&no_port), Err(HeaderError::Field { field: "ack_port" }));
+    /// assert!(Sequenced::parse(&Ack { epoch: 5, round: 2, voter: 1 }.to_bytes()).is_err());
+    /// # Ok::<(), HeaderError>(())
+    /// ```
     pub fn parse(datagram: &[u8]) -> Result<(Sequenced, &[u8]), HeaderError> {
         let fields = read(datagram, SEQUENCED_MAGIC)?;
         if fields.flags != 0 {

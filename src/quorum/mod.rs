@@ -38,7 +38,15 @@ use tally::{tag_of, Decision, Tallies};
 /// another epoch, of unknown voters, for rounds outside the window, and
 /// every datagram to the port that is not an ack. In the user-space mode the
 /// same algorithm runs in [`Quorum::receive`]; the application code is the
-/// same in both:
+/// same in both (see the example below).
+///
+/// Acknowledgements are cumulative: an ack for round r covers every round
+/// up to r from that voter, so a lost ack is covered by the voter's next
+/// one, and one quorum may complete several rounds at once. An ack's own
+/// payload (after the header) reaches the application only when the ack
+/// completes a quorum or is not counted.
+///
+/// # Example
 ///
 /// ```no_run
 /// use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -65,12 +73,6 @@ use tally::{tag_of, Decision, Tallies};
 /// }
 /// # }
 /// ```
-///
-/// Acknowledgements are cumulative: an ack for round r covers every round
-/// up to r from that voter, so a lost ack is covered by the voter's next
-/// one, and one quorum may complete several rounds at once. An ack's own
-/// payload (after the header) reaches the application only when the ack
-/// completes a quorum or is not counted.
 pub struct Quorum {
     // Declared before the memory it points into.
     tallies: Tallies,
@@ -95,6 +97,19 @@ enum Backend {
 /// the kernel allocates a socket buffer, so on a NIC with native XDP the
 /// acks it drops cost less; it sees no checksum offload result, so it
 /// verifies checksums itself more often.
+///
+/// # Example
+///
+/// ```no_run
+/// use elec_broadcast::{Ingress, Mode, Quorum};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert_eq!(Ingress::default(), Ingress::Tc);
+/// // On a NIC with native XDP: count acks before socket buffers exist.
+/// let quorum = Quorum::with_ingress("eth0", 7000, Mode::Kernel, Ingress::Xdp)?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Ingress {
@@ -106,6 +121,29 @@ pub enum Ingress {
 }
 
 /// What [`Quorum::receive`] made of a datagram.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::net::SocketAddrV4;
+/// use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+///
+/// let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+/// let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+/// quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+/// quorum.extend(10);
+/// let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+/// assert_eq!(quorum.receive(&ack(1, 3), voter(1).into()), Verdict::Counted);
+/// assert_eq!(quorum.receive(&ack(1, 3), voter(1).into()), Verdict::Duplicate);
+/// assert_eq!(quorum.receive(&ack(2, 2), voter(2).into()), Verdict::Quorum { round: 2 });
+/// assert_eq!(quorum.receive(&ack(3, 1), voter(3).into()), Verdict::Late);
+/// assert_eq!(quorum.receive(&ack(3, 11), voter(3).into()), Verdict::OutsideWindow);
+/// assert_eq!(quorum.receive(&ack(4, 5), voter(3).into()), Verdict::UnknownVoter);
+/// assert_eq!(quorum.receive(b"hello", voter(3).into()), Verdict::NotAnAck);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Verdict {
@@ -132,6 +170,30 @@ pub enum Verdict {
 }
 
 /// How many acks met each fate, in the kernel or in user space.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use std::net::SocketAddrV4;
+/// # use elec_broadcast::{Ack, Mode, Quorum};
+/// # let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+/// # let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+/// # quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+/// # quorum.extend(10);
+/// # let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+/// use elec_broadcast::Decisions;
+///
+/// quorum.receive(&ack(1, 1), voter(1).into());
+/// quorum.receive(&ack(2, 1), voter(2).into());
+/// quorum.receive(&ack(2, 1), voter(2).into());
+/// let decisions: Decisions = quorum.counters()?.user_space;
+/// assert_eq!((decisions.counted, decisions.quorums, decisions.late), (1, 1, 1));
+/// let dropped_in_kernel = decisions.counted + decisions.duplicates + decisions.late;
+/// println!("{dropped_in_kernel} acks would not have woken the application up");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Decisions {
@@ -178,6 +240,21 @@ impl Decisions {
 
 /// The collector's counters: what the program decided, and what
 /// [`Quorum::receive`] decided for the datagrams that reached user space.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use elec_broadcast::{Decisions, Mode, Quorum, QuorumCounters};
+///
+/// let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+/// quorum.receive(b"not an ack", "10.0.0.2:7000".parse()?);
+/// let counters: QuorumCounters = quorum.counters()?;
+/// assert_eq!(counters.kernel, Decisions::default()); // no program in user space
+/// assert_eq!(counters.user_space.not_acks, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct QuorumCounters {
@@ -191,17 +268,60 @@ impl Quorum {
     /// A collector for the acks that arrive at UDP port `port` through
     /// `interface`: in the kernel where possible, else in user space (see
     /// [`Quorum::fallback_reason`]).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Mode, Quorum};
+    ///
+    /// let quorum = Quorum::new("eth0", 7000)?;
+    /// if quorum.mode() == Mode::UserSpace {
+    ///     eprintln!("counting acks in user space: {:?}", quorum.fallback_reason());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(interface: &str, port: u16) -> Result<Quorum, Error> {
         Quorum::with_mode(interface, port, Mode::Auto)
     }
 
     /// Like [`Quorum::new`] with an explicit [`Mode`]. With
     /// [`Mode::Kernel`], a kernel program that cannot be used is an error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Error, Mode, Quorum};
+    ///
+    /// // User space needs no privileges: counted by `receive`, on any interface.
+    /// let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// assert_eq!(quorum.mode(), Mode::UserSpace);
+    /// // Port 0 is refused.
+    /// let zero = Quorum::with_mode("lo", 0, Mode::UserSpace);
+    /// assert!(matches!(zero, Err(Error::InvalidQuorum { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_mode(interface: &str, port: u16, mode: Mode) -> Result<Quorum, Error> {
         Quorum::with_ingress(interface, port, mode, Ingress::Tc)
     }
 
     /// Like [`Quorum::with_mode`], on the given ingress hook.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Ingress, Mode, Quorum};
+    ///
+    /// // XDP, and an error rather than a fallback if the program cannot be used.
+    /// let quorum = Quorum::with_ingress("eth0", 7000, Mode::Kernel, Ingress::Xdp)?;
+    /// assert_eq!(quorum.mode(), Mode::Kernel);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_ingress(
         interface: &str,
         port: u16,
@@ -240,6 +360,18 @@ impl Quorum {
     }
 
     /// The backend in use: [`Mode::Kernel`] or [`Mode::UserSpace`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Mode, Quorum};
+    ///
+    /// let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// assert_eq!(quorum.mode(), Mode::UserSpace);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mode(&self) -> Mode {
         match self.backend {
             Backend::Kernel(_) => Mode::Kernel,
@@ -248,6 +380,21 @@ impl Quorum {
     }
 
     /// Why [`Mode::Auto`] fell back to user space, if it did.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Mode, Quorum};
+    ///
+    /// let quorum = Quorum::new("eth0", 7000)?; // Mode::Auto
+    /// match quorum.fallback_reason() {
+    ///     Some(reason) => eprintln!("counting in user space: {reason}"),
+    ///     None => assert_eq!(quorum.mode(), Mode::Kernel),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fallback_reason(&self) -> Option<&Error> {
         self.fallback_reason.as_ref()
     }
@@ -258,6 +405,25 @@ impl Quorum {
     /// which make a quorum. Tallies of the previous epoch are discarded at
     /// once, and no ack of another epoch is ever counted in this one. The
     /// window is empty until [`Quorum::extend`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::net::SocketAddrV4;
+    /// use elec_broadcast::{Error, Mode, Quorum};
+    ///
+    /// let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// let voter = |v: u16| (v, SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000));
+    /// // Epoch 4: voters 1..=4, any 2 of them make a quorum.
+    /// quorum.configure(4, &[voter(1), voter(2), voter(3), voter(4)], 2)?;
+    /// // A quorum larger than the voter set, or a voter listed twice, is refused.
+    /// let too_many = quorum.configure(5, &[voter(1), voter(2)], 3);
+    /// assert!(matches!(too_many, Err(Error::InvalidQuorum { .. })));
+    /// assert!(quorum.configure(5, &[voter(1), voter(1)], 1).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn configure(
         &self,
         epoch: u64,
@@ -291,6 +457,26 @@ impl Quorum {
     /// Counts acks for rounds up to `high` (the highest round sent so far);
     /// acks for later rounds are not counted. Never lowers the window. A
     /// plain memory write, no system call.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::SocketAddrV4;
+    /// # use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+    /// # let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// # let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+    /// # quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+    /// # quorum.extend(10);
+    /// # let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+    /// assert_eq!(quorum.receive(&ack(1, 12), voter(1).into()), Verdict::OutsideWindow);
+    /// quorum.extend(12); // round 12 is sent
+    /// assert_eq!(quorum.receive(&ack(1, 12), voter(1).into()), Verdict::Counted);
+    /// quorum.extend(5); // does not lower the window
+    /// assert_eq!(quorum.receive(&ack(2, 12), voter(2).into()), Verdict::Quorum { round: 12 });
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn extend(&self, high: u64) {
         self.tallies.extend(high);
     }
@@ -299,6 +485,28 @@ impl Quorum {
     /// counts it if it is an ack the kernel left to user space, and reports
     /// [`Verdict::Quorum`] whenever the highest complete round advanced since
     /// the last report (whoever counted the ack that completed it).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::SocketAddrV4;
+    /// # use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+    /// # let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// # let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+    /// # quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+    /// # quorum.extend(10);
+    /// # let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+    /// // Voters 1, 2, 3 (at 10.0.0.1..=3), 2 of them a quorum, rounds up to 10 sent.
+    /// assert_eq!(quorum.receive(&ack(1, 5), voter(1).into()), Verdict::Counted);
+    /// assert_eq!(quorum.receive(&ack(2, 4), voter(2).into()), Verdict::Quorum { round: 4 });
+    /// assert_eq!(quorum.receive(&ack(3, 5), voter(3).into()), Verdict::Quorum { round: 5 });
+    /// // Voter 1's ack from another address is no vote of voter 1.
+    /// let elsewhere = "10.0.0.9:7000".parse()?;
+    /// assert_eq!(quorum.receive(&ack(1, 7), elsewhere), Verdict::UnknownVoter);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn receive(&self, datagram: &[u8], from: SocketAddr) -> Verdict {
         let Ok((ack, _)) = Ack::parse(datagram) else {
             self.count(Decision::NotAnAck);
@@ -362,6 +570,30 @@ impl Quorum {
     /// system call: call it on every wake-up or timer, and no advance is
     /// missed when the datagram that reported it was lost on the way to the
     /// application (a full socket buffer, say).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::SocketAddrV4;
+    /// # use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+    /// # let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// # let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+    /// # quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+    /// # quorum.extend(10);
+    /// # let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+    /// assert_eq!(quorum.advanced(), None);
+    /// quorum.receive(&ack(1, 3), voter(1).into());
+    /// assert_eq!(quorum.receive(&ack(2, 3), voter(2).into()), Verdict::Quorum { round: 3 });
+    /// // Reported once: `receive` reported round 3, so there is nothing new.
+    /// assert_eq!(quorum.advanced(), None);
+    /// // On every wake-up or timer tick:
+    /// if let Some(round) = quorum.advanced() {
+    ///     println!("commit up to round {round}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn advanced(&self) -> Option<u64> {
         let config = self.tallies.config(0)?;
         let round = self.advance(&config)?;
@@ -371,6 +603,25 @@ impl Quorum {
 
     /// The highest round acknowledged by a quorum in the current epoch (0
     /// if none).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::SocketAddrV4;
+    /// # use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+    /// # let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// # let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+    /// # quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+    /// # quorum.extend(10);
+    /// # let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+    /// assert_eq!(quorum.complete(), 0);
+    /// quorum.receive(&ack(1, 6), voter(1).into());
+    /// quorum.receive(&ack(3, 8), voter(3).into());
+    /// assert_eq!(quorum.complete(), 6); // two of the three have round 6
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn complete(&self) -> u64 {
         self.tallies
             .config(0)
@@ -378,6 +629,26 @@ impl Quorum {
     }
 
     /// The voters that have acknowledged `round` of the current epoch so far.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::SocketAddrV4;
+    /// # use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+    /// # let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// # let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+    /// # quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+    /// # quorum.extend(10);
+    /// # let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+    /// quorum.receive(&ack(1, 6), voter(1).into());
+    /// quorum.receive(&ack(3, 2), voter(3).into());
+    /// assert_eq!(quorum.voters(2), vec![1, 3]); // acks are cumulative
+    /// assert_eq!(quorum.voters(6), vec![1]);
+    /// assert!(quorum.voters(7).is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn voters(&self, round: u64) -> Vec<u16> {
         let Some(config) = self.tallies.config(0) else {
             return Vec::new();
@@ -387,6 +658,29 @@ impl Quorum {
     }
 
     /// What the kernel and [`Quorum::receive`] decided so far.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::SocketAddrV4;
+    /// # use elec_broadcast::{Ack, Mode, Quorum, Verdict};
+    /// # let quorum = Quorum::with_mode("lo", 7000, Mode::UserSpace)?;
+    /// # let voter = |v: u16| SocketAddrV4::new([10, 0, 0, v as u8].into(), 7000);
+    /// # quorum.configure(1, &[(1, voter(1)), (2, voter(2)), (3, voter(3))], 2)?;
+    /// # quorum.extend(10);
+    /// # let ack = |v: u16, round| Ack { epoch: 1, round, voter: v }.to_bytes();
+    /// quorum.receive(&ack(1, 1), voter(1).into());
+    /// quorum.receive(&ack(1, 1), voter(1).into());
+    /// quorum.receive(&ack(2, 1), voter(2).into());
+    /// let counters = quorum.counters()?;
+    /// assert_eq!(counters.user_space.counted, 1);
+    /// assert_eq!(counters.user_space.duplicates, 1);
+    /// assert_eq!(counters.user_space.quorums, 1);
+    /// assert_eq!(counters.kernel.quorums, 0); // user-space mode
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn counters(&self) -> io::Result<QuorumCounters> {
         let kernel = match &self.backend {
             Backend::Kernel(collector) => Decisions::from_counts(collector.counters()?),

@@ -48,7 +48,10 @@ pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
 /// frozen replier, a full ring. The application hands what the socket gets
 /// to [`Replier::receive`], which takes the next round in user space the
 /// same way (and acks it from user space). In the user-space mode every
-/// datagram comes that way; the application code is the same:
+/// datagram comes that way; the application code is the same (see the
+/// example below).
+///
+/// # Example
 ///
 /// ```no_run
 /// use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -117,6 +120,34 @@ struct Inner {
 
 /// A datagram taken in order: queued, acknowledged, and delivered by
 /// [`Replier::drain`].
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+/// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+/// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+/// # let port = socket.local_addr()?.port();
+/// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+/// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+/// # let sequenced = |epoch, round, body: &[u8]| {
+/// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+/// #     datagram.extend_from_slice(body);
+/// #     datagram
+/// # };
+/// use elec_broadcast::Datagram;
+///
+/// replier.arm(1, 1, from)?;
+/// replier.receive(&socket, &sequenced(1, 1, b"put k v"), from.into())?;
+/// replier.drain(|datagram: Datagram| {
+///     assert_eq!(datagram.header, Sequenced { epoch: 1, round: 1, ack_port: from.port() });
+///     assert_eq!((datagram.from, &datagram.payload[..]), (from, &b"put k v"[..]));
+///     assert!(!datagram.from_kernel); // taken by `receive`, in user space
+/// })?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Datagram {
@@ -131,6 +162,34 @@ pub struct Datagram {
 }
 
 /// What [`Replier::receive`] made of a datagram from the socket.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+/// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+/// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+/// # let port = socket.local_addr()?.port();
+/// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+/// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+/// # let sequenced = |epoch, round, body: &[u8]| {
+/// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+/// #     datagram.extend_from_slice(body);
+/// #     datagram
+/// # };
+/// replier.arm(1, 2, from)?; // round 2 comes next
+/// let receive = |datagram: &[u8]| replier.receive(&socket, datagram, from.into());
+/// assert_eq!(receive(&sequenced(1, 2, b""))?, Receipt::Taken { round: 2 });
+/// assert!(matches!(receive(&sequenced(1, 5, b""))?, Receipt::Gap { header } if header.round == 5));
+/// assert!(matches!(receive(&sequenced(1, 1, b""))?, Receipt::Duplicate { .. }));
+/// assert!(matches!(receive(&sequenced(7, 3, b""))?, Receipt::OtherEpoch { .. }));
+/// assert_eq!(receive(b"ping")?, Receipt::NotSequenced);
+/// replier.freeze();
+/// assert!(matches!(receive(&sequenced(1, 3, b""))?, Receipt::Frozen { .. }));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Receipt {
@@ -164,6 +223,33 @@ pub enum Receipt {
 }
 
 /// How many datagrams met each fate.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+/// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+/// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+/// # let port = socket.local_addr()?.port();
+/// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+/// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+/// # let sequenced = |epoch, round, body: &[u8]| {
+/// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+/// #     datagram.extend_from_slice(body);
+/// #     datagram
+/// # };
+/// use elec_broadcast::ReplyDecisions;
+///
+/// replier.arm(1, 1, from)?;
+/// replier.receive(&socket, &sequenced(1, 1, b"a"), from.into())?;
+/// replier.receive(&socket, &sequenced(1, 1, b"a"), from.into())?; // a retransmission
+/// let decisions: ReplyDecisions = replier.counters()?.user_space;
+/// assert_eq!((decisions.acked, decisions.duplicates), (1, 1));
+/// assert_eq!(decisions.ring_full + decisions.too_long, 0); // kernel only
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplyDecisions {
@@ -212,6 +298,31 @@ impl ReplyDecisions {
 
 /// The replier's counters: what the program decided, and what
 /// [`Replier::receive`] decided for the datagrams that reached user space.
+///
+/// # Example
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+/// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+/// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+/// # let port = socket.local_addr()?.port();
+/// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+/// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+/// # let sequenced = |epoch, round, body: &[u8]| {
+/// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+/// #     datagram.extend_from_slice(body);
+/// #     datagram
+/// # };
+/// use elec_broadcast::{ReplyCounters, ReplyDecisions};
+///
+/// replier.receive(&socket, b"not sequenced", from.into())?;
+/// let counters: ReplyCounters = replier.counters()?;
+/// assert_eq!(counters.kernel, ReplyDecisions::default()); // no program in user space
+/// assert_eq!(counters.user_space.not_sequenced, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReplyCounters {
@@ -238,6 +349,20 @@ impl Replier {
     /// A replier for the sequenced datagrams that arrive at UDP port `port`
     /// through `interface`, acknowledging as voter `voter`: in the kernel
     /// where possible, else in user space (see [`Replier::fallback_reason`]).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Mode, Replier};
+    ///
+    /// let replier = Replier::new("eth0", 7000, 2)?; // voter 2, acks from the kernel
+    /// if replier.mode() == Mode::UserSpace {
+    ///     eprintln!("acknowledging in user space: {:?}", replier.fallback_reason());
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(interface: &str, port: u16, voter: u16) -> Result<Replier, Error> {
         Replier::with_mode(interface, port, voter, Mode::Auto, DEFAULT_RING_BYTES)
     }
@@ -245,6 +370,22 @@ impl Replier {
     /// Like [`Replier::new`] with an explicit [`Mode`] and the size of the
     /// kernel's queue in bytes (a power of two, at least one page; each
     /// queued datagram takes 512, 2016 or 9000 bytes of it, by size).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Error, Mode, Replier, DEFAULT_RING_BYTES, MAX_VOTERS};
+    ///
+    /// let replier = Replier::with_mode("lo", 7000, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// assert_eq!(replier.mode(), Mode::UserSpace);
+    /// // The ring is a power of two of 4096 bytes or more; voters are below MAX_VOTERS.
+    /// let odd_ring = Replier::with_mode("lo", 7000, 2, Mode::UserSpace, 5000);
+    /// assert!(matches!(odd_ring, Err(Error::InvalidReply { .. })));
+    /// assert!(Replier::with_mode("lo", 7000, MAX_VOTERS, Mode::UserSpace, 1 << 16).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn with_mode(
         interface: &str,
         port: u16,
@@ -290,6 +431,18 @@ impl Replier {
     }
 
     /// The backend in use: [`Mode::Kernel`] or [`Mode::UserSpace`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Mode, Replier, DEFAULT_RING_BYTES};
+    ///
+    /// let replier = Replier::with_mode("lo", 7000, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// assert_eq!(replier.mode(), Mode::UserSpace);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mode(&self) -> Mode {
         match self.backend {
             Backend::Kernel(_) => Mode::Kernel,
@@ -298,6 +451,21 @@ impl Replier {
     }
 
     /// Why [`Mode::Auto`] fell back to user space, if it did.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use elec_broadcast::{Mode, Replier};
+    ///
+    /// let replier = Replier::new("eth0", 7000, 2)?; // Mode::Auto
+    /// match replier.fallback_reason() {
+    ///     Some(reason) => eprintln!("acknowledging in user space: {reason}"),
+    ///     None => assert_eq!(replier.mode(), Mode::Kernel),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fallback_reason(&self) -> Option<&Error> {
         self.fallback_reason.as_ref()
     }
@@ -395,6 +563,33 @@ impl Replier {
     /// on (kernel acks resume). Datagrams from anywhere else are never
     /// taken nor acknowledged. Taken datagrams of an earlier arming that
     /// were not drained yet are still delivered, before these.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// replier.arm(1, 1, from)?; // epoch 1 from the leader, round 1 comes next
+    /// let receipt = replier.receive(&socket, &sequenced(1, 1, b"op"), from.into())?;
+    /// assert_eq!(receipt, Receipt::Taken { round: 1 });
+    /// // Acknowledged to the leader, at the header's ack port, as voter 2.
+    /// let mut buf = [0u8; 64];
+    /// let (len, _) = leader.recv_from(&mut buf)?;
+    /// assert_eq!(Ack::parse(&buf[..len])?.0, Ack { epoch: 1, round: 1, voter: 2 });
+    /// assert!(replier.arm(2, 0, from).is_err()); // rounds start at 1
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn arm(&self, epoch: u64, next: u64, sender: SocketAddrV4) -> Result<(), Error> {
         if next == 0 || next > MAX_ROUND_NUMBER {
             return Err(Error::InvalidReply {
@@ -413,6 +608,22 @@ impl Replier {
     /// calls [`Replier::drain`] on its own schedule, on every other wake-up
     /// or timer. For an application whose ring is off its critical path
     /// (a follower whose acks the kernel sends). Off by default.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use elec_broadcast::Replier;
+    ///
+    /// let replier = Replier::new("eth0", 7000, 2)?;
+    /// replier.set_quiet(true); // the kernel acks; the application reads on its own schedule
+    /// loop {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    ///     replier.drain(|datagram| println!("round {}", datagram.header.round))?;
+    /// }
+    /// # }
+    /// ```
     pub fn set_quiet(&self, quiet: bool) {
         // SAFETY: inside the valid entry; 2-aligned; accessed atomically
         // here, and read once per datagram by the program.
@@ -428,6 +639,33 @@ impl Replier {
     /// armed epoch below `next` by other means (a gap it buffered, a state
     /// transfer): the replier takes from `next` on. Never moves backwards;
     /// does nothing while frozen.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// replier.arm(1, 1, from)?;
+    /// // Round 1 was lost: round 2 is a gap until the application has round 1.
+    /// let gap = replier.receive(&socket, &sequenced(1, 2, b"b"), from.into())?;
+    /// assert!(matches!(gap, Receipt::Gap { .. }));
+    /// replier.advance(2); // round 1 came by state transfer
+    /// assert_eq!(replier.next_round(), 2);
+    /// let taken = replier.receive(&socket, &sequenced(1, 2, b"b"), from.into())?;
+    /// assert_eq!(taken, Receipt::Taken { round: 2 });
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn advance(&self, next: u64) {
         let mut inner = self.lock();
         let Some(arming) = self.arming().filter(|a| a.armed) else {
@@ -456,6 +694,31 @@ impl Replier {
     /// the epoch was taken, and is delivered by [`Replier::drain`] (a
     /// record the kernel was writing at this moment may take some
     /// microseconds to appear).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// replier.arm(1, 1, from)?;
+    /// replier.receive(&socket, &sequenced(1, 1, b"a"), from.into())?;
+    /// assert_eq!(replier.freeze(), 2); // round 1 was taken, round 2 is not
+    /// let late = replier.receive(&socket, &sequenced(1, 2, b"b"), from.into())?;
+    /// assert!(matches!(late, Receipt::Frozen { .. }));
+    /// assert_eq!(replier.next_round(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn freeze(&self) -> u64 {
         let inner = self.lock();
         self.write_arming(inner.epoch, None)
@@ -468,6 +731,35 @@ impl Replier {
     /// `drain`), and nothing more is taken or acknowledged until
     /// [`Replier::arm`]. For a view change: whatever the kernel acknowledged
     /// is in the application's hands before it answers the change.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// use std::time::Duration;
+    ///
+    /// replier.arm(1, 1, from)?;
+    /// for round in 1..=3 {
+    ///     replier.receive(&socket, &sequenced(1, round, b"op"), from.into())?;
+    /// }
+    /// // A view change: stop acknowledging, and get every acknowledged round.
+    /// let mut rounds = Vec::new();
+    /// let next = replier.quiesce(Duration::from_millis(100), |d| rounds.push(d.header.round))?;
+    /// assert_eq!((next, rounds), (4, vec![1, 2, 3]));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn quiesce(&self, timeout: Duration, mut deliver: impl FnMut(Datagram)) -> io::Result<u64> {
         let next = self.freeze();
         let deadline = Instant::now() + timeout;
@@ -488,6 +780,32 @@ impl Replier {
 
     /// Delivers the taken datagrams, in order (see the type's docs), to
     /// `deliver`; returns how many.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// replier.arm(1, 1, from)?;
+    /// replier.receive(&socket, &sequenced(1, 1, b"first"), from.into())?;
+    /// replier.receive(&socket, &sequenced(1, 2, b"second"), from.into())?;
+    /// let mut payloads = Vec::new();
+    /// assert_eq!(replier.drain(|datagram| payloads.push(datagram.payload))?, 2);
+    /// assert_eq!(payloads, [b"first".to_vec(), b"second".to_vec()]);
+    /// assert_eq!(replier.drain(|_| unreachable!("delivered once"))?, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn drain(&self, mut deliver: impl FnMut(Datagram)) -> io::Result<usize> {
         let mut inner = self.lock();
         if let Backend::Kernel(replier) = &self.backend {
@@ -550,6 +868,34 @@ impl Replier {
     /// Decides what `datagram`, received on the socket from `from`, is; if
     /// it is the next round, takes it and acknowledges it through `socket`
     /// to the sender's address at the header's ack port.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// replier.arm(1, 1, from)?;
+    /// leader.send_to(&sequenced(1, 1, b"op"), socket.local_addr()?)?;
+    /// let mut buf = [0u8; 9000];
+    /// let (len, sender) = socket.recv_from(&mut buf)?;
+    /// assert_eq!(replier.receive(&socket, &buf[..len], sender)?, Receipt::Taken { round: 1 });
+    /// // A retransmission is not taken, nor acknowledged, again.
+    /// let again = replier.receive(&socket, &buf[..len], sender)?;
+    /// assert!(matches!(again, Receipt::Duplicate { .. }));
+    /// assert_eq!(replier.receive(&socket, b"hello", sender)?, Receipt::NotSequenced);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn receive(
         &self,
         socket: &UdpSocket,
@@ -628,6 +974,30 @@ impl Replier {
 
     /// The round the replier takes next in the armed epoch (0 when frozen
     /// or not armed).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// assert_eq!(replier.next_round(), 0); // not armed yet
+    /// replier.arm(3, 10, from)?;
+    /// assert_eq!(replier.next_round(), 10);
+    /// replier.receive(&socket, &sequenced(3, 10, b"op"), from.into())?;
+    /// assert_eq!(replier.next_round(), 11);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn next_round(&self) -> u64 {
         match self.arming() {
             Some(arming) if arming.armed => {
@@ -644,6 +1014,23 @@ impl Replier {
 
     /// A descriptor that polls readable when the kernel has queued
     /// datagrams ([`Replier::drain`] them); `None` in the user-space mode.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::os::fd::AsRawFd;
+    /// use elec_broadcast::Replier;
+    ///
+    /// let replier = Replier::new("eth0", 7000, 2)?;
+    /// match replier.ring_fd() {
+    ///     // Poll it (epoll, mio, tokio's AsyncFd) next to the socket; drain when readable.
+    ///     Some(ring) => println!("queued datagrams make fd {} readable", ring.as_raw_fd()),
+    ///     None => println!("user space: every datagram arrives on the socket"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn ring_fd(&self) -> Option<BorrowedFd<'_>> {
         match &self.backend {
             Backend::Kernel(replier) => {
@@ -657,6 +1044,32 @@ impl Replier {
     }
 
     /// What the kernel and [`Replier::receive`] decided so far.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+    /// # use elec_broadcast::{Ack, Mode, Receipt, Replier, Sequenced, DEFAULT_RING_BYTES};
+    /// # let (socket, leader) = (UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?);
+    /// # let port = socket.local_addr()?.port();
+    /// # let replier = Replier::with_mode("lo", port, 2, Mode::UserSpace, DEFAULT_RING_BYTES)?;
+    /// # let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, leader.local_addr()?.port());
+    /// # let sequenced = |epoch, round, body: &[u8]| {
+    /// #     let mut datagram = Sequenced { epoch, round, ack_port: from.port() }.to_bytes().to_vec();
+    /// #     datagram.extend_from_slice(body);
+    /// #     datagram
+    /// # };
+    /// replier.arm(1, 1, from)?;
+    /// replier.receive(&socket, &sequenced(1, 1, b"a"), from.into())?;
+    /// replier.receive(&socket, &sequenced(1, 3, b"c"), from.into())?;
+    /// replier.receive(&socket, &sequenced(2, 1, b"x"), from.into())?;
+    /// let user = replier.counters()?.user_space;
+    /// assert_eq!((user.acked, user.gaps, user.other_epoch), (1, 1, 1));
+    /// assert_eq!(replier.counters()?.kernel.acked, 0); // user-space mode
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn counters(&self) -> io::Result<ReplyCounters> {
         let kernel = match &self.backend {
             Backend::Kernel(replier) => ReplyDecisions::from_counts(replier.counters()?),
