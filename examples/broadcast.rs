@@ -198,8 +198,8 @@ fn send_one(
             tally.copies_sent += report.copies_sent as u64;
             // A destination listed twice counts against its mentions in turn.
             let mut counted = vec![false; dests.len()];
-            for failed in &report.failed {
-                if let Some(i) = (0..dests.len()).find(|&i| !counted[i] && dests[i] == *failed) {
+            for failed in report.failed_destinations() {
+                if let Some(i) = (0..dests.len()).find(|&i| !counted[i] && dests[i] == failed) {
                     counted[i] = true;
                     tally.failed_per_destination[i] += 1;
                 }

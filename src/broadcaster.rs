@@ -4,17 +4,30 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use crate::kernel::{Program, Tags};
 use crate::report::{Counters, KernelCounters, Report, Stats};
-use crate::send::call::Call;
+use crate::send::call::{Call, Resume};
 use crate::send::plan::Plan;
 use crate::send::sockets::{lock, Sockets};
 use crate::send::{fan_out, user_space, HEADERS};
 use crate::tables::{ChangeSocket, Resolver, RouteSocket, Watcher};
 use crate::Error;
+
+#[cfg(feature = "tokio")]
+mod tokio_socket;
+
+/// What one call of [`Broadcaster::send`] did.
+struct Part {
+    report: Report,
+    /// Fan-outs it took.
+    fan_outs: usize,
+    /// Where it stopped because a send would have blocked, if it did and the
+    /// place can be resumed from.
+    stopped: Option<Resume>,
+}
 
 /// Which backend sends the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -206,12 +219,21 @@ impl Broadcaster {
     /// destinations are split into several fan-outs.
     ///
     /// Returns what was sent. Destinations whose copy could not be sent are
-    /// listed in [`Report::failed`]: in kernel mode that is every copy the
-    /// sending host dropped (a clone the device or its queue refused, a full
-    /// backlog), since every copy is a clone whose transmit result the
-    /// program sees. The call returns an error only when nothing was sent at
-    /// all: [`Error::Send`], or [`Error::PayloadTooLarge`] when the MTU
-    /// shrank under the payload.
+    /// listed in [`Report::failed`], each with its [`FailureReason`](crate::FailureReason): in
+    /// kernel mode that includes every copy the sending host dropped (a
+    /// clone the device or its queue refused, a full backlog), since every
+    /// copy is a clone whose transmit result the program sees. The call
+    /// returns an error only when nothing was sent at all: [`Error::Send`],
+    /// or [`Error::PayloadTooLarge`] when the MTU shrank under the payload.
+    ///
+    /// On a non-blocking socket, the call stops at the first send that
+    /// would block: the destinations not sent yet are in [`Report::unsent`],
+    /// and broadcasting to them once the socket is writable completes the
+    /// broadcast with no copy sent twice (its documentation shows how). A
+    /// call that would block before anything was sent returns
+    /// `Err(Error::Send(err))` with `err.kind() == WouldBlock`. For tokio
+    /// sockets, `broadcast_async` (feature `tokio`) does the waiting and
+    /// resuming.
     ///
     /// Copies are never fragmented: each leaves as one whole datagram or
     /// not at all. The socket's own settings are left as they are, except
@@ -226,18 +248,63 @@ impl Broadcaster {
     /// another interface, a payload larger than
     /// [`Broadcaster::max_payload`], a socket that is not a bound IPv4 UDP
     /// socket.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::net::{SocketAddr, UdpSocket};
+    /// use elec_broadcast::Broadcaster;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::new("eth0")?;
+    /// let socket = UdpSocket::bind("0.0.0.0:7000")?;
+    /// let peers: Vec<SocketAddr> = (2..=17).map(|i| SocketAddr::from(([10, 0, 0, i], 7000))).collect();
+    /// let report = broadcaster.broadcast(&socket, b"accept 42 v", &peers)?;
+    /// if !report.is_complete() {
+    ///     eprintln!("no copy for {:?}", report.failed);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn broadcast<S: AsFd>(
         &self,
         socket: &S,
         payload: &[u8],
         destinations: &[SocketAddr],
     ) -> Result<Report, Error> {
-        self.check_input(payload, destinations)?;
-        let socket = socket.as_fd();
+        let part = self.send(socket.as_fd(), payload, destinations, None)?;
+        let part = part.expect("a call from the start always sends");
+        self.counters.add(&part.report, part.fan_outs);
+        Ok(part.report)
+    }
+
+    /// One call's sends, not counted in [`Stats`] yet. With `from`, a call
+    /// that resumes one that stopped (because a send would have blocked)
+    /// where it stopped, in the same plan: `None` if that plan is gone (the
+    /// tables changed, or another list was sent on the socket since), and
+    /// then the caller resumes with the list of what was not sent.
+    fn send(
+        &self,
+        socket: BorrowedFd<'_>,
+        payload: &[u8],
+        destinations: &[SocketAddr],
+        from: Option<Resume>,
+    ) -> Result<Option<Part>, Error> {
+        if from.is_none() {
+            self.check_input(payload, destinations)?;
+        }
         let entry = self.sockets.entry(self.kernel.as_ref(), socket)?;
         let mut state = lock(&entry);
-        let plan = match state.plan.take() {
-            Some(plan) if plan.is_current(&self.resolver, destinations) => plan,
+        let plan = match (state.plan.take(), from) {
+            (Some(plan), Some(from))
+                if plan.id == from.plan && plan.is_current(&self.resolver, destinations) =>
+            {
+                plan
+            }
+            (plan, Some(_)) => {
+                state.plan = plan;
+                return Ok(None);
+            }
+            (Some(plan), None) if plan.is_current(&self.resolver, destinations) => plan,
             _ => {
                 state.slot_holds = None;
                 let fan_out = state.slot.is_some();
@@ -252,14 +319,18 @@ impl Broadcaster {
             return Err(self.payload_too_large(payload.len(), Some(mtu)));
         }
 
-        let mut call = Call::new(socket, payload, destinations);
+        let skipped = from.map_or(0, |from| {
+            let chunks = &plan.chunks[..from.chunks];
+            chunks.iter().map(|c| c.indices.len()).sum::<usize>() + from.user_space
+        });
+        let mut call = Call::new(socket, payload, destinations, from, skipped);
         let bypassed = match (&self.kernel, state.slot) {
             (Some(program), Some(slot)) => {
                 fan_out::send(program, slot, &self.tags, &mut state, &plan, &mut call)
             }
             _ => false,
         };
-        user_space::send(&mut state, &mut call, &plan.user_space);
+        user_space::send_planned(&mut state, &mut call, &plan);
 
         if bypassed {
             // Look at the socket and the tables again before the next call.
@@ -282,9 +353,14 @@ impl Broadcaster {
                 .unwrap_or_else(|_| self.resolver.mtu())
         });
         let fan_outs = call.fan_outs;
+        // Resumable only in the plan kept for the next call.
+        let stopped = call.stopped.filter(|_| state.plan.is_some());
         let report = call.finish(|| self.payload_too_large(payload.len(), too_large))?;
-        self.counters.add(&report, fan_outs);
-        Ok(report)
+        Ok(Some(Part {
+            report,
+            fan_outs,
+            stopped,
+        }))
     }
 
     fn check_input(&self, payload: &[u8], destinations: &[SocketAddr]) -> Result<(), Error> {

@@ -26,7 +26,7 @@ pub use reply::{
     Datagram, Receipt, Replier, ReplyCounters, ReplyDecisions, DEFAULT_RING_BYTES,
     MAX_QUEUED_PAYLOAD,
 };
-pub use report::{KernelCounters, Report, Stats};
+pub use report::{Failure, FailureReason, KernelCounters, Report, Stats};
 
 /// Most destinations one datagram is fanned out to in the kernel; longer
 /// lists are split into several fan-outs by [`Broadcaster::broadcast`].

@@ -1,14 +1,39 @@
-//! What a broadcast did ([`Report`]), the sums over a broadcaster's life
-//! ([`Stats`]), and the kernel program's own counters ([`KernelCounters`]).
+//! What a broadcast did ([`Report`], with a [`Failure`] and its
+//! [`FailureReason`] for every destination that got no copy), the sums over
+//! a broadcaster's life ([`Stats`]), and the kernel program's own counters
+//! ([`KernelCounters`]).
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::Error;
 
 /// What one [`Broadcaster::broadcast`](crate::Broadcaster::broadcast) call
 /// did.
 ///
 /// Every destination is counted once: in `kernel_copies`, in
 /// `user_space_copies`, or in `failed`. [`Stats`] sums these over calls.
+///
+/// # Example
+///
+/// ```no_run
+/// use std::net::{SocketAddr, UdpSocket};
+/// use elec_broadcast::{Broadcaster, FailureReason};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broadcaster = Broadcaster::new("eth0")?;
+/// let socket = UdpSocket::bind("0.0.0.0:7000")?;
+/// let peers: Vec<SocketAddr> = vec!["10.0.0.2:7000".parse()?, "10.0.0.3:7000".parse()?];
+/// let report = broadcaster.broadcast(&socket, b"commit 7", &peers)?;
+/// for failure in &report.failed {
+///     match failure.reason {
+///         FailureReason::Dropped => eprintln!("{} dropped on the way out", failure.destination),
+///         reason => eprintln!("{}: {reason}", failure.destination),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Report {
@@ -22,15 +47,208 @@ pub struct Report {
     /// mode, or destinations the fan-out cannot take: local ones, neighbours
     /// not resolved yet; see [`Broadcaster`](crate::Broadcaster)).
     pub user_space_copies: usize,
-    /// Destinations that got no copy, in the order they were given. A
-    /// destination listed twice is counted twice.
-    pub failed: Vec<SocketAddr>,
+    /// Destinations that got no copy, and why, in the order they were
+    /// given. A destination listed twice is counted twice.
+    pub failed: Vec<Failure>,
+}
+
+/// A destination that got no copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Failure {
+    /// The destination, as it was given.
+    pub destination: SocketAddr,
+    /// Why it got no copy.
+    pub reason: FailureReason,
+}
+
+/// Why a destination got no copy.
+///
+/// Only [`FailureReason::WouldBlock`] means "not sent yet": the caller may
+/// send it again (see [`Report::unsent`]) and it gets one copy. Every other
+/// reason means the copy was made and lost, or refused for good.
+///
+/// What a call cannot know: a neighbour that does not answer. A destination
+/// whose next hop's address is not resolved goes out from user space, so
+/// that the kernel resolves it; if resolution fails, the kernel drops the
+/// datagram later, after the call returned (and the next calls to that
+/// destination take the same path until the neighbour answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// Not sent: the socket's send buffer was full (a non-blocking socket,
+    /// `EAGAIN`). Nothing was sent to this destination; send it again when
+    /// the socket is writable.
+    WouldBlock,
+    /// The copy was made but the sending host dropped it: the device, its
+    /// queue, or (on a virtual link) the receiving end's backlog refused it
+    /// (`ENOBUFS`, or a kernel clone whose transmit failed).
+    Dropped,
+    /// No route to the destination, or a route that says unreachable or
+    /// prohibited (`ENETUNREACH`, `EHOSTUNREACH`, `EACCES`).
+    Unreachable,
+    /// A firewall rule on the sending host refused the copy (`EPERM`).
+    Filtered,
+    /// Larger than the path's MTU (`EMSGSIZE`): never fragmented.
+    TooLarge,
+    /// The kernel was out of memory (`ENOMEM`, or a header that could not be
+    /// rewritten in the kernel fan-out).
+    NoMemory,
+    /// Any other error of the send, by its `errno`.
+    Os(i32),
+}
+
+impl FailureReason {
+    /// The reason for a send that failed with `err`.
+    pub(crate) fn of(err: &io::Error) -> FailureReason {
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) => FailureReason::WouldBlock,
+            Some(libc::ENOBUFS) => FailureReason::Dropped,
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES) => {
+                FailureReason::Unreachable
+            }
+            Some(libc::EPERM) => FailureReason::Filtered,
+            Some(libc::EMSGSIZE) => FailureReason::TooLarge,
+            Some(libc::ENOMEM) => FailureReason::NoMemory,
+            Some(code) => FailureReason::Os(code),
+            None if err.kind() == io::ErrorKind::WouldBlock => FailureReason::WouldBlock,
+            None => FailureReason::Os(libc::EIO),
+        }
+    }
+
+    /// The reason that stands for a call that failed with `err` as a whole.
+    pub(crate) fn of_error(err: &Error) -> FailureReason {
+        match err {
+            Error::Send(err) => FailureReason::of(err),
+            Error::PayloadTooLarge { .. } => FailureReason::TooLarge,
+            Error::Io { source, .. } => FailureReason::of(source),
+            _ => FailureReason::Os(libc::EINVAL),
+        }
+    }
+
+    /// Position in the per-reason counters of [`Stats`].
+    fn index(self) -> usize {
+        match self {
+            FailureReason::WouldBlock => 0,
+            FailureReason::Dropped => 1,
+            FailureReason::Unreachable => 2,
+            FailureReason::Filtered => 3,
+            FailureReason::TooLarge => 4,
+            FailureReason::NoMemory => 5,
+            FailureReason::Os(_) => 6,
+        }
+    }
+}
+
+/// How many [`FailureReason`]s [`Stats`] counts apart (`Os` is one).
+const REASONS: usize = 7;
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailureReason::WouldBlock => f.write_str("not sent: the socket's send buffer is full"),
+            FailureReason::Dropped => f.write_str("dropped by the device or its queue"),
+            FailureReason::Unreachable => f.write_str("no route to the destination"),
+            FailureReason::Filtered => f.write_str("refused by a firewall rule"),
+            FailureReason::TooLarge => f.write_str("larger than the path's MTU"),
+            FailureReason::NoMemory => f.write_str("the kernel was out of memory"),
+            FailureReason::Os(code) => write!(f, "{}", io::Error::from_raw_os_error(*code)),
+        }
+    }
 }
 
 impl Report {
     /// True when every destination got its copy.
+    ///
+    /// ```
+    /// assert!(elec_broadcast::Report::default().is_complete());
+    /// ```
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty()
+    }
+
+    /// The destinations that got no copy, in the order of [`Report::failed`].
+    ///
+    /// ```
+    /// let report = elec_broadcast::Report::default();
+    /// assert_eq!(report.failed_destinations().count(), 0);
+    /// ```
+    pub fn failed_destinations(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.failed.iter().map(|failure| failure.destination)
+    }
+
+    /// The destinations not sent yet because the socket would have blocked
+    /// ([`FailureReason::WouldBlock`]), in the order they were given: the
+    /// list to resume with.
+    ///
+    /// A broadcast on a non-blocking socket stops at the first send that
+    /// would block; every destination after it is in this list, and none of
+    /// them got anything. Broadcasting the same payload to this list once
+    /// the socket is writable (and folding that report in with
+    /// [`Report::merge`]) sends every destination its copy exactly once.
+    /// ([`Broadcaster::broadcast_async`](crate::Broadcaster) does this
+    /// for tokio sockets.) A call that sent nothing at all returns
+    /// `Err(Error::Send(err))` instead, with `err.kind()` `WouldBlock`: then
+    /// the whole list is to be sent again.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::net::{SocketAddr, UdpSocket};
+    /// use elec_broadcast::{Broadcaster, Error};
+    ///
+    /// # fn wait_until_writable(_: &UdpSocket) {}
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::new("eth0")?;
+    /// let socket = UdpSocket::bind("0.0.0.0:7000")?;
+    /// socket.set_nonblocking(true)?;
+    /// let peers: Vec<SocketAddr> = (2..=200).map(|i| SocketAddr::from(([10, 0, 0, i], 7000))).collect();
+    /// let mut report: Option<elec_broadcast::Report> = None;
+    /// let mut to_send = peers.clone();
+    /// while !to_send.is_empty() {
+    ///     match broadcaster.broadcast(&socket, b"rumour", &to_send) {
+    ///         Ok(part) => {
+    ///             to_send = part.unsent();
+    ///             match &mut report {
+    ///                 Some(report) => report.merge(part),
+    ///                 None => report = Some(part),
+    ///             }
+    ///         }
+    ///         // Nothing was sent: the same list again.
+    ///         Err(Error::Send(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+    ///         Err(err) => return Err(err.into()),
+    ///     }
+    ///     if !to_send.is_empty() {
+    ///         wait_until_writable(&socket); // poll(2) for POLLOUT, say
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn unsent(&self) -> Vec<SocketAddr> {
+        self.failed
+            .iter()
+            .filter(|failure| failure.reason == FailureReason::WouldBlock)
+            .map(|failure| failure.destination)
+            .collect()
+    }
+
+    /// Folds in the report of a call that resumed this one: a broadcast of
+    /// the same payload to [`Report::unsent`]. Its copies are added, and
+    /// this report's would-block failures give way to its failures.
+    ///
+    /// ```
+    /// use elec_broadcast::Report;
+    /// let mut first = Report::default();
+    /// first.merge(Report::default());
+    /// assert!(first.is_complete());
+    /// ```
+    pub fn merge(&mut self, resumed: Report) {
+        self.copies_sent += resumed.copies_sent;
+        self.kernel_copies += resumed.kernel_copies;
+        self.user_space_copies += resumed.user_space_copies;
+        self.failed
+            .retain(|failure| failure.reason != FailureReason::WouldBlock);
+        self.failed.extend(resumed.failed);
     }
 }
 
@@ -50,6 +268,29 @@ pub struct Stats {
     pub user_space_copies: u64,
     /// The sum of the lengths of [`Report::failed`].
     pub copies_failed: u64,
+    /// `copies_failed` by reason (see [`Stats::failed`]).
+    by_reason: [u64; REASONS],
+}
+
+impl Stats {
+    /// How many of [`Stats::copies_failed`] failed for `reason` (every
+    /// [`FailureReason::Os`] code counts as one reason).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use elec_broadcast::{Broadcaster, FailureReason};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::new("eth0")?;
+    /// // ... broadcasts ...
+    /// let stats = broadcaster.stats();
+    /// println!("{} copies dropped by the device or its queue", stats.failed(FailureReason::Dropped));
+    /// # Ok(()) }
+    /// ```
+    pub fn failed(&self, reason: FailureReason) -> u64 {
+        self.by_reason[reason.index()]
+    }
 }
 
 /// The kernel program's own counters (from its per-CPU `stats` map), for
@@ -79,6 +320,7 @@ pub(crate) struct Counters {
     kernel_copies: AtomicU64,
     user_space_copies: AtomicU64,
     copies_failed: AtomicU64,
+    by_reason: [AtomicU64; REASONS],
 }
 
 impl Counters {
@@ -90,6 +332,9 @@ impl Counters {
         add(&self.kernel_copies, report.kernel_copies);
         add(&self.user_space_copies, report.user_space_copies);
         add(&self.copies_failed, report.failed.len());
+        for failure in &report.failed {
+            add(&self.by_reason[failure.reason.index()], 1);
+        }
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -100,6 +345,7 @@ impl Counters {
             kernel_copies: get(&self.kernel_copies),
             user_space_copies: get(&self.user_space_copies),
             copies_failed: get(&self.copies_failed),
+            by_reason: self.by_reason.each_ref().map(get),
         }
     }
 }

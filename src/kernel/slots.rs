@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::abi::{Dest, Slot, MAX_DESTS, MAX_SOCKETS, NOT_FANNED_OUT, SLOT_PARTIAL};
 use crate::sys::MapMemory;
+use crate::FailureReason;
 
 /// The tags of one broadcaster's arms: numbers used once each.
 ///
@@ -89,9 +90,17 @@ impl Outcome {
         self.lost_from != NOT_FANNED_OUT
     }
 
-    /// Whether destination `i` of the chunk got no copy.
-    pub(crate) fn lost(&self, i: usize) -> bool {
-        i >= self.lost_from as usize || self.clone_failed(i)
+    /// Why destination `i` of the chunk got no copy, if it got none: its
+    /// header could not be rewritten (no memory), or its clone was not
+    /// transmitted.
+    pub(crate) fn lost(&self, i: usize) -> Option<FailureReason> {
+        if i >= self.lost_from as usize {
+            Some(FailureReason::NoMemory)
+        } else if self.clone_failed(i) {
+            Some(FailureReason::Dropped)
+        } else {
+            None
+        }
     }
 
     /// Whether the clone for destination `i` was made but not delivered.

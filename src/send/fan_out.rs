@@ -8,7 +8,7 @@
 
 use std::io;
 
-use super::call::Call;
+use super::call::{Call, Resume};
 use super::plan::Plan;
 use super::refusal::{refusal, too_large_error, Refusal};
 use super::sockets::SocketState;
@@ -29,7 +29,12 @@ pub(crate) fn send(
 ) -> bool {
     let ip_len = (call.payload.len() + HEADERS) as u32;
     let mut bypassed = false;
-    for (index, chunk) in plan.chunks.iter().enumerate() {
+    let first = call.from.map_or(0, |from| from.chunks);
+    for (index, chunk) in plan.chunks.iter().enumerate().skip(first) {
+        if call.blocked {
+            call.not_sent(&chunk.indices);
+            continue;
+        }
         // SAFETY: slot `slot_index` belongs to this socket alone and the
         // caller holds the socket's lock for as long as `slot` lives.
         let mut slot = unsafe { program.slot(slot_index) };
@@ -76,7 +81,17 @@ pub(crate) fn send(
         }
         if !taken {
             match sent {
-                Err(err) => call.failed(&chunk.indices, err),
+                Err(err) => {
+                    if err.kind() == io::ErrorKind::WouldBlock && !call.blocked {
+                        // Nothing of this chunk was sent: resume from it.
+                        call.stopped = Some(Resume {
+                            plan: plan.id,
+                            chunks: index,
+                            user_space: 0,
+                        });
+                    }
+                    call.failed(&chunk.indices, err)
+                }
                 Ok(_) => {
                     // The program did not see the datagram (another route, a
                     // program before ours, the fd now names another socket):
@@ -93,7 +108,10 @@ pub(crate) fn send(
             // Taken but never finished: cannot happen while the program runs
             // to completion; count the copies as lost rather than claim them.
             log::error!("elec-broadcast: the fan-out of tag {tag} published no result");
-            call.failed(&chunk.indices, io::Error::from(io::ErrorKind::TimedOut));
+            call.failed(
+                &chunk.indices,
+                io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            );
             continue;
         };
         if !outcome.fanned_out() {
@@ -106,8 +124,8 @@ pub(crate) fn send(
         }
         call.fan_outs += 1;
         for (i, &dest) in chunk.indices.iter().enumerate() {
-            if outcome.lost(i) {
-                call.report.failed.push(call.destinations[dest]);
+            if let Some(reason) = outcome.lost(i) {
+                call.lost(&[dest], reason);
             } else {
                 call.report.kernel_copies += 1;
             }

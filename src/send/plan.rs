@@ -3,6 +3,7 @@
 //! space, under one generation of the system's tables.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::v4;
 use crate::kernel::{Dest, MAX_DESTS};
@@ -11,6 +12,9 @@ use crate::Error;
 
 /// The plan for one destination list.
 pub(crate) struct Plan {
+    /// A number no other plan has (a resumed call checks it is resuming in
+    /// the plan it stopped in).
+    pub(crate) id: u64,
     pub(crate) destinations: Vec<SocketAddr>,
     /// The tables' generation the plan was made under.
     pub(crate) generation: u64,
@@ -63,7 +67,9 @@ impl Plan {
                 }
             }
         }
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Ok(Plan {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             destinations: destinations.to_vec(),
             generation: paths.generation,
             mtu: paths.mtu,
