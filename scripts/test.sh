@@ -16,3 +16,5 @@ scripts/validate-deploy.sh
 # Benchmarks run once each in test mode, on a quick setting.
 ELEC_BENCH_QUICK=1 cargo test --workspace --all-targets
 cargo test --workspace --doc
+# The package as a user gets it: verified, docs.rs, a build without clang.
+scripts/package-check.sh

@@ -25,7 +25,8 @@ struct Part {
     /// Fan-outs it took.
     fan_outs: usize,
     /// Where it stopped because a send would have blocked, if it did and the
-    /// place can be resumed from.
+    /// place can be resumed from (what `broadcast_async` resumes from).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     stopped: Option<Resume>,
 }
 
