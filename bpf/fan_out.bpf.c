@@ -2,11 +2,12 @@
 /*
  * TC egress fan-out: one UDP datagram in, one copy per destination out.
  *
- * User space (src/kernel.rs) registers a socket by its cookie, writes the
- * destination list into that socket's slot, arms the slot with a tag and
- * sends ONE datagram to dests[0] carrying the same tag as its transmit time
- * (an SCM_TXTIME control message, so skb->tstamp). This program sees that
- * datagram on the interface's egress hook, and in a single run:
+ * User space (src/send/fan_out.rs) registers a socket by its cookie, writes
+ * the destination list into that socket's slot, arms one of the slot's arms
+ * with a tag (or several: a batch of payloads) and sends ONE datagram per
+ * arm to dests[0] carrying the same tag as its transmit time (an SCM_TXTIME
+ * control message, so skb->tstamp). This program sees that datagram on the
+ * interface's egress hook, and in a single run:
  *
  *   clear the tag
  *   for i in 0 .. count:     (bpf_loop, so 256 destinations pass the verifier)
@@ -112,6 +113,7 @@ struct frame {
 struct fan_out {
 	struct __sk_buff *skb;
 	struct eb_slot *slot;
+	struct eb_arm *arm;
 	struct eb_dest cur; /* the addressing the packet carries right now */
 	struct frame orig;  /* the headers as sent, addressed to dests[0] */
 	__u32 partial;      /* the UDP checksum field is a CHECKSUM_PARTIAL seed */
@@ -220,7 +222,7 @@ static long clone_to(__u32 i, void *data)
 	 * behind a veth, a full qdisc). NET_XMIT_CN means it was queued. */
 	ret = bpf_clone_redirect(f->skb, f->skb->ifindex, 0);
 	if (ret < 0 || ret == NET_XMIT_DROP) {
-		slot->failed[i / 64] |= 1ULL << (i % 64);
+		f->arm->failed[i / 64] |= 1ULL << (i % 64);
 		f->failures++;
 	} else {
 		f->copies++;
@@ -233,6 +235,7 @@ int fan_out(struct __sk_buff *skb)
 {
 	struct fan_out f = {};
 	struct eb_slot *slot;
+	struct eb_arm *arm;
 	struct eb_stats *counters;
 	__u32 *busy;
 	__u32 *index, count, zero = 0;
@@ -257,18 +260,20 @@ int fan_out(struct __sk_buff *skb)
 	slot = bpf_map_lookup_elem(&slots, index);
 	if (!slot)
 		return PASS;
-	/* The one datagram the armed broadcast sent carries the armed tag. Any
-	 * other (an ordinary send on this socket, by any thread or process, an
-	 * earlier broadcast's datagram that was held up, a TCP segment with a
-	 * pacing time) has no tag or another value, and passes as sent. */
-	if (READ_ONCE(slot->armed) != tag)
+	/* The one datagram an armed broadcast sent carries its arm's tag, and
+	 * the tag says which arm (its low bits). Any other datagram (an
+	 * ordinary send on this socket, by any thread or process, an earlier
+	 * broadcast's datagram that was held up, a TCP segment with a pacing
+	 * time) has no tag or another value, and passes as sent. */
+	arm = &slot->arms[tag & (EB_MAX_BATCH - 1)];
+	if (READ_ONCE(arm->armed) != tag)
 		return PASS;
 
 	/* Take the arm: exactly one fan-out per tag. If user space took it back
 	 * first (it gave up waiting for this datagram), send it as it is. The
 	 * compare-and-swap is a full barrier: the slot is read after it. */
 	skb->tstamp = 0; /* the tag is not a transmit time: no copy carries it on */
-	if (__sync_val_compare_and_swap(&slot->armed, tag, 0) != tag)
+	if (__sync_val_compare_and_swap(&arm->armed, tag, 0) != tag)
 		return PASS;
 	counters = bpf_map_lookup_elem(&stats, &zero);
 	/* The datagram must have the shape the fixed offsets above assume. If
@@ -278,29 +283,30 @@ int fan_out(struct __sk_buff *skb)
 	if (!counters || bpf_skb_load_bytes(skb, 0, &f.orig.eth, FRAME_LEN) || f.orig.ip.ihl != 5 ||
 	    f.orig.ip.protocol != IPPROTO_UDP ||
 	    (f.orig.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
-	    bpf_ntohs(f.orig.ip.tot_len) != slot->ip_len || count == 0 || count > EB_MAX_DESTS ||
+	    bpf_ntohs(f.orig.ip.tot_len) != arm->ip_len || count == 0 || count > EB_MAX_DESTS ||
 	    f.orig.ip.daddr != slot->dests[0].addr || f.orig.udp.dest != slot->dests[0].port) {
 		if (counters)
 			counters->mismatches++;
-		slot->copies = 0;
-		slot->failures = 0;
-		slot->lost_from = EB_NOT_FANNED_OUT;
-		__sync_lock_test_and_set(&slot->done, tag);
+		arm->copies = 0;
+		arm->failures = 0;
+		arm->lost_from = EB_NOT_FANNED_OUT;
+		__sync_lock_test_and_set(&arm->done, tag);
 		return PASS;
 	}
 
 	/* The single-write path needs a CHECKSUM_PARTIAL seed. User space says
 	 * so for datagrams sent with UDP_SEGMENT (the kernel refuses those
 	 * otherwise), and the field must hold exactly the pseudo-header sum. */
-	f.partial = (slot->flags & EB_SLOT_PARTIAL) &&
+	f.partial = (arm->flags & EB_SLOT_PARTIAL) &&
 		    f.orig.udp.check == fold((f.orig.ip.saddr & 0xffff) + (f.orig.ip.saddr >> 16) +
 					     (f.orig.ip.daddr & 0xffff) + (f.orig.ip.daddr >> 16) +
 					     bpf_htons(IPPROTO_UDP) + f.orig.udp.len);
 
 	for (int w = 0; w < EB_MAX_DESTS / 64; w++)
-		slot->failed[w] = 0;
+		arm->failed[w] = 0;
 	f.skb = skb;
 	f.slot = slot;
+	f.arm = arm;
 	f.cur = slot->dests[0];
 	f.lost_from = count;
 
@@ -320,11 +326,11 @@ int fan_out(struct __sk_buff *skb)
 	counters->fan_outs++;
 	counters->clones += f.copies;
 	counters->clone_failures += f.failures;
-	slot->copies = f.copies;
-	slot->failures = f.failures;
-	slot->lost_from = f.lost_from;
+	arm->copies = f.copies;
+	arm->failures = f.failures;
+	arm->lost_from = f.lost_from;
 	/* Published last (atomic, so ordered after the results above). */
-	__sync_lock_test_and_set(&slot->done, tag);
+	__sync_lock_test_and_set(&arm->done, tag);
 	/* Every copy has left as a clone: the original is consumed, and the
 	 * sender's send succeeds whatever became of the copies. */
 	return bpf_redirect(NOWHERE, 0);

@@ -18,6 +18,10 @@
 #define EB_MAX_DESTS 256
 /* Sockets that can be registered at once (slots in the `slots` map). */
 #define EB_MAX_SOCKETS 1024
+/* Datagrams one slot can have armed at once (a batch: several payloads for
+ * the same destinations, sent with one sendmmsg). A power of two: the tag of
+ * the datagram for arms[i] is i modulo EB_MAX_BATCH. */
+#define EB_MAX_BATCH 16
 
 /* The armed datagram was sent with UDP_SEGMENT, so the kernel made it
  * CHECKSUM_PARTIAL: its UDP checksum field holds the pseudo-header sum. */
@@ -36,29 +40,42 @@ struct eb_dest {
 };
 
 /*
- * Per-socket state, one entry of the mmap()ed `slots` array.
+ * One armed datagram of a slot, and what became of its fan-out.
  *
- * User space fills `dests` and `count`, then stores a tag, a non-zero number
- * used once, in `armed` (release ordering) and sends one datagram to
- * dests[0] whose transmit time (skb->tstamp, set with SCM_TXTIME) is that
- * tag. The program fans out only a datagram whose tag equals `armed`, and
- * takes the arm with a compare-and-swap, so exactly one packet per arm is
- * fanned out. It writes the results and stores the tag in `done` last.
- * User space takes the arm back after its send: if it is still there, the
- * program never saw the datagram.
+ * User space stores a tag, a non-zero number used once, in `armed` (release
+ * ordering) and sends one datagram to dests[0] whose transmit time
+ * (skb->tstamp, set with SCM_TXTIME) is that tag. Tags are handed out in
+ * blocks of EB_MAX_BATCH, so the tag of arms[i] is i modulo EB_MAX_BATCH:
+ * that is how the program finds the arm of a datagram. It fans out only a
+ * datagram whose tag equals its arm's `armed`, and takes the arm with a
+ * compare-and-swap, so exactly one packet per arm is fanned out. It writes
+ * the results and stores the tag in `done` last. User space takes the arm
+ * back after its send: if it is still there, the program never saw the
+ * datagram.
  */
-struct eb_slot {
+struct eb_arm {
 	__u64 armed;     /* tag of the armed send; 0 = idle */
 	__u64 done;      /* tag the results below belong to */
-	__u32 count;     /* destinations in dests[], 1..=EB_MAX_DESTS */
 	__u32 ip_len;    /* IPv4 total length of the armed datagram (host order) */
+	__u32 flags;     /* EB_SLOT_* for the armed send */
 	__u32 copies;    /* result: clones that the interface accepted */
 	__u32 failures;  /* result: clones that bpf_clone_redirect could not deliver */
 	__u32 lost_from; /* result: dests[lost_from..count) got nothing because a
 			  * header rewrite failed (no memory); == count if none;
 			  * EB_NOT_FANNED_OUT if there was no fan-out */
-	__u32 flags;     /* EB_SLOT_* for the armed send */
+	__u32 pad;
 	__u64 failed[EB_MAX_DESTS / 64]; /* result: bit i set = the clone for dests[i] failed */
+};
+
+/*
+ * Per-socket state, one entry of the mmap()ed `slots` array: one destination
+ * list, and up to EB_MAX_BATCH datagrams armed to be fanned out to it.
+ * User space writes `dests` and `count` while no arm is armed.
+ */
+struct eb_slot {
+	__u32 count;     /* destinations in dests[], 1..=EB_MAX_DESTS */
+	__u32 pad;
+	struct eb_arm arms[EB_MAX_BATCH];
 	struct eb_dest dests[EB_MAX_DESTS];
 };
 
@@ -74,8 +91,11 @@ struct eb_stats {
 
 /* Layout is part of the ABI: catch accidental changes on the C side too. */
 _Static_assert(sizeof(struct eb_dest) == 12, "eb_dest layout changed");
-_Static_assert(sizeof(struct eb_slot) == 40 + EB_MAX_DESTS / 8 + 12 * EB_MAX_DESTS,
+_Static_assert(sizeof(struct eb_arm) == 40 + EB_MAX_DESTS / 8, "eb_arm layout changed");
+_Static_assert(sizeof(struct eb_slot) == 8 + EB_MAX_BATCH * sizeof(struct eb_arm) +
+					     12 * EB_MAX_DESTS,
 	       "eb_slot layout changed");
+_Static_assert((EB_MAX_BATCH & (EB_MAX_BATCH - 1)) == 0, "EB_MAX_BATCH is a power of two");
 _Static_assert(sizeof(struct eb_stats) == 40, "eb_stats layout changed");
 
 #endif /* ELEC_BROADCAST_H */

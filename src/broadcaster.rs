@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
-use crate::kernel::{Program, Tags};
+use crate::kernel::{Program, Tags, MAX_BATCH};
 use crate::report::{Counters, KernelCounters, Report, Stats};
 use crate::send::call::{Call, Resume};
 use crate::send::plan::Plan;
@@ -18,6 +18,14 @@ use crate::Error;
 
 #[cfg(feature = "tokio")]
 mod tokio_socket;
+
+/// The largest UDP payload an IPv4 datagram can carry.
+const MAX_UDP_PAYLOAD: usize = 65_535 - HEADERS;
+
+/// The largest payload that fits `mtu` in one IPv4/UDP datagram.
+fn max_payload(mtu: u32) -> usize {
+    (mtu as usize).saturating_sub(HEADERS).min(MAX_UDP_PAYLOAD)
+}
 
 /// What one call of [`Broadcaster::send`] did.
 struct Part {
@@ -31,6 +39,22 @@ struct Part {
 }
 
 /// Which backend sends the copies.
+///
+/// # Example
+///
+/// ```
+/// use elec_broadcast::{Broadcaster, Mode};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// assert_eq!(Mode::default(), Mode::Auto);
+/// // `--user-space` forces sendmmsg; else the kernel fan-out where it can be used.
+/// let user_space = std::env::args().any(|arg| arg == "--user-space");
+/// let mode = if user_space { Mode::UserSpace } else { Mode::Auto };
+/// let broadcaster = Broadcaster::with_mode("lo", mode)?;
+/// // Loopback cannot carry a kernel fan-out: `Auto` settles for user space.
+/// assert_eq!(broadcaster.mode(), Mode::UserSpace);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Mode {
@@ -95,12 +119,45 @@ pub struct Broadcaster {
 impl Broadcaster {
     /// Attaches the fan-out to `interface`, or falls back to user space when
     /// the kernel backend cannot be used (see [`Mode::Auto`]).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Error, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Loopback has no Ethernet address, so no kernel fan-out: `new` falls
+    /// // back to user-space sends instead of failing.
+    /// let broadcaster = Broadcaster::new("lo")?;
+    /// assert_eq!(broadcaster.mode(), Mode::UserSpace);
+    /// // An interface that does not exist is an error, though.
+    /// let missing = Broadcaster::new("no-such-if0");
+    /// assert!(matches!(missing, Err(Error::UnknownInterface { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn new(interface: &str) -> Result<Broadcaster, Error> {
         Broadcaster::with_mode(interface, Mode::Auto)
     }
 
     /// Like [`Broadcaster::new`] with an explicit [`Mode`]. With
     /// [`Mode::Kernel`], a kernel backend that cannot be used is an error.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Error, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // User-space sends need no privileges and work on any interface.
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// assert_eq!(broadcaster.mode(), Mode::UserSpace);
+    /// // An explicit `Mode::Kernel` never falls back.
+    /// match Broadcaster::with_mode("lo", Mode::Kernel) {
+    ///     Err(Error::UnsupportedInterface { name, .. }) => assert_eq!(name, "lo"),
+    ///     other => panic!("expected UnsupportedInterface, got {other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn with_mode(interface: &str, mode: Mode) -> Result<Broadcaster, Error> {
         Broadcaster::build(interface, mode, false)
     }
@@ -165,6 +222,21 @@ impl Broadcaster {
     }
 
     /// The backend in use: [`Mode::Kernel`] or [`Mode::UserSpace`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::Auto)?;
+    /// // The backend `Auto` settled on, never `Mode::Auto` itself.
+    /// match broadcaster.mode() {
+    ///     Mode::Kernel => println!("fanning out in the kernel"),
+    ///     mode => assert_eq!(mode, Mode::UserSpace),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn mode(&self) -> Mode {
         if self.kernel.is_some() {
             Mode::Kernel
@@ -174,16 +246,55 @@ impl Broadcaster {
     }
 
     /// Why [`Mode::Auto`] chose user space, if it did.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Error, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let auto = Broadcaster::new("lo")?;
+    /// let reason = auto.fallback_reason().expect("loopback cannot fan out");
+    /// assert!(matches!(reason, Error::UnsupportedInterface { .. }));
+    /// eprintln!("user-space sends on {}: {reason}", auto.interface());
+    /// // A mode asked for explicitly has nothing to fall back from.
+    /// let user_space = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// assert!(user_space.fallback_reason().is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn fallback_reason(&self) -> Option<&Error> {
         self.fallback_reason.as_ref()
     }
 
     /// The interface's name.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// assert_eq!(broadcaster.interface(), "lo");
+    /// # Ok(()) }
+    /// ```
     pub fn interface(&self) -> &str {
         &self.interface
     }
 
     /// The interface's index.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// // Loopback is interface 1 in every network namespace.
+    /// assert_eq!(broadcaster.interface_index(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn interface_index(&self) -> u32 {
         self.ifindex
     }
@@ -191,16 +302,74 @@ impl Broadcaster {
     /// Largest payload one broadcast can carry: the interface's current MTU
     /// minus the IPv4 and UDP headers. (A destination whose route has a
     /// smaller MTU of its own takes less.)
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// use elec_broadcast::{Broadcaster, Error, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// let socket = UdpSocket::bind("127.0.0.1:0")?;
+    /// let peer = UdpSocket::bind("127.0.0.1:0")?;
+    /// // A larger payload is refused before anything is sent.
+    /// let payload = vec![0; broadcaster.max_payload() + 1];
+    /// match broadcaster.broadcast(&socket, &payload, &[peer.local_addr()?]) {
+    ///     Err(Error::PayloadTooLarge { max, .. }) => assert_eq!(max, broadcaster.max_payload()),
+    ///     other => panic!("expected PayloadTooLarge, got {other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn max_payload(&self) -> usize {
-        (self.resolver.mtu() as usize).saturating_sub(HEADERS)
+        max_payload(self.resolver.mtu())
     }
 
     /// Counters since this broadcaster was created.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// let socket = UdpSocket::bind("127.0.0.1:0")?;
+    /// let peer = UdpSocket::bind("127.0.0.1:0")?;
+    /// peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    /// // The same destination twice: two copies.
+    /// broadcaster.broadcast(&socket, b"heartbeat", &[peer.local_addr()?; 2])?;
+    /// let mut buf = [0; 64];
+    /// for _ in 0..2 {
+    ///     let (len, from) = peer.recv_from(&mut buf)?;
+    ///     assert_eq!((&buf[..len], from), (&b"heartbeat"[..], socket.local_addr()?));
+    /// }
+    /// let stats = broadcaster.stats();
+    /// assert_eq!((stats.broadcasts, stats.user_space_copies, stats.copies_failed), (1, 2, 0));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> Stats {
         self.counters.stats()
     }
 
     /// The kernel program's own counters; `None` in user-space mode.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::new("lo")?;
+    /// // ... broadcasts ...
+    /// match broadcaster.kernel_counters() {
+    ///     Some(kernel) => println!("{} clones left, {} failed", kernel.clones, kernel.clone_failures),
+    ///     // No program, no counters (loopback cannot carry a fan-out).
+    ///     None => assert_eq!(broadcaster.mode(), Mode::UserSpace),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn kernel_counters(&self) -> Option<KernelCounters> {
         let s = self.kernel.as_ref()?.kernel_stats().ok()?;
         Some(KernelCounters {
@@ -278,6 +447,73 @@ impl Broadcaster {
         Ok(part.report)
     }
 
+    /// Sends each of `payloads` once to every destination, through
+    /// `socket`, with as few system calls as the kernel allows: per fan-out,
+    /// one `sendmmsg(2)` of one carrier datagram per payload, each fanned
+    /// out in the kernel. Returns one [`Report`] per payload, in order, each
+    /// as [`Broadcaster::broadcast`] would give it.
+    ///
+    /// For protocols with several messages for the same peers at once (a
+    /// Paxos leader's accepts under load, a gossip node's rumours): the
+    /// fixed cost of a broadcast (the system call, the plan, the slot) is
+    /// paid once per batch of up to 16 payloads (longer batches are split).
+    /// Payloads may differ in size; each copy of each payload arrives byte
+    /// for byte, and the payloads leave in the order given (to each
+    /// destination). In user-space mode each payload takes one `sendmmsg`.
+    ///
+    /// The reports are counted in [`Stats`] as one broadcast each.
+    ///
+    /// # Errors
+    /// As for `broadcast`, before anything is sent: also [`Error::NoPayloads`]
+    /// for an empty batch, and [`Error::PayloadTooLarge`] if any payload is.
+    /// A payload that got nothing sent (a full non-blocking socket, say)
+    /// has a report that says so, with every destination failed: on a
+    /// non-blocking socket, resume each report's [`Report::unsent`] with
+    /// `broadcast`.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::net::{SocketAddr, UdpSocket};
+    /// use elec_broadcast::Broadcaster;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::new("eth0")?;
+    /// let socket = UdpSocket::bind("0.0.0.0:7000")?;
+    /// let replicas: Vec<SocketAddr> = (2..=5).map(|i| SocketAddr::from(([10, 0, 0, i], 7000))).collect();
+    /// let accepts: Vec<Vec<u8>> = (40..48).map(|slot| format!("accept {slot}").into_bytes()).collect();
+    /// let payloads: Vec<&[u8]> = accepts.iter().map(Vec::as_slice).collect();
+    /// let reports = broadcaster.broadcast_batch(&socket, &payloads, &replicas)?;
+    /// assert_eq!(reports.len(), payloads.len());
+    /// assert!(reports.iter().all(|report| report.is_complete()));
+    /// # Ok(()) }
+    /// ```
+    pub fn broadcast_batch<S: AsFd>(
+        &self,
+        socket: &S,
+        payloads: &[&[u8]],
+        destinations: &[SocketAddr],
+    ) -> Result<Vec<Report>, Error> {
+        if payloads.is_empty() {
+            return Err(Error::NoPayloads);
+        }
+        // Every payload is checked before anything is sent.
+        for payload in payloads {
+            self.check_input(payload, destinations)?;
+        }
+        let mut reports = Vec::with_capacity(payloads.len());
+        for batch in payloads.chunks(MAX_BATCH) {
+            let parts = self
+                .send_each(socket.as_fd(), batch, destinations, None, true)?
+                .expect("a call from the start always sends");
+            for part in parts {
+                self.counters.add(&part.report, part.fan_outs);
+                reports.push(part.report);
+            }
+        }
+        Ok(reports)
+    }
+
     /// One call's sends, not counted in [`Stats`] yet. With `from`, a call
     /// that resumes one that stopped (because a send would have blocked)
     /// where it stopped, in the same plan: `None` if that plan is gone (the
@@ -290,8 +526,28 @@ impl Broadcaster {
         destinations: &[SocketAddr],
         from: Option<Resume>,
     ) -> Result<Option<Part>, Error> {
+        let parts = self.send_each(socket, &[payload], destinations, from, false)?;
+        Ok(parts.map(|mut parts| parts.remove(0)))
+    }
+
+    /// The sends of `payloads` (at most `MAX_BATCH`), each to every
+    /// destination, sharing one plan and, per fan-out, one `sendmmsg` of
+    /// their carriers; `from` as for [`Broadcaster::send`] (one payload
+    /// only). With `always_report`, a payload that got nothing sent has a
+    /// report like the others (else the call's error is returned).
+    fn send_each(
+        &self,
+        socket: BorrowedFd<'_>,
+        payloads: &[&[u8]],
+        destinations: &[SocketAddr],
+        from: Option<Resume>,
+        always_report: bool,
+    ) -> Result<Option<Vec<Part>>, Error> {
+        debug_assert!(from.is_none() || payloads.len() == 1);
         if from.is_none() {
-            self.check_input(payload, destinations)?;
+            for payload in payloads {
+                self.check_input(payload, destinations)?;
+            }
         }
         let entry = self.sockets.entry(self.kernel.as_ref(), socket)?;
         let mut state = lock(&entry);
@@ -312,26 +568,29 @@ impl Broadcaster {
                 Plan::make(&self.resolver, &self.interface, destinations, fan_out)?
             }
         };
-        if let Some(mtu) = plan
-            .mtu
-            .filter(|&mtu| payload.len() + HEADERS > mtu as usize)
-        {
+        let longest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
+        if let Some(mtu) = plan.mtu.filter(|&mtu| longest + HEADERS > mtu as usize) {
             state.plan = Some(plan);
-            return Err(self.payload_too_large(payload.len(), Some(mtu)));
+            return Err(self.payload_too_large(longest, Some(mtu)));
         }
 
         let skipped = from.map_or(0, |from| {
             let chunks = &plan.chunks[..from.chunks];
             chunks.iter().map(|c| c.indices.len()).sum::<usize>() + from.user_space
         });
-        let mut call = Call::new(socket, payload, destinations, from, skipped);
+        let mut calls: Vec<Call<'_>> = payloads
+            .iter()
+            .map(|payload| Call::new(socket, payload, destinations, from, skipped))
+            .collect();
         let bypassed = match (&self.kernel, state.slot) {
             (Some(program), Some(slot)) => {
-                fan_out::send(program, slot, &self.tags, &mut state, &plan, &mut call)
+                fan_out::send(program, slot, &self.tags, &mut state, &plan, &mut calls)
             }
             _ => false,
         };
-        user_space::send_planned(&mut state, &mut call, &plan);
+        for call in &mut calls {
+            user_space::send_planned(&mut state, call, &plan);
+        }
 
         if bypassed {
             // Look at the socket and the tables again before the next call.
@@ -344,24 +603,39 @@ impl Broadcaster {
         } else {
             state.plan = Some(plan);
         }
-        // The MTU changed under us (the interface's, a route's, or one the
-        // kernel learned for the path): learn it now, not at the
-        // notification, and plan afresh.
-        let too_large = call.too_large_to().map(|to| {
-            state.plan = None;
-            self.resolver
-                .path_mtu(*to.ip())
-                .unwrap_or_else(|_| self.resolver.mtu())
-        });
-        let fan_outs = call.fan_outs;
-        // Resumable only in the plan kept for the next call.
-        let stopped = call.stopped.filter(|_| state.plan.is_some());
-        let report = call.finish(|| self.payload_too_large(payload.len(), too_large))?;
-        Ok(Some(Part {
-            report,
-            fan_outs,
-            stopped,
-        }))
+        let kept = state.plan.is_some();
+        let mut parts = Vec::with_capacity(calls.len());
+        let mut first_error = None;
+        for mut call in calls {
+            call.always_report = always_report;
+            // The MTU changed under us (the interface's, a route's, or one
+            // the kernel learned for the path): learn it now, not at the
+            // notification, and plan afresh.
+            let too_large = call.too_large_to().map(|to| {
+                state.plan = None;
+                self.resolver
+                    .path_mtu(*to.ip())
+                    .unwrap_or_else(|_| self.resolver.mtu())
+            });
+            let fan_outs = call.fan_outs;
+            // Resumable only in the plan kept for the next call.
+            let stopped = call.stopped.filter(|_| kept && state.plan.is_some());
+            let len = call.payload.len();
+            match call.finish(|| self.payload_too_large(len, too_large)) {
+                Ok(report) => parts.push(Part {
+                    report,
+                    fan_outs,
+                    stopped,
+                }),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(Some(parts)),
+        }
     }
 
     fn check_input(&self, payload: &[u8], destinations: &[SocketAddr]) -> Result<(), Error> {
@@ -386,7 +660,7 @@ impl Broadcaster {
                 .resolver
                 .reread_mtu()
                 .map_err(Error::io("reading the interface's MTU"))?;
-            if payload.len() + HEADERS > mtu as usize {
+            if payload.len() > max_payload(mtu) {
                 return Err(self.payload_too_large(payload.len(), Some(mtu)));
             }
         }
@@ -399,7 +673,7 @@ impl Broadcaster {
         let mtu = mtu.unwrap_or_else(|| self.resolver.mtu());
         Error::PayloadTooLarge {
             len,
-            max: (mtu as usize).saturating_sub(HEADERS),
+            max: max_payload(mtu),
             mtu,
             interface: self.interface.clone(),
         }

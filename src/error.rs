@@ -29,6 +29,10 @@ pub enum Error {
     #[error("no destinations given: pass at least one destination address")]
     NoDestinations,
 
+    /// `broadcast_batch` was given no payloads.
+    #[error("no payloads given: pass at least one payload to broadcast_batch")]
+    NoPayloads,
+
     /// An IPv6 destination was given; only IPv4 is supported so far.
     #[error(
         "{destination} is an IPv6 destination, and only IPv4 destinations are supported \

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::Error;
 
 /// What one [`Broadcaster::broadcast`](crate::Broadcaster::broadcast) call
-/// did.
+/// did (or one `broadcast_async` call, or one payload of a
+/// [`broadcast_batch`](crate::Broadcaster::broadcast_batch)).
 ///
 /// Every destination is counted once: in `kernel_copies`, in
 /// `user_space_copies`, or in `failed`. [`Stats`] sums these over calls.
@@ -53,6 +54,25 @@ pub struct Report {
 }
 
 /// A destination that got no copy.
+///
+/// # Example
+///
+/// ```
+/// use std::net::{SocketAddr, UdpSocket};
+/// use elec_broadcast::{Broadcaster, Mode};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+/// let socket = UdpSocket::bind("127.0.0.1:0")?;
+/// let peer = UdpSocket::bind("127.0.0.1:0")?;
+/// // A broadcast address, refused: the socket does not have SO_BROADCAST set.
+/// let refused: SocketAddr = "127.255.255.255:7000".parse()?;
+/// let report = broadcaster.broadcast(&socket, b"ping", &[peer.local_addr()?, refused])?;
+/// let failure = &report.failed[0];
+/// assert_eq!((report.copies_sent, failure.destination), (1, refused));
+/// eprintln!("no copy for {}: {}", failure.destination, failure.reason);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Failure {
@@ -73,6 +93,29 @@ pub struct Failure {
 /// that the kernel resolves it; if resolution fails, the kernel drops the
 /// datagram later, after the call returned (and the next calls to that
 /// destination take the same path until the neighbour answers).
+///
+/// # Example
+///
+/// ```
+/// use std::net::{SocketAddr, UdpSocket};
+/// use elec_broadcast::{Broadcaster, FailureReason, Mode};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+/// let socket = UdpSocket::bind("127.0.0.1:0")?;
+/// let peer = UdpSocket::bind("127.0.0.1:0")?;
+/// let refused: SocketAddr = "127.255.255.255:7000".parse()?; // no SO_BROADCAST
+/// let report = broadcaster.broadcast(&socket, b"ping", &[peer.local_addr()?, refused])?;
+/// for failure in &report.failed {
+///     match failure.reason {
+///         // Not sent yet: send it again once the socket is writable.
+///         FailureReason::WouldBlock => unreachable!("a blocking socket waits"),
+///         // Lost or refused for good.
+///         reason => eprintln!("{}: {reason}", failure.destination),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum FailureReason {
@@ -84,8 +127,10 @@ pub enum FailureReason {
     /// queue, or (on a virtual link) the receiving end's backlog refused it
     /// (`ENOBUFS`, or a kernel clone whose transmit failed).
     Dropped,
-    /// No route to the destination, or a route that says unreachable or
-    /// prohibited (`ENETUNREACH`, `EHOSTUNREACH`, `EACCES`).
+    /// No route to the destination, or a route that says unreachable
+    /// (`ENETUNREACH`, `EHOSTUNREACH`). (A prohibited route, and a
+    /// broadcast address on a socket without `SO_BROADCAST`, give
+    /// `Os(EACCES)`.)
     Unreachable,
     /// A firewall rule on the sending host refused the copy (`EPERM`).
     Filtered,
@@ -104,9 +149,7 @@ impl FailureReason {
         match err.raw_os_error() {
             Some(libc::EAGAIN) => FailureReason::WouldBlock,
             Some(libc::ENOBUFS) => FailureReason::Dropped,
-            Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES) => {
-                FailureReason::Unreachable
-            }
+            Some(libc::ENETUNREACH | libc::EHOSTUNREACH) => FailureReason::Unreachable,
             Some(libc::EPERM) => FailureReason::Filtered,
             Some(libc::EMSGSIZE) => FailureReason::TooLarge,
             Some(libc::ENOMEM) => FailureReason::NoMemory,
@@ -161,8 +204,21 @@ impl std::fmt::Display for FailureReason {
 impl Report {
     /// True when every destination got its copy.
     ///
+    /// # Example
+    ///
     /// ```
-    /// assert!(elec_broadcast::Report::default().is_complete());
+    /// use std::net::UdpSocket;
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// let socket = UdpSocket::bind("127.0.0.1:0")?;
+    /// let peers = [UdpSocket::bind("127.0.0.1:0")?, UdpSocket::bind("127.0.0.1:0")?];
+    /// let to = [peers[0].local_addr()?, peers[1].local_addr()?];
+    /// let report = broadcaster.broadcast(&socket, b"ping", &to)?;
+    /// assert!(report.is_complete());
+    /// assert_eq!(report.copies_sent, 2);
+    /// # Ok(()) }
     /// ```
     pub fn is_complete(&self) -> bool {
         self.failed.is_empty()
@@ -170,9 +226,21 @@ impl Report {
 
     /// The destinations that got no copy, in the order of [`Report::failed`].
     ///
+    /// # Example
+    ///
     /// ```
-    /// let report = elec_broadcast::Report::default();
-    /// assert_eq!(report.failed_destinations().count(), 0);
+    /// use std::net::{SocketAddr, UdpSocket};
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// let socket = UdpSocket::bind("127.0.0.1:0")?;
+    /// let peer = UdpSocket::bind("127.0.0.1:0")?;
+    /// let refused: SocketAddr = "127.255.255.255:7000".parse()?; // no SO_BROADCAST
+    /// let report = broadcaster.broadcast(&socket, b"ping", &[refused, peer.local_addr()?, refused])?;
+    /// let failed: Vec<SocketAddr> = report.failed_destinations().collect();
+    /// assert_eq!(failed, [refused, refused]);
+    /// # Ok(()) }
     /// ```
     pub fn failed_destinations(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.failed.iter().map(|failure| failure.destination)
@@ -187,7 +255,7 @@ impl Report {
     /// them got anything. Broadcasting the same payload to this list once
     /// the socket is writable (and folding that report in with
     /// [`Report::merge`]) sends every destination its copy exactly once.
-    /// ([`Broadcaster::broadcast_async`](crate::Broadcaster) does this
+    /// (`Broadcaster::broadcast_async` does this
     /// for tokio sockets.) A call that sent nothing at all returns
     /// `Err(Error::Send(err))` instead, with `err.kind()` `WouldBlock`: then
     /// the whole list is to be sent again.
@@ -237,11 +305,26 @@ impl Report {
     /// the same payload to [`Report::unsent`]. Its copies are added, and
     /// this report's would-block failures give way to its failures.
     ///
+    /// # Example
+    ///
     /// ```
-    /// use elec_broadcast::Report;
-    /// let mut first = Report::default();
-    /// first.merge(Report::default());
-    /// assert!(first.is_complete());
+    /// use std::net::UdpSocket;
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+    /// let socket = UdpSocket::bind("127.0.0.1:0")?;
+    /// socket.set_nonblocking(true)?;
+    /// let peer = UdpSocket::bind("127.0.0.1:0")?;
+    /// let peers = vec![peer.local_addr()?; 8];
+    /// let mut report = broadcaster.broadcast(&socket, b"rumour", &peers)?;
+    /// let rest = report.unsent();
+    /// if !rest.is_empty() {
+    ///     socket.set_nonblocking(false)?; // this time, wait for room
+    ///     report.merge(broadcaster.broadcast(&socket, b"rumour", &rest)?);
+    /// }
+    /// assert_eq!(report.copies_sent, peers.len());
+    /// # Ok(()) }
     /// ```
     pub fn merge(&mut self, resumed: Report) {
         self.copies_sent += resumed.copies_sent;
@@ -255,10 +338,31 @@ impl Report {
 
 /// Counters over the life of a [`Broadcaster`](crate::Broadcaster): the sums
 /// of the [`Report`]s of its calls, and how many fan-outs they took.
+///
+/// # Example
+///
+/// ```
+/// use std::net::{SocketAddr, UdpSocket};
+/// use elec_broadcast::{Broadcaster, FailureReason, Mode};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broadcaster = Broadcaster::with_mode("lo", Mode::UserSpace)?;
+/// let socket = UdpSocket::bind("127.0.0.1:0")?;
+/// let peer = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+/// let refused: SocketAddr = "127.255.255.255:7000".parse()?; // no SO_BROADCAST
+/// broadcaster.broadcast(&socket, b"one", &[peer])?;
+/// broadcaster.broadcast(&socket, b"two", &[peer, refused])?;
+/// let stats = broadcaster.stats();
+/// assert_eq!((stats.broadcasts, stats.fan_outs), (2, 0)); // user space: no fan-outs
+/// assert_eq!((stats.user_space_copies, stats.copies_failed), (2, 1));
+/// assert_eq!(stats.failed(FailureReason::WouldBlock), 0);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Calls to `broadcast` that sent something (that did not return an
+    /// Broadcasts that sent something: calls to `broadcast` and
+    /// `broadcast_async`, and payloads of `broadcast_batch` (that did not return an
     /// error).
     pub broadcasts: u64,
     /// Datagrams the kernel program fanned out (at most 256 destinations each).
@@ -296,6 +400,24 @@ impl Stats {
 
 /// The kernel program's own counters (from its per-CPU `stats` map), for
 /// monitoring and for checking [`Stats`] against.
+///
+/// # Example
+///
+/// ```no_run
+/// use elec_broadcast::{Broadcaster, Mode};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let broadcaster = Broadcaster::with_mode("eth0", Mode::Kernel)?;
+/// // ... broadcasts ...
+/// let stats = broadcaster.stats();
+/// let kernel = broadcaster.kernel_counters().expect("kernel mode has a program");
+/// // With no broadcast in flight, every copy the reports counted is a clone that left.
+/// println!("clones {} (reported {})", kernel.clones, stats.kernel_copies);
+/// if kernel.mismatches > 0 {
+///     eprintln!("{} datagrams could not be fanned out", kernel.mismatches);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KernelCounters {

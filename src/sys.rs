@@ -5,16 +5,14 @@
 //! (`sendmmsg`, `SO_NO_CHECK`), and around the mapping (`mmap`, `munmap`,
 //! and `MapMemory`'s `Send`/`Sync`), each with its `// SAFETY:` comment.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddrV4;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-use nix::sys::socket::{
-    getsockopt, sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrIn,
-};
+use nix::sys::socket::{getsockopt, setsockopt, sockopt, SockaddrIn};
 
 /// Most messages one `sendmmsg` call takes (the kernel's UIO_MAXIOV).
 const SENDMMSG_MAX: usize = 1024;
@@ -149,31 +147,150 @@ pub(crate) fn send_to_each(
     failed
 }
 
-/// Sends the carrier datagram of a fan-out: `payload` to `dest`, with the
-/// arm's `tag` as its transmit time (`SCM_TXTIME`), which is how the program
-/// tells this datagram from every other one of the socket.
+/// Sends the carrier datagrams of a batch of fan-outs, one per payload, with
+/// as few `sendmmsg(2)` calls as possible: payload `i` to `dest`, with tag
+/// `first_tag + i` as its transmit time (`SCM_TXTIME`), which is how the
+/// program tells it from every other datagram of the socket and finds its
+/// arm. Returns each datagram's result, in order. A send that would block
+/// stops the batch: every datagram from it on gets `WouldBlock`.
 ///
-/// With `whole`, a `UDP_SEGMENT` control message makes it one whole datagram
-/// (see [`whole_datagram`]): never fragmented, and with its payload in page
-/// fragments, so that un-sharing a clone copies only its headers.
-pub(crate) fn send_carrier(
+/// With `whole`, each non-empty payload carries a `UDP_SEGMENT` control
+/// message that makes it one whole datagram (see [`whole_datagram`]): never
+/// fragmented, and with its payload in page fragments, so that un-sharing a
+/// clone copies only its headers.
+pub(crate) fn send_carriers(
     socket: BorrowedFd<'_>,
-    payload: &[u8],
+    payloads: &[&[u8]],
     dest: &SocketAddrV4,
-    tag: u64,
+    first_tag: u64,
     whole: bool,
-) -> io::Result<usize> {
-    let segment = whole.then(|| whole_datagram(payload)).transpose()?;
-    let mut cmsgs = vec![ControlMessage::TxTime(&tag)];
-    cmsgs.extend(segment.as_ref().map(ControlMessage::UdpGsoSegments));
-    let to = SockaddrIn::from(*dest);
-    Ok(sendmsg(
-        socket.as_raw_fd(),
-        &[IoSlice::new(payload)],
-        &cmsgs,
-        MsgFlags::empty(),
-        Some(&to),
-    )?)
+) -> Vec<io::Result<()>> {
+    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+    let (tag_space, tag_len, segment_space, segment_len, data) = unsafe {
+        (
+            libc::CMSG_SPACE(8) as usize,
+            libc::CMSG_LEN(8) as usize,
+            libc::CMSG_SPACE(2) as usize,
+            libc::CMSG_LEN(2) as usize,
+            libc::CMSG_LEN(0) as usize,
+        )
+    };
+    // One control buffer per datagram: its tag, and its segment size.
+    const WORDS: usize = 8;
+    assert!(tag_space + segment_space <= WORDS * 8);
+    let mut results: Vec<io::Result<()>> = Vec::with_capacity(payloads.len());
+    let mut controls = vec![[0u64; WORDS]; payloads.len()];
+    let mut control_lens = Vec::with_capacity(payloads.len());
+    for (i, (payload, control)) in payloads.iter().zip(&mut controls).enumerate() {
+        let segment = match (whole && !payload.is_empty()).then(|| whole_datagram(payload)) {
+            Some(Err(err)) => {
+                results.push(Err(err));
+                control_lens.push(0);
+                continue;
+            }
+            Some(Ok(segment)) => Some(segment),
+            None => None,
+        };
+        results.push(Ok(()));
+        let base = control.as_mut_ptr().cast::<u8>();
+        // SAFETY: `control` is 8-aligned and holds WORDS * 8 bytes, room for
+        // both headers (at 0 and at `tag_space`) and their data (at `data`
+        // past each header), as asserted above; the data are written
+        // unaligned-safe.
+        unsafe {
+            base.cast::<libc::cmsghdr>().write(libc::cmsghdr {
+                cmsg_len: tag_len as _,
+                cmsg_level: libc::SOL_SOCKET,
+                cmsg_type: libc::SCM_TXTIME,
+            });
+            base.add(data)
+                .cast::<u64>()
+                .write_unaligned(first_tag + i as u64);
+            if let Some(segment) = segment {
+                base.add(tag_space)
+                    .cast::<libc::cmsghdr>()
+                    .write(libc::cmsghdr {
+                        cmsg_len: segment_len as _,
+                        cmsg_level: libc::SOL_UDP,
+                        cmsg_type: libc::UDP_SEGMENT,
+                    });
+                base.add(tag_space + data)
+                    .cast::<u16>()
+                    .write_unaligned(segment);
+            }
+        }
+        control_lens.push(tag_space + if segment.is_some() { segment_space } else { 0 });
+    }
+    let mut name = *SockaddrIn::from(*dest).as_ref();
+    let mut iovs: Vec<libc::iovec> = payloads
+        .iter()
+        .map(|payload| libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        })
+        .collect();
+    // The datagrams to send: those whose control message could be made.
+    let todo: Vec<usize> = (0..payloads.len())
+        .filter(|&i| results[i].is_ok())
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = todo
+        .iter()
+        .map(|&i| {
+            // SAFETY: all-zero bytes are a valid (empty) mmsghdr.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+            header.msg_hdr.msg_iov = &mut iovs[i];
+            header.msg_hdr.msg_iovlen = 1;
+            header.msg_hdr.msg_control = controls[i].as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = control_lens[i] as _;
+            header
+        })
+        .collect();
+    let mut next = 0;
+    while next < headers.len() {
+        let batch = &mut headers[next..];
+        let count = batch.len().min(SENDMMSG_MAX);
+        // SAFETY: `batch` holds at least `count` initialised mmsghdr whose
+        // name, iovec and control pointers point into `name`, `iovs` (the
+        // payloads) and `controls`, which outlive the call; the kernel only
+        // reads through them, and writes only the headers' msg_len.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                batch.as_mut_ptr(),
+                count as libc::c_uint,
+                0,
+            )
+        };
+        match sent {
+            n if n > 0 => next += n as usize,
+            0 => {
+                results[todo[next]] = Err(io::Error::from(io::ErrorKind::WriteZero));
+                next += 1;
+            }
+            _ => {
+                // The first datagram of the batch failed (sendmmsg reports
+                // an error only then).
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock => {
+                        let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
+                        for &i in &todo[next..] {
+                            results[i] = Err(io::Error::from_raw_os_error(code));
+                        }
+                        break;
+                    }
+                    _ => {
+                        results[todo[next]] = Err(err);
+                        next += 1;
+                    }
+                }
+            }
+        }
+    }
+    results
 }
 
 /// Whether the socket sends UDP datagrams without checksums (`SO_NO_CHECK`,

@@ -29,7 +29,9 @@ skeleton!(skel, "fan_out.skel.rs");
 skeleton!(quorum_skel, "quorum.skel.rs");
 skeleton!(reply_skel, "reply.skel.rs");
 
-pub(crate) use skel::types::{eb_dest as Dest, eb_slot as Slot, eb_stats as KernelStats};
+pub(crate) use skel::types::{
+    eb_arm as Arm, eb_dest as Dest, eb_slot as Slot, eb_stats as KernelStats,
+};
 pub(crate) use skel::{FanOutSkel, FanOutSkelBuilder};
 
 pub(crate) use quorum_skel::types::{
@@ -54,6 +56,8 @@ pub(crate) mod constants {
 
 /// Destinations one packet fans out to.
 pub(crate) const MAX_DESTS: usize = constants::EB_MAX_DESTS as usize;
+/// Datagrams one slot can have armed at once (a power of two).
+pub(crate) const MAX_BATCH: usize = constants::EB_MAX_BATCH as usize;
 /// Entries of the `slots` and `sockets` maps.
 pub(crate) const MAX_SOCKETS: u32 = constants::EB_MAX_SOCKETS;
 /// The armed datagram is CHECKSUM_PARTIAL.
@@ -67,12 +71,16 @@ const _: () = {
     assert!(offset_of!(Dest, port) == 6);
     assert!(offset_of!(Dest, addr) == 8);
     // armed and done are updated atomically by both sides: 8-aligned.
-    assert!(offset_of!(Slot, armed) % 8 == 0);
-    assert!(offset_of!(Slot, done) % 8 == 0);
-    // The failure bitmap and the destination array hold MAX_DESTS entries.
-    assert!(offset_of!(Slot, dests) - offset_of!(Slot, failed) == MAX_DESTS / 8);
+    assert!(offset_of!(Slot, arms) % 8 == 0);
+    assert!(size_of::<Arm>() % 8 == 0);
+    assert!(offset_of!(Arm, armed) % 8 == 0);
+    assert!(offset_of!(Arm, done) % 8 == 0);
+    // The failure bitmap holds MAX_DESTS bits; the arrays their entries.
+    assert!(size_of::<Arm>() - offset_of!(Arm, failed) == MAX_DESTS / 8);
+    assert!(offset_of!(Slot, dests) == offset_of!(Slot, arms) + MAX_BATCH * size_of::<Arm>());
     assert!(size_of::<Slot>() == offset_of!(Slot, dests) + MAX_DESTS * size_of::<Dest>());
     assert!(size_of::<Slot>() % 8 == 0);
+    assert!(MAX_BATCH.is_power_of_two());
     assert!(size_of::<KernelStats>() == 40);
     // The tallies are updated atomically by both sides: 8-aligned.
     assert!(offset_of!(QuorumShared, generation) % 8 == 0);

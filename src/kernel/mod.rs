@@ -25,12 +25,12 @@ pub(crate) mod wire {
     };
 }
 
-pub(crate) use abi::{Dest, MAX_DESTS, MAX_SOCKETS};
+pub(crate) use abi::{Dest, MAX_BATCH, MAX_DESTS, MAX_SOCKETS};
 pub(crate) use abi::{QuorumShared, ReplyShared, QUORUM_COUNTERS, REPLY_COUNTERS};
 pub(crate) use collector::Collector;
 pub(crate) use program::Program;
 pub(crate) use replier::Replier as KernelReplier;
-pub(crate) use slots::Tags;
+pub(crate) use slots::{SlotHandle, Tags};
 
 /// The kernel half of a receive-side primitive for `mode`: `attach` it on
 /// `interface` (given its index) for [`Mode::Kernel`] and [`Mode::Auto`];

@@ -12,17 +12,22 @@ use std::ptr::{self, addr_of, addr_of_mut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::abi::{Dest, Slot, MAX_DESTS, MAX_SOCKETS, NOT_FANNED_OUT, SLOT_PARTIAL};
+use super::abi::{
+    Arm, Dest, Slot, MAX_BATCH, MAX_DESTS, MAX_SOCKETS, NOT_FANNED_OUT, SLOT_PARTIAL,
+};
 use crate::sys::MapMemory;
 use crate::FailureReason;
 
-/// The tags of one broadcaster's arms: numbers used once each.
+/// The tags of one broadcaster's arms: numbers used once each, handed out
+/// in blocks of `MAX_BATCH`, one block per armed send (or batch of sends):
+/// the tag for arm `i` of a slot is the block's first tag plus `i`, which is
+/// how the program finds a datagram's arm.
 ///
 /// A tag goes in the transmit time of the carrier datagram, so tags are kept
 /// in the past of every clock the kernel compares transmit times with: they
-/// start below half the monotonic time since boot and grow by one per arm,
-/// so a datagram that somehow left with its tag would be sent at once, never
-/// held. The random start keeps the tags of broadcasters in several
+/// start below half the monotonic time since boot and grow by one block per
+/// send, so a datagram that somehow left with its tag would be sent at once,
+/// never held. The random start keeps the tags of broadcasters in several
 /// processes apart.
 pub(crate) struct Tags(AtomicU64);
 
@@ -31,14 +36,15 @@ impl Tags {
         let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
             .unwrap_or(2);
-        Tags(AtomicU64::new(
-            1 + RandomState::new().hash_one(now) % (now / 2).max(1),
-        ))
+        let start = RandomState::new().hash_one(now) % (now / 2).max(1);
+        // Blocks start at multiples of MAX_BATCH, never at 0 (0 = disarmed).
+        let block = MAX_BATCH as u64;
+        Tags(AtomicU64::new((start / block + 1) * block))
     }
 
-    /// A tag never handed out before.
-    pub(crate) fn next(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed)
+    /// The first tag of a block of `MAX_BATCH` tags never handed out before.
+    pub(crate) fn next_block(&self) -> u64 {
+        self.0.fetch_add(MAX_BATCH as u64, Ordering::Relaxed)
     }
 }
 
@@ -116,54 +122,66 @@ pub(crate) struct SlotHandle<'a> {
 }
 
 impl SlotHandle<'_> {
-    fn armed(&self) -> &AtomicU64 {
+    fn arm_of(&self, i: usize) -> *mut Arm {
+        assert!(i < MAX_BATCH, "arm index out of range");
+        // SAFETY: `arms` holds MAX_BATCH entries; the pointer stays within
+        // the slot.
+        unsafe { addr_of_mut!((*self.ptr).arms).cast::<Arm>().add(i) }
+    }
+
+    fn armed(&self, i: usize) -> &AtomicU64 {
         // SAFETY: `armed` is 8-aligned (asserted in abi.rs), lives as long as
         // the mapping, and both sides only access it atomically.
-        unsafe { AtomicU64::from_ptr(addr_of_mut!((*self.ptr).armed)) }
+        unsafe { AtomicU64::from_ptr(addr_of_mut!((*self.arm_of(i)).armed)) }
     }
 
-    fn done(&self) -> &AtomicU64 {
+    fn done(&self, i: usize) -> &AtomicU64 {
         // SAFETY: as for `armed`.
-        unsafe { AtomicU64::from_ptr(addr_of_mut!((*self.ptr).done)) }
+        unsafe { AtomicU64::from_ptr(addr_of_mut!((*self.arm_of(i)).done)) }
     }
 
-    /// Writes the destination list. Only while disarmed: the program reads
-    /// it only after taking the arm.
+    /// Writes the destination list. Only while no arm is armed: the program
+    /// reads it only after taking an arm.
     pub(crate) fn write_dests(&mut self, dests: &[Dest]) {
         assert!(dests.len() <= MAX_DESTS);
         // SAFETY: the slot is ours (see `Slots::slot`) and disarmed, so the
-        // program does not read dests now; the copy stays within the array.
+        // program does not read dests or count now; the copy stays within
+        // the array. The Release store of the next arm orders these writes
+        // before the program can read them.
         unsafe {
             let array = addr_of_mut!((*self.ptr).dests).cast::<Dest>();
             ptr::copy_nonoverlapping(dests.as_ptr(), array, dests.len());
+            ptr::write_volatile(addr_of_mut!((*self.ptr).count), dests.len() as u32);
         }
     }
 
-    /// Arms the slot for the datagram of the socket that carries `tag`.
-    /// `partial`: the datagram is sent with `UDP_SEGMENT`, so it is
-    /// CHECKSUM_PARTIAL.
-    pub(crate) fn arm(&mut self, tag: u64, count: u32, ip_len: u32, partial: bool) {
+    /// Arms arm `i` for the datagram of the socket that carries `tag` (the
+    /// tag of arm `i` of a block of [`Tags`]). `partial`: the datagram is
+    /// sent with `UDP_SEGMENT`, so it is CHECKSUM_PARTIAL.
+    pub(crate) fn arm(&mut self, i: usize, tag: u64, ip_len: u32, partial: bool) {
         debug_assert_ne!(tag, 0, "0 means disarmed");
+        debug_assert_eq!(tag % MAX_BATCH as u64, i as u64, "the tag names its arm");
         let flags = if partial { SLOT_PARTIAL } else { 0 };
-        // SAFETY: plain fields of our disarmed slot; the Release store below
+        let arm = self.arm_of(i);
+        // SAFETY: plain fields of our disarmed arm; the Release store below
         // orders them before the program can take the arm.
         unsafe {
-            ptr::write_volatile(addr_of_mut!((*self.ptr).count), count);
-            ptr::write_volatile(addr_of_mut!((*self.ptr).ip_len), ip_len);
-            ptr::write_volatile(addr_of_mut!((*self.ptr).flags), flags);
+            ptr::write_volatile(addr_of_mut!((*arm).ip_len), ip_len);
+            ptr::write_volatile(addr_of_mut!((*arm).flags), flags);
         }
-        self.armed().store(tag, Ordering::Release);
+        self.armed(i).store(tag, Ordering::Release);
     }
 
-    /// Takes the arm back. Returns true when the program had already taken
+    /// Takes arm `i` back. Returns true when the program had already taken
     /// it (it fanned the datagram out, or is doing so on another CPU).
-    pub(crate) fn disarm(&mut self) -> bool {
-        self.armed().swap(0, Ordering::AcqRel) == 0
+    pub(crate) fn disarm(&mut self, i: usize) -> bool {
+        self.armed(i).swap(0, Ordering::AcqRel) == 0
     }
 
-    /// The results of the fan-out of `tag`, once the program published them.
-    /// Only for a tag whose arm the program took (see [`SlotHandle::disarm`]).
-    pub(crate) fn outcome(&self, tag: u64) -> Option<Outcome> {
+    /// The results of the fan-out of `tag` (armed on arm `i`), once the
+    /// program published them. Only for a tag whose arm the program took
+    /// (see [`SlotHandle::disarm`]).
+    pub(crate) fn outcome(&self, i: usize, tag: u64) -> Option<Outcome> {
         // The program runs inside our send and is done when it returns; the
         // wait only covers a datagram that was held up (by a neighbour
         // being resolved, say) and is being fanned out on another CPU right
@@ -171,14 +189,15 @@ impl SlotHandle<'_> {
         // that can be met in practice.
         let deadline = Instant::now() + OUTCOME_WAIT;
         let mut spins = 0u32;
+        let arm = self.arm_of(i);
         loop {
-            if self.done().load(Ordering::Acquire) == tag {
+            if self.done(i).load(Ordering::Acquire) == tag {
                 // SAFETY: `done == tag` was stored after these fields were
                 // written (Acquire pairs with the program's atomic store).
                 return Some(unsafe {
                     Outcome {
-                        failed: ptr::read_volatile(addr_of!((*self.ptr).failed)),
-                        lost_from: ptr::read_volatile(addr_of!((*self.ptr).lost_from)),
+                        failed: ptr::read_volatile(addr_of!((*arm).failed)),
+                        lost_from: ptr::read_volatile(addr_of!((*arm).lost_from)),
                     }
                 });
             }

@@ -42,6 +42,8 @@ pub(crate) struct Call<'a> {
     pub(crate) stopped: Option<Resume>,
     /// Destinations before `from`: not part of this call's report.
     skipped: usize,
+    /// Report even when nothing was sent (a payload of a batch).
+    pub(crate) always_report: bool,
     first_error: Option<io::Error>,
     /// A destination whose copy the kernel refused as too large for its
     /// path's MTU.
@@ -67,6 +69,7 @@ impl<'a> Call<'a> {
             from,
             stopped: None,
             skipped,
+            always_report: false,
             first_error: None,
             too_large_to: None,
         }
@@ -142,7 +145,9 @@ impl<'a> Call<'a> {
             })
             .collect();
         match self.first_error {
-            Some(err) if self.report.copies_sent == 0 && self.from.is_none() => {
+            Some(err)
+                if self.report.copies_sent == 0 && self.from.is_none() && !self.always_report =>
+            {
                 if err.raw_os_error() == Some(libc::EMSGSIZE) {
                     Err(too_large())
                 } else {

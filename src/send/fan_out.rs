@@ -1,10 +1,11 @@
 //! The kernel's copies: each chunk of a plan through the socket's slot.
 //!
 //! Write the chunk's destinations into the slot (if it does not hold them
-//! already), arm it with a new tag, send the one carrier datagram with that
-//! tag as its transmit time, take the arm back, and read what the program
-//! did for every destination. The protocol on the slot is in
-//! `kernel::slots`; what the program does is in `bpf/fan_out.bpf.c`.
+//! already), arm one of its arms per payload with a new tag, send the
+//! carrier datagrams (one per payload, one `sendmmsg`) with those tags as
+//! their transmit times, take the arms back, and read what the program did
+//! for every destination. The protocol on the slot is in `kernel::slots`;
+//! what the program does is in `bpf/fan_out.bpf.c`.
 
 use std::io;
 
@@ -13,10 +14,12 @@ use super::plan::Plan;
 use super::refusal::{refusal, too_large_error, Refusal};
 use super::sockets::SocketState;
 use super::{user_space, HEADERS};
-use crate::kernel::{Program, Tags};
+use crate::kernel::{Program, SlotHandle, Tags, MAX_BATCH};
 use crate::sys;
 
-/// Sends the plan's fan-outs through slot `slot_index`. Returns true if one
+/// Sends the plan's fan-outs through slot `slot_index`, for every call of
+/// `calls` (one payload each, at most `MAX_BATCH`, the same destinations):
+/// per chunk, one carrier per call, in one `sendmmsg`. Returns true if one
 /// of them was not fanned out (its other copies were then sent from user
 /// space, and the socket and the plan want a second look).
 pub(crate) fn send(
@@ -25,14 +28,26 @@ pub(crate) fn send(
     tags: &Tags,
     state: &mut SocketState,
     plan: &Plan,
-    call: &mut Call<'_>,
+    calls: &mut [Call<'_>],
 ) -> bool {
-    let ip_len = (call.payload.len() + HEADERS) as u32;
+    assert!(calls.len() <= MAX_BATCH);
     let mut bypassed = false;
-    let first = call.from.map_or(0, |from| from.chunks);
+    // Only a single call resumes (see `Resume`).
+    let first = match calls {
+        [call] => call.from.map_or(0, |from| from.chunks),
+        _ => 0,
+    };
     for (index, chunk) in plan.chunks.iter().enumerate().skip(first) {
-        if call.blocked {
-            call.not_sent(&chunk.indices);
+        // The calls that go on sending: not those a send would have blocked.
+        let mut sending = Vec::with_capacity(calls.len());
+        for (c, call) in calls.iter_mut().enumerate() {
+            if call.blocked {
+                call.not_sent(&chunk.indices);
+            } else {
+                sending.push(c);
+            }
+        }
+        if sending.is_empty() {
             continue;
         }
         // SAFETY: slot `slot_index` belongs to this socket alone and the
@@ -42,94 +57,144 @@ pub(crate) fn send(
             slot.write_dests(&chunk.dests);
             state.slot_holds = Some(index);
         }
-        let count = chunk.dests.len() as u32;
-        let carrier = call.destination(chunk.indices[0]);
-        // As one whole UDP_SEGMENT datagram, the carrier is never
-        // fragmented, the kernel keeps its payload in page fragments
-        // (un-sharing a clone copies only its headers) and makes it
-        // CHECKSUM_PARTIAL, which lets the program write each copy's headers
-        // at once.
-        let whole = state.whole_sends && !call.payload.is_empty();
-        let mut tag = tags.next();
-        slot.arm(tag, count, ip_len, whole);
-        let mut sent = sys::send_carrier(call.socket, call.payload, &carrier, tag, whole);
-        let mut taken = slot.disarm();
-        if let (false, Err(err)) = (taken, &sent) {
-            match refusal(state, call.socket, err, whole) {
-                Refusal::SocketReplaced => {
-                    // The fd names a new socket now, which does not take
-                    // transmit times yet: all its copies go from user space,
-                    // and it is taken over after this call.
-                    bypassed = true;
-                    user_space::send(state, call, &chunk.indices);
-                    continue;
-                }
-                Refusal::NotWhole => {
-                    state.whole_sends = false;
-                    tag = tags.next();
-                    slot.arm(tag, count, ip_len, false);
-                    sent = sys::send_carrier(call.socket, call.payload, &carrier, tag, false);
-                    taken = slot.disarm();
-                }
-                Refusal::TooLarge => {
-                    call.too_large(carrier);
-                    call.failed(&chunk.indices, too_large_error());
-                    continue;
-                }
-                Refusal::Other => {}
-            }
+        let carrier = calls[0].destination(chunk.indices[0]);
+        // As one whole UDP_SEGMENT datagram, a carrier is never fragmented,
+        // the kernel keeps its payload in page fragments (un-sharing a clone
+        // copies only its headers) and makes it CHECKSUM_PARTIAL, which lets
+        // the program write each copy's headers at once.
+        let whole = state.whole_sends;
+        let block = tags.next_block();
+        let payloads: Vec<&[u8]> = sending.iter().map(|&c| calls[c].payload).collect();
+        for (i, payload) in payloads.iter().enumerate() {
+            let partial = whole && !payload.is_empty();
+            slot.arm(i, block + i as u64, ip_len(payload), partial);
         }
-        if !taken {
-            match sent {
-                Err(err) => {
-                    if err.kind() == io::ErrorKind::WouldBlock && !call.blocked {
-                        // Nothing of this chunk was sent: resume from it.
-                        call.stopped = Some(Resume {
-                            plan: plan.id,
-                            chunks: index,
-                            user_space: 0,
-                        });
-                    }
-                    call.failed(&chunk.indices, err)
-                }
-                Ok(_) => {
-                    // The program did not see the datagram (another route, a
-                    // program before ours, the fd now names another socket):
-                    // the carrier reached its destination as sent; the rest
-                    // go from user space.
-                    bypassed = true;
-                    call.report.user_space_copies += 1;
-                    user_space::send(state, call, &chunk.indices[1..]);
-                }
-            }
-            continue;
-        }
-        let Some(outcome) = slot.outcome(tag) else {
-            // Taken but never finished: cannot happen while the program runs
-            // to completion; count the copies as lost rather than claim them.
-            log::error!("elec-broadcast: the fan-out of tag {tag} published no result");
-            call.failed(
-                &chunk.indices,
-                io::Error::from_raw_os_error(libc::ETIMEDOUT),
-            );
-            continue;
-        };
-        if !outcome.fanned_out() {
-            // Taken, but not in a shape the program can fan out (IP options,
-            // say): it went to the carrier as sent.
-            bypassed = true;
-            call.report.user_space_copies += 1;
-            user_space::send(state, call, &chunk.indices[1..]);
-            continue;
-        }
-        call.fan_outs += 1;
-        for (i, &dest) in chunk.indices.iter().enumerate() {
-            if let Some(reason) = outcome.lost(i) {
-                call.lost(&[dest], reason);
-            } else {
-                call.report.kernel_copies += 1;
-            }
+        let sent = sys::send_carriers(calls[0].socket, &payloads, &carrier, block, whole);
+        let taken: Vec<bool> = (0..sending.len()).map(|i| slot.disarm(i)).collect();
+        for (i, (sent, taken)) in sent.into_iter().zip(taken).enumerate() {
+            let call = &mut calls[sending[i]];
+            let first_block = block;
+            let attempt = Attempt {
+                arm: i,
+                tag: first_block + i as u64,
+                sent,
+                taken,
+                whole: whole && !call.payload.is_empty(),
+            };
+            bypassed |= finish_one(tags, state, &mut slot, plan, index, call, attempt);
         }
     }
     bypassed
+}
+
+/// The IPv4 total length of a datagram carrying `payload`.
+fn ip_len(payload: &[u8]) -> u32 {
+    (payload.len() + HEADERS) as u32
+}
+
+/// One carrier's send: its arm and tag, the send's result, whether the
+/// program took the arm.
+struct Attempt {
+    arm: usize,
+    tag: u64,
+    sent: io::Result<()>,
+    taken: bool,
+    whole: bool,
+}
+
+/// What became of one call's carrier of chunk `index`: its copies are
+/// counted, or sent from user space, or failed. Returns true if the carrier
+/// was not fanned out.
+fn finish_one(
+    tags: &Tags,
+    state: &mut SocketState,
+    slot: &mut SlotHandle<'_>,
+    plan: &Plan,
+    index: usize,
+    call: &mut Call<'_>,
+    mut attempt: Attempt,
+) -> bool {
+    let chunk = &plan.chunks[index];
+    let carrier = call.destination(chunk.indices[0]);
+    if let (false, Err(err)) = (attempt.taken, &attempt.sent) {
+        match refusal(state, call.socket, err, attempt.whole) {
+            Refusal::SocketReplaced => {
+                // The fd names a new socket now, which does not take
+                // transmit times yet: all its copies go from user space,
+                // and it is taken over after this call.
+                user_space::send(state, call, &chunk.indices);
+                return true;
+            }
+            Refusal::NotWhole => {
+                // Again, alone and as a plain datagram, on the same arm.
+                state.whole_sends = false;
+                attempt.tag = tags.next_block() + attempt.arm as u64;
+                slot.arm(attempt.arm, attempt.tag, ip_len(call.payload), false);
+                let sent =
+                    sys::send_carriers(call.socket, &[call.payload], &carrier, attempt.tag, false);
+                attempt.sent = sent.into_iter().next().unwrap_or(Ok(()));
+                attempt.taken = slot.disarm(attempt.arm);
+            }
+            Refusal::TooLarge => {
+                call.too_large(carrier);
+                call.failed(&chunk.indices, too_large_error());
+                return false;
+            }
+            Refusal::Other => {}
+        }
+    }
+    if !attempt.taken {
+        match attempt.sent {
+            Err(err) => {
+                if err.kind() == io::ErrorKind::WouldBlock && !call.blocked {
+                    // Nothing of this chunk was sent: resume from it.
+                    call.stopped = Some(Resume {
+                        plan: plan.id,
+                        chunks: index,
+                        user_space: 0,
+                    });
+                }
+                call.failed(&chunk.indices, err);
+                return false;
+            }
+            Ok(()) => {
+                // The program did not see the datagram (another route, a
+                // program before ours, the fd now names another socket):
+                // the carrier reached its destination as sent; the rest
+                // go from user space.
+                call.report.user_space_copies += 1;
+                user_space::send(state, call, &chunk.indices[1..]);
+                return true;
+            }
+        }
+    }
+    let Some(outcome) = slot.outcome(attempt.arm, attempt.tag) else {
+        // Taken but never finished: cannot happen while the program runs
+        // to completion; count the copies as lost rather than claim them.
+        log::error!(
+            "elec-broadcast: the fan-out of tag {} published no result",
+            attempt.tag
+        );
+        call.failed(
+            &chunk.indices,
+            io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        );
+        return false;
+    };
+    if !outcome.fanned_out() {
+        // Taken, but not in a shape the program can fan out (IP options,
+        // say): it went to the carrier as sent.
+        call.report.user_space_copies += 1;
+        user_space::send(state, call, &chunk.indices[1..]);
+        return true;
+    }
+    call.fan_outs += 1;
+    for (i, &dest) in chunk.indices.iter().enumerate() {
+        if let Some(reason) = outcome.lost(i) {
+            call.lost(&[dest], reason);
+        } else {
+            call.report.kernel_copies += 1;
+        }
+    }
+    false
 }
