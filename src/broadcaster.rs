@@ -459,7 +459,7 @@ impl Broadcaster {
     /// paid once per batch of up to 16 payloads (longer batches are split).
     /// Payloads may differ in size; each copy of each payload arrives byte
     /// for byte, and the payloads leave in the order given (to each
-    /// destination). In user-space mode each payload takes one `sendmmsg`.
+    /// destination). In user-space mode the whole batch is one `sendmmsg`.
     ///
     /// The reports are counted in [`Stats`] as one broadcast each.
     ///
@@ -588,9 +588,7 @@ impl Broadcaster {
             }
             _ => false,
         };
-        for call in &mut calls {
-            user_space::send_planned(&mut state, call, &plan);
-        }
+        user_space::send_planned(&mut state, &mut calls, &plan);
 
         if bypassed {
             // Look at the socket and the tables again before the next call.

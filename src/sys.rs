@@ -28,86 +28,98 @@ fn whole_datagram(payload: &[u8]) -> io::Result<u16> {
     }
 }
 
-/// Sends `payload` once to each of `dests` with as few `sendmmsg(2)` calls as
-/// possible. Returns the destinations (indices into `dests`) that got
-/// nothing, each with its error, in order. A destination the kernel refuses
-/// (no route, say) does not keep the ones after it from being tried; a full
-/// non-blocking socket (`WouldBlock`) does, since they would be refused too.
+/// Sends each datagram of `sends` (a payload of `payloads`, by index, and a
+/// destination) with as few `sendmmsg(2)` calls as possible. Returns the
+/// datagrams (indices into `sends`) that were not sent, each with its error,
+/// in order. A datagram the kernel refuses (no route, say) does not keep the
+/// ones after it from being tried; a full non-blocking socket
+/// (`WouldBlock`) does, since they would be refused too.
 ///
-/// With `whole`, every datagram carries a `UDP_SEGMENT` control message
-/// whose segment size is the whole payload (see [`whole_datagram`]).
+/// With `whole`, every non-empty datagram carries a `UDP_SEGMENT` control
+/// message whose segment size is its whole payload (see
+/// [`whole_datagram`]).
 ///
 /// This is libc's `sendmmsg`: nix's wrapper reads back address storage that
 /// a send never fills, to count what was sent.
 pub(crate) fn send_to_each(
     socket: BorrowedFd<'_>,
-    payload: &[u8],
-    dests: &[SocketAddrV4],
+    payloads: &[&[u8]],
+    sends: &[(usize, SocketAddrV4)],
     whole: bool,
 ) -> Vec<(usize, io::Error)> {
-    let segment = match whole.then(|| whole_datagram(payload)).transpose() {
-        Ok(segment) => segment,
-        Err(err) => {
-            return (0..dests.len())
-                .map(|i| (i, io::Error::from(err.kind())))
-                .collect()
-        }
-    };
-    // One control message, shared by every datagram (the kernel only reads
-    // it): 8-aligned, as cmsghdr requires, and room for a u16.
-    let mut control = [0u64; 4];
     // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
     let (space, len) = unsafe { (libc::CMSG_SPACE(2) as usize, libc::CMSG_LEN(2) as usize) };
-    assert!(space <= std::mem::size_of_val(&control));
-    if let Some(segment) = segment {
-        // SAFETY: `control` is 8-aligned and holds `space` bytes: the header
-        // at its start and the u16 at CMSG_LEN(0) (the CMSG_DATA offset)
-        // fit; the u16 is written unaligned-safe.
-        unsafe {
-            let header = control.as_mut_ptr().cast::<libc::cmsghdr>();
-            header.write(libc::cmsghdr {
-                cmsg_len: len as _,
-                cmsg_level: libc::SOL_UDP,
-                cmsg_type: libc::UDP_SEGMENT,
-            });
-            let data = control
-                .as_mut_ptr()
-                .cast::<u8>()
-                .add(libc::CMSG_LEN(0) as usize);
-            data.cast::<u16>().write_unaligned(segment);
+    // One control message per payload, shared by its datagrams (the kernel
+    // only reads it): 8-aligned, as cmsghdr requires, and room for a u16.
+    let mut controls = vec![[0u64; 4]; payloads.len()];
+    let mut segments: Vec<Option<io::Result<u16>>> = Vec::with_capacity(payloads.len());
+    for (payload, control) in payloads.iter().zip(&mut controls) {
+        let segment = (whole && !payload.is_empty()).then(|| whole_datagram(payload));
+        if let Some(Ok(segment)) = segment {
+            assert!(space <= std::mem::size_of_val(control));
+            // SAFETY: `control` is 8-aligned and holds `space` bytes: the
+            // header at its start and the u16 at CMSG_LEN(0) (the CMSG_DATA
+            // offset) fit; the u16 is written unaligned-safe.
+            unsafe {
+                let header = control.as_mut_ptr().cast::<libc::cmsghdr>();
+                header.write(libc::cmsghdr {
+                    cmsg_len: len as _,
+                    cmsg_level: libc::SOL_UDP,
+                    cmsg_type: libc::UDP_SEGMENT,
+                });
+                let data = control
+                    .as_mut_ptr()
+                    .cast::<u8>()
+                    .add(libc::CMSG_LEN(0) as usize);
+                data.cast::<u16>().write_unaligned(segment);
+            }
+        }
+        segments.push(segment);
+    }
+    let mut iovs: Vec<libc::iovec> = payloads
+        .iter()
+        .map(|payload| libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        })
+        .collect();
+    let mut failed = Vec::new();
+    // Datagrams whose control message could not be made are not sent.
+    let mut todo = Vec::with_capacity(sends.len());
+    for (i, &(payload, _)) in sends.iter().enumerate() {
+        match &segments[payload] {
+            Some(Err(err)) => failed.push((i, io::Error::from(err.kind()))),
+            _ => todo.push(i),
         }
     }
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
-    let mut failed = Vec::new();
     let mut next = 0;
-    while next < dests.len() {
-        let batch = &dests[next..dests.len().min(next + SENDMMSG_MAX)];
+    while next < todo.len() {
+        let batch = &todo[next..todo.len().min(next + SENDMMSG_MAX)];
         let mut names: Vec<libc::sockaddr_in> = batch
             .iter()
-            .map(|d| *SockaddrIn::from(*d).as_ref())
+            .map(|&i| *SockaddrIn::from(sends[i].1).as_ref())
             .collect();
         let mut headers: Vec<libc::mmsghdr> = names
             .iter_mut()
-            .map(|name| {
+            .zip(batch)
+            .map(|(name, &i)| {
+                let payload = sends[i].0;
                 // SAFETY: all-zero bytes are a valid (empty) mmsghdr.
                 let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
                 header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
-                header.msg_hdr.msg_iov = &mut iov;
+                header.msg_hdr.msg_iov = &mut iovs[payload];
                 header.msg_hdr.msg_iovlen = 1;
-                if segment.is_some() {
-                    header.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                if let Some(Ok(_)) = segments[payload] {
+                    header.msg_hdr.msg_control = controls[payload].as_mut_ptr().cast();
                     header.msg_hdr.msg_controllen = space as _;
                 }
                 header
             })
             .collect();
         // SAFETY: `headers` holds `headers.len()` initialised mmsghdr whose
-        // name, iovec and control pointers point into `names`, `iov` (the
-        // payload) and `control`, which outlive the call; the kernel only
+        // name, iovec and control pointers point into `names`, `iovs` (the
+        // payloads) and `controls`, which outlive the call; the kernel only
         // reads through them, and writes only the headers' msg_len.
         let sent = unsafe {
             libc::sendmmsg(
@@ -119,7 +131,7 @@ pub(crate) fn send_to_each(
         };
         match sent {
             0 => {
-                failed.push((next, io::Error::from(io::ErrorKind::WriteZero)));
+                failed.push((todo[next], io::Error::from(io::ErrorKind::WriteZero)));
                 next += 1;
             }
             n if n > 0 => next += n as usize,
@@ -132,18 +144,21 @@ pub(crate) fn send_to_each(
                     io::ErrorKind::WouldBlock => {
                         let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
                         failed.extend(
-                            (next..dests.len()).map(|i| (i, io::Error::from_raw_os_error(code))),
+                            todo[next..]
+                                .iter()
+                                .map(|&i| (i, io::Error::from_raw_os_error(code))),
                         );
                         break;
                     }
                     _ => {
-                        failed.push((next, err));
+                        failed.push((todo[next], err));
                         next += 1;
                     }
                 }
             }
         }
     }
+    failed.sort_by_key(|(i, _)| *i);
     failed
 }
 

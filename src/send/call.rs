@@ -6,7 +6,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
 
 use super::v4;
-use crate::{sys, Error, Failure, FailureReason, Report};
+use crate::{Error, Failure, FailureReason, Report};
 
 /// Where a call stopped because a send would have blocked, in its plan's
 /// order (every chunk, then the user-space destinations): what a resumed
@@ -115,13 +115,6 @@ impl<'a> Call<'a> {
     /// Where a copy was refused as too large, if one was.
     pub(crate) fn too_large_to(&self) -> Option<SocketAddrV4> {
         self.too_large_to
-    }
-
-    /// Sends to `indices` from user space, with `sendmmsg`; returns the
-    /// positions in `indices` that got nothing, with their errors.
-    pub(crate) fn send_to_each(&self, indices: &[usize], whole: bool) -> Vec<(usize, io::Error)> {
-        let addrs: Vec<SocketAddrV4> = indices.iter().map(|&i| self.destination(i)).collect();
-        sys::send_to_each(self.socket, self.payload, &addrs, whole)
     }
 
     /// The report, or the error that kept anything from being sent

@@ -1,29 +1,43 @@
-//! The copies sent from user space: one `sendmmsg(2)` for them all, each
-//! copy one whole datagram where the socket allows it.
+//! The copies sent from user space: one `sendmmsg(2)` for them all (for
+//! every payload of a batch), each copy one whole datagram where the socket
+//! allows it.
 
 use std::io;
+use std::net::SocketAddrV4;
 
 use super::call::{Call, Resume};
 use super::plan::Plan;
 use super::refusal::{refusal, too_large_error, Refusal};
 use super::sockets::SocketState;
+use crate::sys;
 
-/// Sends the plan's user-space destinations (those after where a resumed
-/// call starts), once its chunks are done.
-pub(crate) fn send_planned(state: &mut SocketState, call: &mut Call<'_>, plan: &Plan) {
-    let first = call
-        .from
-        .filter(|from| from.chunks == plan.chunks.len())
-        .map_or(0, |from| from.user_space);
-    let was_blocked = call.blocked;
-    let stop = send(state, call, &plan.user_space[first..]);
-    if let (false, Some(at)) = (was_blocked, stop) {
-        call.stopped = Some(Resume {
-            plan: plan.id,
-            chunks: plan.chunks.len(),
-            user_space: first + at,
-        });
+/// Sends the plan's user-space destinations for every call of `calls` (one
+/// payload each), in one `sendmmsg`, once their chunks are done; for a
+/// single call, those after where it starts if it resumes another.
+pub(crate) fn send_planned(state: &mut SocketState, calls: &mut [Call<'_>], plan: &Plan) {
+    if plan.user_space.is_empty() {
+        return;
     }
+    if let [call] = calls {
+        let first = call
+            .from
+            .filter(|from| from.chunks == plan.chunks.len())
+            .map_or(0, |from| from.user_space);
+        let was_blocked = call.blocked;
+        let stop = send(state, call, &plan.user_space[first..]);
+        if let (false, Some(at)) = (was_blocked, stop) {
+            call.stopped = Some(Resume {
+                plan: plan.id,
+                chunks: plan.chunks.len(),
+                user_space: first + at,
+            });
+        }
+        return;
+    }
+    let items: Vec<(usize, usize)> = (0..calls.len())
+        .flat_map(|c| plan.user_space.iter().map(move |&i| (c, i)))
+        .collect();
+    send_items(state, calls, &items);
 }
 
 /// Sends to `indices` (into the destination list) from user space. Returns
@@ -34,15 +48,42 @@ pub(crate) fn send(
     call: &mut Call<'_>,
     indices: &[usize],
 ) -> Option<usize> {
-    if indices.is_empty() {
+    let items: Vec<(usize, usize)> = indices.iter().map(|&i| (0, i)).collect();
+    send_items(state, std::slice::from_mut(call), &items)
+}
+
+/// Sends the copies `items` (a call, by index into `calls`, and a
+/// destination of its list, by index) from user space, with one `sendmmsg`
+/// where nothing is refused. Returns the position in `items` from which
+/// nothing was sent because a send would have blocked, where it is that
+/// simple.
+fn send_items(
+    state: &mut SocketState,
+    calls: &mut [Call<'_>],
+    items: &[(usize, usize)],
+) -> Option<usize> {
+    // Calls a send would have blocked send nothing more.
+    let items: Vec<(usize, usize)> = items
+        .iter()
+        .copied()
+        .filter(|&(c, i)| {
+            if calls[c].blocked {
+                calls[c].not_sent(&[i]);
+            }
+            !calls[c].blocked
+        })
+        .collect();
+    if items.is_empty() {
         return None;
     }
-    if call.blocked {
-        call.not_sent(indices);
-        return None;
-    }
-    let whole = state.whole_sends && !call.payload.is_empty();
-    let mut failed = call.send_to_each(indices, whole);
+    let socket = calls[0].socket;
+    let payloads: Vec<&[u8]> = calls.iter().map(|call| call.payload).collect();
+    let sends: Vec<(usize, SocketAddrV4)> = items
+        .iter()
+        .map(|&(c, i)| (c, calls[c].destination(i)))
+        .collect();
+    let whole = state.whole_sends;
+    let mut failed = sys::send_to_each(socket, &payloads, &sends, whole);
     // `send_to_each` stops at a send that would block: from there on,
     // nothing was sent.
     let mut stop = failed
@@ -51,10 +92,12 @@ pub(crate) fn send(
         .map(|(at, _)| *at);
     let mut again = Vec::new();
     for (at, err) in &mut failed {
-        match refusal(state, call.socket, err, whole) {
+        let (c, i) = items[*at];
+        let whole = whole && !calls[c].payload.is_empty();
+        match refusal(state, socket, err, whole) {
             Refusal::NotWhole => again.push(*at),
             Refusal::TooLarge => {
-                call.too_large(call.destination(indices[*at]));
+                calls[c].too_large(calls[c].destination(i));
                 *err = too_large_error();
             }
             Refusal::SocketReplaced | Refusal::Other => {}
@@ -66,14 +109,22 @@ pub(crate) fn send(
         // UDP_SEGMENT is not for this socket: plain sends from now on.
         state.whole_sends = false;
         failed.retain(|(at, _)| !again.contains(at));
-        let retried: Vec<usize> = again.iter().map(|&at| indices[at]).collect();
-        let failed_again = call.send_to_each(&retried, false);
+        let retried: Vec<(usize, SocketAddrV4)> = again.iter().map(|&at| sends[at]).collect();
+        let failed_again = sys::send_to_each(socket, &payloads, &retried, false);
         failed.extend(failed_again.into_iter().map(|(at, err)| (again[at], err)));
         failed.sort_by_key(|(at, _)| *at);
     }
-    call.report.user_space_copies += indices.len() - failed.len();
+    let mut sent = vec![0; calls.len()];
+    for &(c, _) in &items {
+        sent[c] += 1;
+    }
     for (at, err) in failed {
-        call.failed(&[indices[at]], err);
+        let (c, i) = items[at];
+        sent[c] -= 1;
+        calls[c].failed(&[i], err);
+    }
+    for (call, sent) in calls.iter_mut().zip(sent) {
+        call.report.user_space_copies += sent;
     }
     stop
 }
