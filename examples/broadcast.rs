@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! broadcast --iface IFACE --bind IP:PORT --count K --size BYTES \
-//!           --mode kernel|sendmmsg|sendto [--pace-us N [--pace-every K]] \
+//!           --mode kernel|sendmmsg|sendto [--batch B] [--pace-us N [--pace-every K]] \
 //!           [--keep-going] DEST...
 //! ```
 //!
@@ -14,6 +14,9 @@
 //! measured against. CPU time is `getrusage(RUSAGE_SELF)` over the send loop
 //! only (set-up such as loading the eBPF program is not counted).
 //! `--pace-every K` sleeps after every K broadcasts instead of each one.
+//! `--batch B` sends B messages per call (`Broadcaster::broadcast_batch`;
+//! for `sendto`, B loops); the counts stay per message (`"broadcasts"` is
+//! the number of messages), and K must then be a multiple of B.
 //!
 //! The JSON line is printed in every case: when a call fails, the run stops
 //! and the line says so in `"error"` (and the exit status is 1), unless
@@ -57,6 +60,14 @@ struct Args {
     /// in every mode; K bounds the bursts the receivers see).
     #[arg(long, default_value_t = 1, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     pace_every: u64,
+    /// Messages per call: `broadcast_batch` of B payloads (kernel, sendmmsg).
+    #[arg(long, default_value_t = 1, value_name = "B", value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// With --batch: make the first payload of each batch one byte shorter,
+    /// so that the batch goes as one carrier per payload rather than as one
+    /// segmented carrier (which takes payloads of one size).
+    #[arg(long)]
+    unequal: bool,
     /// Count a failed call and go on, instead of stopping the run.
     #[arg(long)]
     keep_going: bool,
@@ -152,25 +163,40 @@ fn run(args: &Args, tally: &mut Tally) -> Result<(), Box<dyn std::error::Error>>
     let (user0, sys0) = cpu_times_us();
     let start = Instant::now();
     let mut deadline = start;
+    if args.pace_every % args.batch != 0 {
+        return Err(format!(
+            "--pace-every {} is not a multiple of --batch {}",
+            args.pace_every, args.batch
+        )
+        .into());
+    }
     let result = (|| {
-        for seq in 0..args.count {
-            let payload = &messages[(seq % PATTERN_MODULUS) as usize];
-            tally.broadcasts += 1;
-            let call = send_one(broadcaster.as_ref(), &socket, payload, &args.dests, tally);
+        let mut seq = 0;
+        while seq < args.count {
+            let batch = args.batch.min(args.count - seq);
+            let mut payloads: Vec<&[u8]> = (seq..seq + batch)
+                .map(|s| messages[(s % PATTERN_MODULUS) as usize].as_slice())
+                .collect();
+            if args.unequal && batch > 1 && !payloads[0].is_empty() {
+                payloads[0] = &payloads[0][..payloads[0].len() - 1];
+            }
+            tally.broadcasts += batch;
+            let call = send_batch(broadcaster.as_ref(), &socket, &payloads, &args.dests, tally);
             if let Err(err) = call {
                 // Every destination of a failed call got nothing.
                 tally.calls_failed += 1;
                 for failed in &mut tally.failed_per_destination {
-                    *failed += 1;
+                    *failed += batch;
                 }
                 if !args.keep_going {
                     return Err(err);
                 }
             }
+            seq += batch;
             if let Some(pace) = pace {
                 // Sleep to a deadline, so the average rate is exact.
-                deadline += pace;
-                if (seq + 1) % args.pace_every == 0 {
+                deadline += pace * batch as u32;
+                if seq % args.pace_every == 0 {
                     thread::sleep(deadline.saturating_duration_since(Instant::now()));
                 }
             }
@@ -184,35 +210,49 @@ fn run(args: &Args, tally: &mut Tally) -> Result<(), Box<dyn std::error::Error>>
     result
 }
 
-/// One broadcast; a failed copy is counted against its destination.
-fn send_one(
+/// One call: one broadcast per payload (one `broadcast`, or one
+/// `broadcast_batch` for several); a failed copy is counted against its
+/// destination.
+fn send_batch(
     broadcaster: Option<&Broadcaster>,
     socket: &UdpSocket,
-    payload: &[u8],
+    payloads: &[&[u8]],
     dests: &[SocketAddr],
     tally: &mut Tally,
 ) -> Result<(), Box<dyn std::error::Error>> {
     match broadcaster {
         Some(broadcaster) => {
-            let report = broadcaster.broadcast(socket, payload, dests)?;
-            tally.copies_sent += report.copies_sent as u64;
-            // A destination listed twice counts against its mentions in turn.
-            let mut counted = vec![false; dests.len()];
-            for failed in report.failed_destinations() {
-                if let Some(i) = (0..dests.len()).find(|&i| !counted[i] && dests[i] == failed) {
-                    counted[i] = true;
-                    tally.failed_per_destination[i] += 1;
-                }
+            let reports = match payloads {
+                [payload] => vec![broadcaster.broadcast(socket, payload, dests)?],
+                _ => broadcaster.broadcast_batch(socket, payloads, dests)?,
+            };
+            for report in reports {
+                count_report(&report, dests, tally);
             }
         }
         None => {
-            for (i, dest) in dests.iter().enumerate() {
-                match socket.send_to(payload, dest) {
-                    Ok(_) => tally.copies_sent += 1,
-                    Err(_) => tally.failed_per_destination[i] += 1,
+            for payload in payloads {
+                for (i, dest) in dests.iter().enumerate() {
+                    match socket.send_to(payload, dest) {
+                        Ok(_) => tally.copies_sent += 1,
+                        Err(_) => tally.failed_per_destination[i] += 1,
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Adds one broadcast's report to the tally.
+fn count_report(report: &elec_broadcast::Report, dests: &[SocketAddr], tally: &mut Tally) {
+    tally.copies_sent += report.copies_sent as u64;
+    // A destination listed twice counts against its mentions in turn.
+    let mut counted = vec![false; dests.len()];
+    for failed in report.failed_destinations() {
+        if let Some(i) = (0..dests.len()).find(|&i| !counted[i] && dests[i] == failed) {
+            counted[i] = true;
+            tally.failed_per_destination[i] += 1;
+        }
+    }
 }

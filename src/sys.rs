@@ -5,14 +5,16 @@
 //! (`sendmmsg`, `SO_NO_CHECK`), and around the mapping (`mmap`, `munmap`,
 //! and `MapMemory`'s `Send`/`Sync`), each with its `// SAFETY:` comment.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddrV4;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
-use nix::sys::socket::{getsockopt, setsockopt, sockopt, SockaddrIn};
+use nix::sys::socket::{
+    getsockopt, sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrIn,
+};
 
 /// Most messages one `sendmmsg` call takes (the kernel's UIO_MAXIOV).
 const SENDMMSG_MAX: usize = 1024;
@@ -306,6 +308,39 @@ pub(crate) fn send_carriers(
         }
     }
     results
+}
+
+/// The most segments one UDP GSO send may carry (the kernel's
+/// `UDP_MAX_SEGMENTS`, 64 before Linux 6.10 and 128 since: the lower).
+pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Sends `payloads` as ONE carrier datagram of a fan-out: a UDP GSO send
+/// (`UDP_SEGMENT` of `segment` bytes) whose segments are the payloads, in
+/// order (each but the last exactly `segment` bytes long), to `dest`, with
+/// `tag` as its transmit time. The program clones it whole, and each clone
+/// is cut into its datagrams by the device (or by the kernel where the
+/// device cannot).
+pub(crate) fn send_segmented_carrier(
+    socket: BorrowedFd<'_>,
+    payloads: &[&[u8]],
+    dest: &SocketAddrV4,
+    tag: u64,
+    segment: u16,
+) -> io::Result<()> {
+    let cmsgs = [
+        ControlMessage::TxTime(&tag),
+        ControlMessage::UdpGsoSegments(&segment),
+    ];
+    let iov: Vec<IoSlice<'_>> = payloads.iter().map(|p| IoSlice::new(p)).collect();
+    let to = SockaddrIn::from(*dest);
+    sendmsg(
+        socket.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        MsgFlags::empty(),
+        Some(&to),
+    )?;
+    Ok(())
 }
 
 /// Whether the socket sends UDP datagrams without checksums (`SO_NO_CHECK`,

@@ -24,31 +24,8 @@ use common::*;
 use elec_broadcast::{FailureReason, Mode};
 use elec_testbed::{link_counters, snmp_counter, Testbed, TestbedConfig};
 
-const BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
 /// The tests of this binary take turns: they change a machine-wide setting.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// Sets a sysctl and puts the old value back on drop (also on panic).
-struct Sysctl {
-    path: &'static str,
-    old: String,
-}
-
-impl Sysctl {
-    fn set(path: &'static str, value: &str) -> Sysctl {
-        let old = std::fs::read_to_string(path).expect("reading the sysctl");
-        std::fs::write(path, value).expect("writing the sysctl");
-        Sysctl { path, old }
-    }
-}
-
-impl Drop for Sysctl {
-    fn drop(&mut self) {
-        if let Err(err) = std::fs::write(self.path, self.old.trim()) {
-            eprintln!("could not restore {}: {err}", self.path);
-        }
-    }
-}
 
 /// Broadcast `id`: the id, then filler bytes that depend on it.
 fn message(id: u32, size: usize) -> Vec<u8> {

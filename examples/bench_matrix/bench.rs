@@ -178,12 +178,23 @@ impl Bench {
         }
     }
 
+    /// [`Bench::pacing`] with its pauses after whole batches of `batch`
+    /// (every a multiple of `batch`), the same for any batch that divides it.
+    pub fn batch_pacing(&self, n: usize, size: usize, batch: u64) -> Pacing {
+        let pacing = self.pacing(n, size);
+        Pacing {
+            every: pacing.every.next_multiple_of(batch),
+            ..pacing
+        }
+    }
+
     /// The first `n` destinations of the testbed.
     pub fn destinations(&self, n: usize) -> Vec<SocketAddrV4> {
         self.tb.destinations(n, BASE_PORT)
     }
 
     /// The `broadcast` example's command line for one run.
+    #[allow(clippy::too_many_arguments)]
     fn broadcast_args(
         &self,
         program: &Path,
@@ -192,6 +203,8 @@ impl Bench {
         size: usize,
         count: u64,
         pacing: Pacing,
+        batch: u64,
+        extra: &[&str],
     ) -> Vec<String> {
         let mut args = vec![
             program.display().to_string(),
@@ -210,6 +223,10 @@ impl Bench {
             "--pace-every".into(),
             pacing.every.to_string(),
         ];
+        if batch > 1 {
+            args.extend(["--batch".into(), batch.to_string()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
         args.extend(dests.iter().map(|d| SocketAddr::V4(*d).to_string()));
         args
     }
@@ -264,14 +281,33 @@ impl Bench {
         size: usize,
         count: u64,
     ) -> Result<Run, String> {
+        self.run_batches(wrapper, program, mode, n, size, count, 1, &[])
+    }
+
+    /// Like [`Bench::run_program`], with `batch` payloads per call
+    /// (`broadcast_batch`) and `extra` arguments for the broadcast example;
+    /// `count` and the pacing stay per payload, the pauses come after whole
+    /// batches ([`Bench::batch_pacing`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_batches(
+        &self,
+        wrapper: &[String],
+        program: &Path,
+        mode: &str,
+        n: usize,
+        size: usize,
+        count: u64,
+        batch: u64,
+        extra: &[&str],
+    ) -> Result<Run, String> {
         let dests = self.destinations(n);
-        let pacing = self.pacing(n, size);
+        let pacing = self.batch_pacing(n, size, batch);
         let counters = self
             .tb
             .counting_receivers(&dests, Some(self.receiver_cpu))
             .map_err(|e| format!("starting the receivers: {e}"))?;
         let mut argv = wrapper.to_vec();
-        argv.extend(self.broadcast_args(program, mode, &dests, size, count, pacing));
+        argv.extend(self.broadcast_args(program, mode, &dests, size, count, pacing, batch, extra));
         let drops_before = backlog_drops();
         let output = self.run_pinned(&argv)?;
         let (report, line) =

@@ -6,6 +6,7 @@
 //! bench_matrix matrix   [--repeats 5] [--ns 4,8,...] [--sizes 64,1200] [--out-dir docs/benchmarks]
 //! bench_matrix syscalls [--n 16] [--size 64]        # system calls per broadcast, with strace
 //! bench_matrix profile  [--n 64] [--mode kernel]    # perf record -a -g while one mode sends
+//! bench_matrix batch    [--ns 4,16] [--ks 8]         # broadcast_batch against single broadcasts
 //! ```
 //!
 //! Every run is one process of the `broadcast` example (built next to this
@@ -35,9 +36,10 @@
 //! `pacing.rs` is the pacing of those runs and the pacing-only process;
 //! `spread.rs` medians and ranges; `matrix.rs` the `matrix` subcommand and
 //! its table, `results.rs` its results.json and `plot.rs` its SVG figures;
-//! `compare.rs`, `syscalls.rs` (strace) and `profile.rs` (perf) the other
-//! subcommands.
+//! `compare.rs`, `batch.rs`, `syscalls.rs` (strace) and `profile.rs` (perf)
+//! the other subcommands.
 
+mod batch;
 mod bench;
 mod compare;
 mod matrix;
@@ -71,6 +73,9 @@ enum Task {
     /// Kernel mode of this build against kernel mode of another build of
     /// the `broadcast` example (an earlier commit), side by side.
     Compare(CompareArgs),
+    /// `broadcast_batch` of K payloads against K single broadcasts and one
+    /// `sendmmsg` of the K × N datagrams, side by side.
+    Batch(BatchArgs),
     /// (internal) The pacing sleeps of the broadcast example alone: prints the
     /// CPU time of COUNT sleeps of PACE_US, the same way it measures.
     #[command(hide = true)]
@@ -163,6 +168,30 @@ struct CompareArgs {
 }
 
 #[derive(clap::Args)]
+struct BatchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Repeats (each runs the three ways, in rotated order).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Destination counts.
+    #[arg(long, value_delimiter = ',', default_value = "4,16")]
+    ns: Vec<usize>,
+    /// Payloads per batch.
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    ks: Vec<u64>,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,1200")]
+    sizes: Vec<usize>,
+    /// Payloads per run (at least; see --min-run-ms).
+    #[arg(long, default_value_t = 4000)]
+    count: u64,
+    /// Make each run last at least this long.
+    #[arg(long, default_value_t = 1000)]
+    min_run_ms: u64,
+}
+
+#[derive(clap::Args)]
 struct SyscallArgs {
     #[command(flatten)]
     common: Common,
@@ -209,6 +238,7 @@ fn main() -> ExitCode {
         Task::Syscalls(args) => syscalls::run(&args),
         Task::Profile(args) => profile::run(&args),
         Task::Compare(args) => compare::run(&args),
+        Task::Batch(args) => batch::run(&args),
         Task::Pacing {
             count,
             pace_us,

@@ -63,8 +63,24 @@ pub(crate) fn send(
         // copies only its headers) and makes it CHECKSUM_PARTIAL, which lets
         // the program write each copy's headers at once.
         let whole = state.whole_sends;
-        let block = tags.next_block();
         let payloads: Vec<&[u8]> = sending.iter().map(|&c| calls[c].payload).collect();
+        if let Some(segment) = segment_size(state, &payloads) {
+            let chunk_calls = ChunkCalls {
+                plan,
+                index,
+                sending: &sending,
+                payloads: &payloads,
+            };
+            match send_segmented(tags, state, &mut slot, calls, chunk_calls, segment) {
+                Some(chunk_bypassed) => {
+                    bypassed |= chunk_bypassed;
+                    continue;
+                }
+                // Refused: one carrier per payload instead.
+                None => {}
+            }
+        }
+        let block = tags.next_block();
         for (i, payload) in payloads.iter().enumerate() {
             let partial = whole && !payload.is_empty();
             slot.arm(i, block + i as u64, ip_len(payload), partial);
@@ -85,6 +101,124 @@ pub(crate) fn send(
         }
     }
     bypassed
+}
+
+/// The segment size with which `payloads` can go as one UDP GSO carrier,
+/// if they can: more than one, at most `GSO_MAX_SEGMENTS`, none empty, all
+/// of one size but the last (which may be shorter), together within one IP
+/// datagram, on a socket and route that took such sends so far.
+fn segment_size(state: &SocketState, payloads: &[&[u8]]) -> Option<u16> {
+    let (last, rest) = payloads.split_last()?;
+    let size = rest.first()?.len();
+    let total: usize = payloads.iter().map(|p| p.len()).sum();
+    let fits = payloads.len() <= sys::GSO_MAX_SEGMENTS
+        && size > 0
+        && rest.iter().all(|p| p.len() == size)
+        && (1..=size).contains(&last.len())
+        && total + HEADERS <= usize::from(u16::MAX);
+    (state.segmented_sends && state.whole_sends && fits).then_some(size as u16)
+}
+
+/// The calls of one chunk that go on sending: which chunk, the calls (by
+/// index) and their payloads.
+struct ChunkCalls<'p> {
+    plan: &'p Plan,
+    index: usize,
+    sending: &'p [usize],
+    payloads: &'p [&'p [u8]],
+}
+
+/// Sends the payloads of a chunk's calls as one UDP GSO carrier on arm 0,
+/// fanned out whole: every clone carries every payload, and the device cuts
+/// it into its datagrams. Returns whether the carrier was not fanned out
+/// (as `send`), or None if the kernel refused such a send (then nothing was
+/// sent, and the caller sends one carrier per payload).
+fn send_segmented(
+    tags: &Tags,
+    state: &mut SocketState,
+    slot: &mut SlotHandle<'_>,
+    calls: &mut [Call<'_>],
+    chunk_calls: ChunkCalls<'_>,
+    segment: u16,
+) -> Option<bool> {
+    let ChunkCalls {
+        plan,
+        index,
+        sending,
+        payloads,
+    } = chunk_calls;
+    let chunk = &plan.chunks[index];
+    let socket = calls[0].socket;
+    let carrier = calls[0].destination(chunk.indices[0]);
+    let total: usize = payloads.iter().map(|p| p.len()).sum();
+    let tag = tags.next_block();
+    slot.arm(0, tag, (total + HEADERS) as u32, true);
+    let sent = sys::send_segmented_carrier(socket, payloads, &carrier, tag, segment);
+    let taken = slot.disarm(0);
+    // The carrier went to its destination as sent (every payload): the
+    // other copies go from user space.
+    let as_sent = |state: &mut SocketState, calls: &mut [Call<'_>]| {
+        for &c in sending {
+            calls[c].report.user_space_copies += 1;
+            user_space::send(state, &mut calls[c], &chunk.indices[1..]);
+        }
+        Some(true)
+    };
+    if !taken {
+        return match sent {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
+                for &c in sending {
+                    calls[c].failed(&chunk.indices, io::Error::from_raw_os_error(code));
+                }
+                Some(false)
+            }
+            Err(err) => {
+                // This socket or route takes no UDP GSO sends of several
+                // segments (checksums off, no offload, an old kernel): not
+                // again on this socket.
+                if let Some(
+                    libc::EINVAL
+                    | libc::EIO
+                    | libc::ENOPROTOOPT
+                    | libc::EMSGSIZE
+                    | libc::EOPNOTSUPP,
+                ) = err.raw_os_error()
+                {
+                    state.segmented_sends = false;
+                }
+                log::debug!("elec-broadcast: a segmented carrier was refused ({err})");
+                None
+            }
+            // Not seen by the program (another route, a program before ours).
+            Ok(()) => as_sent(state, calls),
+        };
+    }
+    let Some(outcome) = slot.outcome(0, tag) else {
+        // Taken but never finished: as in `finish_one`.
+        log::error!("elec-broadcast: the fan-out of tag {tag} published no result");
+        for &c in sending {
+            calls[c].failed(
+                &chunk.indices,
+                io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            );
+        }
+        return Some(false);
+    };
+    if !outcome.fanned_out() {
+        return as_sent(state, calls);
+    }
+    calls[sending[0]].fan_outs += 1;
+    for &c in sending {
+        for (i, &dest) in chunk.indices.iter().enumerate() {
+            if let Some(reason) = outcome.lost(i) {
+                calls[c].lost(&[dest], reason);
+            } else {
+                calls[c].report.kernel_copies += 1;
+            }
+        }
+    }
+    Some(false)
 }
 
 /// The IPv4 total length of a datagram carrying `payload`.

@@ -36,6 +36,9 @@ pub(crate) struct SocketState {
     /// checksum offload, refuse them; they get plain sends, checked against
     /// the MTU just before.
     pub(crate) whole_sends: bool,
+    /// Whether the socket and route take UDP GSO sends of several segments
+    /// (a batch of equal payloads as one carrier; see `fan_out`).
+    pub(crate) segmented_sends: bool,
 }
 
 impl SocketState {
@@ -101,6 +104,7 @@ impl Sockets {
             plan: None,
             slot_holds: None,
             whole_sends: true,
+            segmented_sends: true,
         }));
         table.by_fd.insert(
             socket.as_raw_fd(),

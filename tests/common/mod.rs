@@ -75,5 +75,31 @@ pub fn assert_no_checksum_errors(tb: &Testbed) {
     );
 }
 
+/// The kernel's per-CPU backlog limit (packets queued for receive
+/// processing), which a burst of clones can overflow.
+pub const BACKLOG: &str = "/proc/sys/net/core/netdev_max_backlog";
+
 pub const WAIT: Duration = Duration::from_secs(5);
 pub const SETTLE: Duration = Duration::from_millis(30);
+
+/// Sets a sysctl and puts the old value back on drop (also on panic).
+pub struct Sysctl {
+    path: &'static str,
+    old: String,
+}
+
+impl Sysctl {
+    pub fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = std::fs::read_to_string(path).expect("reading the sysctl");
+        std::fs::write(path, value).expect("writing the sysctl");
+        Sysctl { path, old }
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        if let Err(err) = std::fs::write(self.path, self.old.trim()) {
+            eprintln!("could not restore {}: {err}", self.path);
+        }
+    }
+}
