@@ -71,13 +71,12 @@ pub(crate) fn send(
                 sending: &sending,
                 payloads: &payloads,
             };
-            match send_segmented(tags, state, &mut slot, calls, chunk_calls, segment) {
-                Some(chunk_bypassed) => {
-                    bypassed |= chunk_bypassed;
-                    continue;
-                }
-                // Refused: one carrier per payload instead.
-                None => {}
+            // None: refused, so one carrier per payload instead.
+            if let Some(chunk_bypassed) =
+                send_segmented(tags, state, &mut slot, calls, chunk_calls, segment)
+            {
+                bypassed |= chunk_bypassed;
+                continue;
             }
         }
         let block = tags.next_block();
