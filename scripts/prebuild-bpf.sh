@@ -15,7 +15,10 @@ command -v "${CLANG:-clang}" >/dev/null || {
 # build.rs compiles every program into its OUT_DIR with the flags of every build.
 ELEC_BROADCAST_PREBUILT=0 cargo build --lib --quiet
 target=${CARGO_TARGET_DIR:-target}
-out=$(ls -td "$target"/debug/build/elec-broadcast-*/out | head -1)
+# The OUT_DIR this build wrote: the one with the newest objects (a build
+# with other features has an OUT_DIR of its own, and directories keep their
+# times when files in them are rewritten).
+out=$(dirname "$(ls -t "$target"/debug/build/elec-broadcast-*/out/fan_out.bpf.o | head -1)")
 mkdir -p bpf/prebuilt
 for name in fan_out quorum reply; do
     cp "$out/$name.bpf.o" "bpf/prebuilt/$name.bpf.o"

@@ -2,22 +2,28 @@
 //! the tables it follows, and carries out each `broadcast` call through the
 //! send side (see the `send` module for the steps of a call).
 
-use std::io;
-use std::net::SocketAddr;
+use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::thread;
+
+use nix::sched::{setns, CloneFlags};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
-use crate::kernel::{Program, Tags, MAX_BATCH};
+use crate::kernel::{Tags, MAX_BATCH};
 use crate::report::{Counters, KernelCounters, Report, Stats};
-use crate::send::call::{Call, Resume};
-use crate::send::plan::Plan;
-use crate::send::sockets::{lock, Sockets};
-use crate::send::{fan_out, user_space, HEADERS};
-use crate::tables::{ChangeSocket, Resolver, RouteSocket, Watcher};
-use crate::Error;
+use crate::send::call::Resume;
+use crate::send::sockets::lock;
+use crate::send::{v4, HEADERS};
+use crate::tables::PathTo;
+use crate::{Error, Failure, FailureReason};
 
+mod link;
 #[cfg(feature = "tokio")]
 mod tokio_socket;
+
+use link::Link;
 
 /// The largest UDP payload an IPv4 datagram can carry.
 const MAX_UDP_PAYLOAD: usize = 65_535 - HEADERS;
@@ -27,9 +33,41 @@ fn max_payload(mtu: u32) -> usize {
     (mtu as usize).saturating_sub(HEADERS).min(MAX_UDP_PAYLOAD)
 }
 
-/// What one call of [`Broadcaster::send`] did.
+/// The calling thread's network namespace.
+const THIS_NAMESPACE: &str = "/proc/thread-self/ns/net";
+
+/// Refuses a destination list no broadcast can be sent to.
+fn check_destinations(destinations: &[SocketAddr]) -> Result<(), Error> {
+    if destinations.is_empty() {
+        return Err(Error::NoDestinations);
+    }
+    for &destination in destinations {
+        match destination {
+            SocketAddr::V6(_) => return Err(Error::Ipv6Destination { destination }),
+            SocketAddr::V4(v4) => {
+                let ip = v4.ip();
+                if v4.port() == 0 || ip.is_unspecified() || ip.is_broadcast() {
+                    return Err(Error::InvalidDestination { destination });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The interfaces a broadcaster is on besides the primary one, for reading.
+fn read(links: &RwLock<Vec<Arc<Link>>>) -> RwLockReadGuard<'_, Vec<Arc<Link>>> {
+    // Every update is a push of a finished link: a panic leaves nothing
+    // half done.
+    links.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What one call of [`Broadcaster::send`] did (on one interface, or
+/// merged over several).
 struct Part {
     report: Report,
+    /// The indices (into the destination list) of `report.failed`.
+    failed_at: Vec<usize>,
     /// Fan-outs it took.
     fan_outs: usize,
     /// Where it stopped because a send would have blocked, if it did and the
@@ -71,17 +109,21 @@ pub enum Mode {
 
 /// Sends one payload to many UDP destinations, fanning it out in the kernel.
 ///
-/// A `Broadcaster` owns the eBPF program attached to one interface's egress
-/// and detaches it on drop. It can be shared between threads; broadcasts on
-/// different sockets run in parallel, broadcasts on one socket one at a time.
+/// A `Broadcaster` owns the eBPF program attached to an interface's egress
+/// (or to several interfaces': [`Broadcaster::with_interfaces`],
+/// [`Broadcaster::attach_on_demand`]) and detaches it on drop. It can be
+/// shared between threads; broadcasts on different sockets run in
+/// parallel, broadcasts on one socket one at a time.
 ///
-/// Destinations whose route leaves through that interface and whose next
-/// hop's MAC address is in the kernel's neighbour table are fanned out in
-/// the kernel. Local destinations and neighbours not resolved yet are sent
+/// Destinations whose route leaves through one of its interfaces and whose
+/// next hop's MAC address is in the kernel's neighbour table are fanned out
+/// in the kernel, each copy through its own interface (one fan-out per
+/// interface). Local destinations and neighbours not resolved yet are sent
 /// from user space through the same socket, so every destination gets
 /// exactly one copy either way; the kernel resolves the missing neighbours
 /// on that first send. A destination routed through another interface is
-/// refused ([`Error::OtherInterface`]), in both modes.
+/// refused ([`Error::OtherInterface`]), in both modes, unless the
+/// broadcaster attaches on demand.
 ///
 /// Routes, neighbours, links and addresses are followed through the
 /// kernel's change notifications, read by one background thread per
@@ -103,18 +145,38 @@ pub enum Mode {
 /// # Ok(()) }
 /// ```
 pub struct Broadcaster {
-    interface: String,
-    ifindex: u32,
-    fallback_reason: Option<Error>,
-    kernel: Option<Program>,
-    resolver: Arc<Resolver>,
-    // Held for its Drop, which stops the thread (and for a test hook).
-    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
-    watcher: Watcher,
-    sockets: Sockets,
+    /// The interface given first: the one `interface()` names, whose
+    /// routes tell which interface each destination goes through.
+    primary: Arc<Link>,
+    /// The other interfaces, given or attached since (see
+    /// [`Broadcaster::attach_on_demand`]).
+    others: RwLock<Vec<Arc<Link>>>,
+    /// The mode interfaces attached on demand are opened in; None: a
+    /// destination routed through an interface not attached is refused.
+    on_demand: Option<Mode>,
+    /// The mode this broadcaster was created with.
+    requested_mode: Mode,
+    /// The network namespace it was created in, where interfaces are
+    /// attached on demand whichever thread broadcasts (None if it could not
+    /// be opened: then in the broadcasting thread's).
+    netns: Option<File>,
+    /// The last destination list split by interface, while current.
+    split: Mutex<Option<Split>>,
     tags: Tags,
     counters: Counters,
 }
+
+/// A destination list split by the interface each destination goes through.
+struct Split {
+    destinations: Vec<SocketAddr>,
+    /// The primary interface's tables' generation it was made under.
+    generation: u64,
+    parts: Vec<LinkPart>,
+}
+
+/// The destinations of a list that go through one interface: the link, and
+/// their indices into the list.
+type LinkPart = (Arc<Link>, Vec<usize>);
 
 impl Broadcaster {
     /// Attaches the fan-out to `interface`, or falls back to user space when
@@ -159,69 +221,91 @@ impl Broadcaster {
     /// # Ok(()) }
     /// ```
     pub fn with_mode(interface: &str, mode: Mode) -> Result<Broadcaster, Error> {
-        Broadcaster::build(interface, mode, false)
+        Broadcaster::with_interfaces(&[interface], mode)
     }
 
-    fn build(interface: &str, mode: Mode, force_clsact: bool) -> Result<Broadcaster, Error> {
-        // Subscribe before reading anything, so that no change falls between.
-        let changes = ChangeSocket::open().map_err(Error::io("subscribing to routing changes"))?;
-        let netlink = RouteSocket::open().map_err(Error::io("opening a netlink socket"))?;
-        let link = netlink.link(interface).map_err(|err| match err.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::InvalidInput => Error::UnknownInterface {
-                name: interface.to_string(),
-            },
-            _ => Error::Io {
-                context: "reading the interface",
-                source: err,
-            },
-        })?;
+    /// Fans out on each of `interfaces` (the first is the primary one, see
+    /// [`Broadcaster::interface`]): each destination's copy leaves through
+    /// the interface its route goes through, in one call and one report,
+    /// with the same guarantees as on one interface. A destination routed
+    /// through another interface is refused ([`Error::OtherInterface`]),
+    /// unless [`Broadcaster::attach_on_demand`] is on.
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::net::{SocketAddr, UdpSocket};
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_interfaces(&["eth0", "eth1"], Mode::Auto)?;
+    /// let socket = UdpSocket::bind("0.0.0.0:7000")?;
+    /// // 10.0.0.0/24 is behind eth0, 10.1.0.0/24 behind eth1.
+    /// let peers: Vec<SocketAddr> = vec!["10.0.0.2:7000".parse()?, "10.1.0.2:7000".parse()?];
+    /// let report = broadcaster.broadcast(&socket, b"prepare 42", &peers)?;
+    /// assert!(report.is_complete());
+    /// assert_eq!(broadcaster.interfaces(), ["eth0", "eth1"]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`Broadcaster::with_mode`], for any of the interfaces; and
+    /// [`Error::NoInterfaces`] for an empty list.
+    pub fn with_interfaces(interfaces: &[&str], mode: Mode) -> Result<Broadcaster, Error> {
+        Broadcaster::build(interfaces, mode, false)
+    }
 
-        let kernel = match mode {
-            Mode::UserSpace => Err(None),
-            Mode::Auto | Mode::Kernel => {
-                let attached = if link.mac.is_none_or(|mac| mac == [0; 6]) {
-                    // Layer-3 devices have no MAC; loopback's is all zeros and
-                    // everything it carries is local, so nothing could be cloned.
-                    Err(Error::UnsupportedInterface {
-                        name: interface.to_string(),
-                        why: "it has no Ethernet address (a loopback or layer-3 device): \
-                              use Mode::UserSpace there",
-                    })
-                } else {
-                    Program::attach(interface, link.index, force_clsact)
-                };
-                match attached {
-                    Ok(program) => Ok(program),
-                    Err(err) if mode == Mode::Kernel => return Err(err),
-                    Err(err) => {
-                        log::warn!("elec-broadcast: using user-space sends on {interface}: {err}");
-                        Err(Some(err))
-                    }
-                }
+    /// Lets destinations routed through an interface this broadcaster is not
+    /// on be fanned out there: the first broadcast to such a destination
+    /// attaches the program to that interface, in the mode this broadcaster
+    /// was created with (a `Mode::Kernel` broadcaster whose program cannot
+    /// be attached there refuses the broadcast with the reason, before
+    /// anything is sent). Off by default: such destinations are refused
+    /// ([`Error::OtherInterface`]).
+    ///
+    /// # Example
+    ///
+    /// ```no_run
+    /// use std::net::{SocketAddr, UdpSocket};
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_mode("eth0", Mode::Auto)?.attach_on_demand();
+    /// let socket = UdpSocket::bind("0.0.0.0:7000")?;
+    /// let peers: Vec<SocketAddr> = vec!["10.0.0.2:7000".parse()?, "10.1.0.2:7000".parse()?];
+    /// broadcaster.broadcast(&socket, b"prepare 42", &peers)?;
+    /// println!("on {:?}", broadcaster.interfaces()); // eth0, and eth1 if 10.1.0.2 is behind it
+    /// # Ok(()) }
+    /// ```
+    pub fn attach_on_demand(mut self) -> Broadcaster {
+        self.on_demand = Some(self.requested_mode);
+        self
+    }
+
+    fn build(interfaces: &[&str], mode: Mode, force_clsact: bool) -> Result<Broadcaster, Error> {
+        let (first, rest) = interfaces.split_first().ok_or(Error::NoInterfaces)?;
+        let primary = Arc::new(Link::open(first, mode, force_clsact)?);
+        let mut others: Vec<Arc<Link>> = Vec::new();
+        for interface in rest {
+            let link = Link::open(interface, mode, force_clsact)?;
+            if link.ifindex != primary.ifindex && others.iter().all(|l| l.ifindex != link.ifindex) {
+                others.push(Arc::new(link));
             }
-        };
-        let (kernel, fallback_reason) = match kernel {
-            Ok(program) => (Some(program), None),
-            Err(reason) => (None, reason),
-        };
-        let resolver = Arc::new(Resolver::new(netlink, link.index, link.mtu));
-        let watcher = Watcher::start(Arc::clone(&resolver), changes).map_err(Error::io(
-            "starting the thread that follows routing changes",
-        ))?;
+        }
         Ok(Broadcaster {
-            interface: interface.to_string(),
-            ifindex: link.index,
-            fallback_reason,
-            kernel,
-            resolver,
-            watcher,
-            sockets: Sockets::default(),
+            primary,
+            others: RwLock::new(others),
+            on_demand: None,
+            requested_mode: mode,
+            netns: File::open(THIS_NAMESPACE).ok(),
+            split: Mutex::new(None),
             tags: Tags::new(),
             counters: Counters::default(),
         })
     }
 
-    /// The backend in use: [`Mode::Kernel`] or [`Mode::UserSpace`].
+    /// The backend in use on the primary interface: [`Mode::Kernel`] or
+    /// [`Mode::UserSpace`].
     ///
     /// # Example
     ///
@@ -238,14 +322,11 @@ impl Broadcaster {
     /// # Ok(()) }
     /// ```
     pub fn mode(&self) -> Mode {
-        if self.kernel.is_some() {
-            Mode::Kernel
-        } else {
-            Mode::UserSpace
-        }
+        self.primary.mode()
     }
 
-    /// Why [`Mode::Auto`] chose user space, if it did.
+    /// Why [`Mode::Auto`] chose user space on the primary interface, if it
+    /// did.
     ///
     /// # Example
     ///
@@ -263,10 +344,10 @@ impl Broadcaster {
     /// # Ok(()) }
     /// ```
     pub fn fallback_reason(&self) -> Option<&Error> {
-        self.fallback_reason.as_ref()
+        self.primary.fallback_reason.as_ref()
     }
 
-    /// The interface's name.
+    /// The (primary) interface's name.
     ///
     /// # Example
     ///
@@ -279,10 +360,29 @@ impl Broadcaster {
     /// # Ok(()) }
     /// ```
     pub fn interface(&self) -> &str {
-        &self.interface
+        &self.primary.interface
     }
 
-    /// The interface's index.
+    /// The names of every interface this broadcaster is on, the primary one
+    /// first (with [`Broadcaster::attach_on_demand`], those attached so far).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Broadcaster, Mode};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::with_interfaces(&["lo"], Mode::UserSpace)?;
+    /// assert_eq!(broadcaster.interfaces(), ["lo"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn interfaces(&self) -> Vec<String> {
+        std::iter::once(self.primary.interface.clone())
+            .chain(read(&self.others).iter().map(|l| l.interface.clone()))
+            .collect()
+    }
+
+    /// The (primary) interface's index.
     ///
     /// # Example
     ///
@@ -296,12 +396,13 @@ impl Broadcaster {
     /// # Ok(()) }
     /// ```
     pub fn interface_index(&self) -> u32 {
-        self.ifindex
+        self.primary.ifindex
     }
 
-    /// Largest payload one broadcast can carry: the interface's current MTU
-    /// minus the IPv4 and UDP headers. (A destination whose route has a
-    /// smaller MTU of its own takes less.)
+    /// Largest payload one broadcast can carry: the smallest current MTU of
+    /// the interfaces this broadcaster is on, minus the IPv4 and UDP
+    /// headers. (A destination whose route has a smaller MTU of its own
+    /// takes less.)
     ///
     /// # Example
     ///
@@ -322,7 +423,10 @@ impl Broadcaster {
     /// # Ok(()) }
     /// ```
     pub fn max_payload(&self) -> usize {
-        max_payload(self.resolver.mtu())
+        read(&self.others)
+            .iter()
+            .map(|l| l.max_payload())
+            .fold(self.primary.max_payload(), usize::min)
     }
 
     /// Counters since this broadcaster was created.
@@ -353,7 +457,8 @@ impl Broadcaster {
         self.counters.stats()
     }
 
-    /// The kernel program's own counters; `None` in user-space mode.
+    /// The kernel programs' own counters (summed over the interfaces);
+    /// `None` in user-space mode.
     ///
     /// # Example
     ///
@@ -371,14 +476,20 @@ impl Broadcaster {
     /// # Ok(()) }
     /// ```
     pub fn kernel_counters(&self) -> Option<KernelCounters> {
-        let s = self.kernel.as_ref()?.kernel_stats().ok()?;
-        Some(KernelCounters {
-            fan_outs: s.fan_outs,
-            clones: s.clones,
-            clone_failures: s.clone_failures,
-            rewrite_failures: s.rewrite_failures,
-            mismatches: s.mismatches,
-        })
+        let links = read(&self.others);
+        let mut sum: Option<KernelCounters> = None;
+        for link in std::iter::once(&self.primary).chain(links.iter()) {
+            let Some(s) = link.kernel.as_ref().and_then(|p| p.kernel_stats().ok()) else {
+                continue;
+            };
+            let total = sum.get_or_insert_with(KernelCounters::default);
+            total.fan_outs += s.fan_outs;
+            total.clones += s.clones;
+            total.clone_failures += s.clone_failures;
+            total.rewrite_failures += s.rewrite_failures;
+            total.mismatches += s.mismatches;
+        }
+        sum
     }
 
     /// Sends `payload` once to every destination, through `socket`.
@@ -498,8 +609,13 @@ impl Broadcaster {
             return Err(Error::NoPayloads);
         }
         // Every payload is checked before anything is sent.
+        check_destinations(destinations)?;
         for payload in payloads {
-            self.check_input(payload, destinations)?;
+            if payload.len() > self.max_payload() {
+                for link in std::iter::once(&self.primary).chain(read(&self.others).iter()) {
+                    link.check_payload(payload)?;
+                }
+            }
         }
         let mut reports = Vec::with_capacity(payloads.len());
         for batch in payloads.chunks(MAX_BATCH) {
@@ -531,10 +647,10 @@ impl Broadcaster {
     }
 
     /// The sends of `payloads` (at most `MAX_BATCH`), each to every
-    /// destination, sharing one plan and, per fan-out, one `sendmmsg` of
-    /// their carriers; `from` as for [`Broadcaster::send`] (one payload
-    /// only). With `always_report`, a payload that got nothing sent has a
-    /// report like the others (else the call's error is returned).
+    /// destination, through the interface each destination's route goes
+    /// through; `from` as for [`Broadcaster::send`] (one payload, one
+    /// interface only: `None` otherwise). With `always_report`, a payload
+    /// that got nothing sent has a report like the others.
     fn send_each(
         &self,
         socket: BorrowedFd<'_>,
@@ -543,138 +659,196 @@ impl Broadcaster {
         from: Option<Resume>,
         always_report: bool,
     ) -> Result<Option<Vec<Part>>, Error> {
-        debug_assert!(from.is_none() || payloads.len() == 1);
         if from.is_none() {
+            check_destinations(destinations)?;
+        }
+        // On one interface: all through it (its plan refuses a destination
+        // routed elsewhere).
+        if self.on_demand.is_none() && read(&self.others).is_empty() {
+            let link = &self.primary;
+            return link.send_each(
+                &self.tags,
+                socket,
+                payloads,
+                destinations,
+                from,
+                always_report,
+            );
+        }
+        let split = self.split(destinations)?;
+        if let [(link, _)] = split.as_slice() {
+            return link.send_each(
+                &self.tags,
+                socket,
+                payloads,
+                destinations,
+                from,
+                always_report,
+            );
+        }
+        if from.is_some() {
+            return Ok(None);
+        }
+        // Every payload fits every interface concerned, before anything is
+        // sent.
+        for (link, _) in &split {
             for payload in payloads {
-                self.check_input(payload, destinations)?;
+                link.check_payload(payload)?;
             }
         }
-        let entry = self.sockets.entry(self.kernel.as_ref(), socket)?;
-        let mut state = lock(&entry);
-        let plan = match (state.plan.take(), from) {
-            (Some(plan), Some(from))
-                if plan.id == from.plan && plan.is_current(&self.resolver, destinations) =>
-            {
-                plan
-            }
-            (plan, Some(_)) => {
-                state.plan = plan;
-                return Ok(None);
-            }
-            (Some(plan), None) if plan.is_current(&self.resolver, destinations) => plan,
-            _ => {
-                state.slot_holds = None;
-                let fan_out = state.slot.is_some();
-                Plan::make(&self.resolver, &self.interface, destinations, fan_out)?
-            }
-        };
-        let longest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
-        if let Some(mtu) = plan.mtu.filter(|&mtu| longest + HEADERS > mtu as usize) {
-            state.plan = Some(plan);
-            return Err(self.payload_too_large(longest, Some(mtu)));
-        }
-
-        let skipped = from.map_or(0, |from| {
-            let chunks = &plan.chunks[..from.chunks];
-            chunks.iter().map(|c| c.indices.len()).sum::<usize>() + from.user_space
-        });
-        let mut calls: Vec<Call<'_>> = payloads
-            .iter()
-            .map(|payload| Call::new(socket, payload, destinations, from, skipped))
-            .collect();
-        let bypassed = match (&self.kernel, state.slot) {
-            (Some(program), Some(slot)) => {
-                fan_out::send(program, slot, &self.tags, &mut state, &plan, &mut calls)
-            }
-            _ => false,
-        };
-        user_space::send_planned(&mut state, &mut calls, &plan);
-
-        if bypassed {
-            // Look at the socket and the tables again before the next call.
-            if let Err(err) = self
-                .sockets
-                .take_over(self.kernel.as_ref(), &mut state, socket)
-            {
-                log::warn!("elec-broadcast: the socket behind the fd changed: {err}");
-            }
-        } else {
-            state.plan = Some(plan);
-        }
-        let kept = state.plan.is_some();
-        let mut parts = Vec::with_capacity(calls.len());
+        let mut reports = vec![Report::default(); payloads.len()];
+        let mut failures: Vec<Vec<(usize, Failure)>> = vec![Vec::new(); payloads.len()];
+        let mut fan_outs = vec![0; payloads.len()];
         let mut first_error = None;
-        for mut call in calls {
-            call.always_report = always_report;
-            // The MTU changed under us (the interface's, a route's, or one
-            // the kernel learned for the path): learn it now, not at the
-            // notification, and plan afresh.
-            let too_large = call.too_large_to().map(|to| {
-                state.plan = None;
-                self.resolver
-                    .path_mtu(*to.ip())
-                    .unwrap_or_else(|_| self.resolver.mtu())
-            });
-            let fan_outs = call.fan_outs;
-            // Resumable only in the plan kept for the next call.
-            let stopped = call.stopped.filter(|_| kept && state.plan.is_some());
-            let len = call.payload.len();
-            match call.finish(|| self.payload_too_large(len, too_large)) {
-                Ok(report) => parts.push(Part {
-                    report,
-                    fan_outs,
-                    stopped,
-                }),
+        for (link, indices) in &split {
+            let some: Vec<SocketAddr> = indices.iter().map(|&i| destinations[i]).collect();
+            match link.send_each(&self.tags, socket, payloads, &some, None, true) {
+                Ok(parts) => {
+                    for (k, part) in parts.into_iter().flatten().enumerate() {
+                        let report = &mut reports[k];
+                        report.kernel_copies += part.report.kernel_copies;
+                        report.user_space_copies += part.report.user_space_copies;
+                        report.copies_sent += part.report.copies_sent;
+                        fan_outs[k] += part.fan_outs;
+                        failures[k].extend(
+                            part.failed_at
+                                .iter()
+                                .map(|&at| indices[at])
+                                .zip(part.report.failed),
+                        );
+                    }
+                }
+                // Bad input (the socket, say): nothing was sent so far.
+                Err(err) if reports.iter().all(|r| r.copies_sent == 0) && first_error.is_none() => {
+                    return Err(err)
+                }
+                // Part was sent through other interfaces: this one's
+                // destinations failed, for the reason the error gives.
                 Err(err) => {
+                    let reason = FailureReason::of_error(&err);
+                    for failures in &mut failures {
+                        failures.extend(indices.iter().map(|&i| {
+                            (
+                                i,
+                                Failure {
+                                    destination: destinations[i],
+                                    reason,
+                                },
+                            )
+                        }));
+                    }
                     first_error.get_or_insert(err);
                 }
             }
         }
-        match first_error {
-            Some(err) => Err(err),
-            None => Ok(Some(parts)),
-        }
-    }
-
-    fn check_input(&self, payload: &[u8], destinations: &[SocketAddr]) -> Result<(), Error> {
-        if destinations.is_empty() {
-            return Err(Error::NoDestinations);
-        }
-        for &destination in destinations {
-            match destination {
-                SocketAddr::V6(_) => return Err(Error::Ipv6Destination { destination }),
-                SocketAddr::V4(v4) => {
-                    let ip = v4.ip();
-                    if v4.port() == 0 || ip.is_unspecified() || ip.is_broadcast() {
-                        return Err(Error::InvalidDestination { destination });
-                    }
+        let mut parts = Vec::with_capacity(payloads.len());
+        for ((mut report, mut failed), fan_outs) in reports.into_iter().zip(failures).zip(fan_outs)
+        {
+            // In the order the destinations were given.
+            failed.sort_by_key(|&(i, _)| i);
+            report.failed = failed.into_iter().map(|(_, failure)| failure).collect();
+            if report.copies_sent == 0 && !always_report {
+                if let Some(err) = first_error.take() {
+                    return Err(err);
                 }
             }
+            parts.push(Part {
+                report,
+                failed_at: Vec::new(),
+                fan_outs,
+                stopped: None,
+            });
         }
-        if payload.len() > self.max_payload() {
-            // The MTU may have grown since its notification was applied:
-            // refuse only what the MTU refuses now.
-            let mtu = self
-                .resolver
-                .reread_mtu()
-                .map_err(Error::io("reading the interface's MTU"))?;
-            if payload.len() > max_payload(mtu) {
-                return Err(self.payload_too_large(payload.len(), Some(mtu)));
-            }
-        }
-        Ok(())
+        Ok(Some(parts))
     }
 
-    /// The error for a payload of `len` bytes that does not fit `mtu` (by
-    /// default the interface's).
-    fn payload_too_large(&self, len: usize, mtu: Option<u32>) -> Error {
-        let mtu = mtu.unwrap_or_else(|| self.resolver.mtu());
-        Error::PayloadTooLarge {
-            len,
-            max: max_payload(mtu),
-            mtu,
-            interface: self.interface.clone(),
+    /// Opens `interface` in the namespace this broadcaster was created in,
+    /// from a thread that enters it if the calling thread is elsewhere.
+    fn open_here(&self, interface: &str, mode: Mode) -> Result<Link, Error> {
+        let same = |ns: &File| {
+            let (Ok(ours), Ok(theirs)) = (ns.metadata(), std::fs::metadata(THIS_NAMESPACE)) else {
+                return true;
+            };
+            (ours.dev(), ours.ino()) == (theirs.dev(), theirs.ino())
+        };
+        match &self.netns {
+            Some(ns) if !same(ns) => thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        setns(ns, CloneFlags::CLONE_NEWNET).map_err(|err| Error::Io {
+                            context: "entering the broadcaster's network namespace",
+                            source: err.into(),
+                        })?;
+                        Link::open(interface, mode, false)
+                    })
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }),
+            _ => Link::open(interface, mode, false),
         }
+    }
+
+    /// `destinations` split by the interface each one's route goes through
+    /// (the primary interface for local destinations and those with no
+    /// route, whose sends report it), attaching the program where
+    /// [`Broadcaster::attach_on_demand`] allows.
+    fn split(&self, destinations: &[SocketAddr]) -> Result<Vec<LinkPart>, Error> {
+        let mut cached = lock(&self.split);
+        if let Some(split) = cached.as_ref() {
+            if self.primary.resolver.is_current(split.generation)
+                && split.destinations == destinations
+            {
+                return Ok(split.parts.clone());
+            }
+        }
+        let addresses: Vec<Ipv4Addr> = destinations.iter().map(|d| *v4(d).ip()).collect();
+        let paths = self
+            .primary
+            .resolver
+            .paths(&addresses)
+            .map_err(Error::io("reading the routing and neighbour tables"))?;
+        let mut parts: Vec<LinkPart> = Vec::new();
+        for (i, path) in paths.to.into_iter().enumerate() {
+            let link = match path {
+                PathTo::Elsewhere(ifindex) => self.link(ifindex, destinations[i])?,
+                PathTo::FanOut(_) | PathTo::UserSpace => Arc::clone(&self.primary),
+            };
+            match parts.iter_mut().find(|(l, _)| l.ifindex == link.ifindex) {
+                Some((_, indices)) => indices.push(i),
+                None => parts.push((link, vec![i])),
+            }
+        }
+        *cached = Some(Split {
+            destinations: destinations.to_vec(),
+            generation: paths.generation,
+            parts: parts.clone(),
+        });
+        Ok(parts)
+    }
+
+    /// The interface of index `ifindex` that `destination` is routed
+    /// through: one this broadcaster is on, or (on demand) attached now.
+    fn link(&self, ifindex: u32, destination: SocketAddr) -> Result<Arc<Link>, Error> {
+        let known = |links: &[Arc<Link>]| links.iter().find(|l| l.ifindex == ifindex).cloned();
+        if let Some(link) = known(&read(&self.others)) {
+            return Ok(link);
+        }
+        let name = self.primary.resolver.interface_name(ifindex);
+        let Some(mode) = self.on_demand else {
+            return Err(Error::OtherInterface {
+                destination,
+                interface: self.interfaces().join(", "),
+                route_interface: name,
+            });
+        };
+        let mut others = self.others.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(link) = known(&others) {
+            return Ok(link);
+        }
+        let link = Arc::new(self.open_here(&name, mode)?);
+        log::info!("elec-broadcast: attached to {name} on demand (for {destination})");
+        others.push(Arc::clone(&link));
+        Ok(link)
     }
 }
 
@@ -685,25 +859,25 @@ impl Broadcaster {
     /// Kernel mode attached with clsact even where TCX exists (for tests of
     /// the path older kernels take).
     pub fn with_clsact(interface: &str) -> Result<Broadcaster, Error> {
-        Broadcaster::build(interface, Mode::Kernel, true)
+        Broadcaster::build(&[interface], Mode::Kernel, true)
     }
 
     /// Whether the program is attached with TCX (else clsact).
     pub fn uses_tcx(&self) -> Option<bool> {
-        self.kernel.as_ref().map(Program::uses_tcx)
+        self.primary.kernel.as_ref().map(|p| p.uses_tcx())
     }
 
     /// Times the change notifications overflowed and the tables were read
     /// afresh.
     pub fn notification_overflows(&self) -> u64 {
-        self.resolver.overflows()
+        self.primary.resolver.overflows()
     }
 
     /// Keeps the kernel's change notifications from being read while the
     /// guard lives, so that they pile up until their socket overflows.
     /// Broadcasts go on meanwhile.
     pub fn hold_notifications(&self) -> impl Drop + '_ {
-        self.watcher.hold()
+        self.primary.watcher.hold()
     }
 }
 
@@ -713,7 +887,7 @@ impl Drop for Broadcaster {
         if let Some(counters) = self.kernel_counters() {
             log::debug!(
                 "elec-broadcast on {}: kernel counters {counters:?}",
-                self.interface
+                self.interfaces().join(", ")
             );
         }
     }
@@ -722,7 +896,7 @@ impl Drop for Broadcaster {
 impl std::fmt::Debug for Broadcaster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Broadcaster")
-            .field("interface", &self.interface)
+            .field("interfaces", &self.interfaces())
             .field("mode", &self.mode())
             .field("stats", &self.stats())
             .finish_non_exhaustive()

@@ -29,6 +29,10 @@ pub enum Error {
     #[error("no destinations given: pass at least one destination address")]
     NoDestinations,
 
+    /// `Broadcaster::with_interfaces` was given no interfaces.
+    #[error("no interfaces given: pass at least one interface name")]
+    NoInterfaces,
+
     /// `broadcast_batch` was given no payloads.
     #[error("no payloads given: pass at least one payload to broadcast_batch")]
     NoPayloads,
@@ -59,12 +63,13 @@ pub enum Error {
     /// broadcaster on that interface for such destinations.
     #[error(
         "{destination} is routed through {route_interface}, not through {interface}: \
-         broadcast to it with a Broadcaster on {route_interface}"
+         broadcast to it with a Broadcaster on {route_interface} (Broadcaster::with_interfaces, \
+         or attach_on_demand)"
     )]
     OtherInterface {
         /// The offending destination.
         destination: SocketAddr,
-        /// The broadcaster's interface.
+        /// The broadcaster's interfaces (their names, separated by ", ").
         interface: String,
         /// The interface the kernel routes the destination through.
         route_interface: String,

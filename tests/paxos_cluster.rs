@@ -95,7 +95,15 @@ impl Cluster {
                 accel,
                 quorum_ingress: elec_broadcast::Ingress::Tc,
                 iface: IFACE.to_string(),
-                timing: Timing::lan(),
+                // Five replicas set up in parallel on this small machine take
+                // about 4 s each (loading their programs), and up to a second
+                // apart: a longer grace than a LAN's keeps the first one up
+                // from suspecting a leader still loading (which these tests,
+                // about what happens once running, do not test).
+                timing: Timing {
+                    startup_grace: 3_000_000,
+                    ..Timing::lan()
+                },
                 exit_with_parent: false,
             };
             let flag = Arc::clone(&stop);
@@ -284,7 +292,10 @@ fn follower_killed(n: usize) {
     let reports = cluster.stop_all();
     let leader = reports[0].as_ref().expect("leader report");
     let victim = reports[n - 1].as_ref().expect("victim report");
-    assert!(leader.leader && leader.view == 0, "no view change needed");
+    assert!(
+        leader.leader && leader.view == 0,
+        "no view change needed: {reports:#?}"
+    );
     assert!(
         victim.commit_number < leader.commit_number,
         "the follower stopped mid-run: {} vs {}",

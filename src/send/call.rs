@@ -107,6 +107,14 @@ impl<'a> Call<'a> {
         self.lost(indices, FailureReason::WouldBlock);
     }
 
+    /// The destinations (indices into the list) that got nothing, in the
+    /// order of the list: the order of [`Report::failed`].
+    pub(crate) fn failed_indices(&self) -> Vec<usize> {
+        let mut at: Vec<usize> = self.failed.iter().map(|&(index, _)| index).collect();
+        at.sort_unstable();
+        at
+    }
+
     /// The kernel refused the copy to `to` as too large for its path.
     pub(crate) fn too_large(&mut self, to: SocketAddrV4) {
         self.too_large_to.get_or_insert(to);

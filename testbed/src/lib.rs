@@ -75,7 +75,8 @@ pub use recv::{pin_current_thread, CountReport, Counters, Received, Receivers, R
 pub use report::{backlog_drops, backlog_note};
 pub use snmp::{link_counters, snmp_counter, LinkCounters};
 pub use testbed::{
-    Testbed, TestbedConfig, BRIDGE, HUB_PORT_SENDER, IFACE, MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS,
-    PREFIX_LEN, SENDER_ADDR,
+    Testbed, TestbedConfig, BRIDGE, HUB_PORT_SECOND, HUB_PORT_SENDER, IFACE,
+    MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS, PREFIX_LEN, SECOND_IFACE, SECOND_SENDER_ADDR,
+    SENDER_ADDR,
 };
 pub use wait::wait_until;

@@ -33,7 +33,16 @@ pub const MAX_RECEIVERS: usize = 254;
 /// Most addresses per receiver.
 pub const MAX_ADDRS_PER_RECEIVER: usize = 254;
 
+/// The sender's second interface, with [`TestbedConfig::second_link`].
+pub const SECOND_IFACE: &str = "eth1";
+/// The hub port facing the sender's second interface.
+pub const HUB_PORT_SECOND: &str = "s1";
+/// The sender's address on its second interface (10.78.0.0/16).
+pub const SECOND_SENDER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
+
 const SENDER_MAC: [u8; 6] = [0x02, 0xeb, 0x00, 0x00, 0x00, 0x01];
+const SECOND_SENDER_MAC: [u8; 6] = [0x02, 0xeb, 0x00, 0x00, 0x00, 0x02];
+const HUB_SECOND_PORT_MAC: [u8; 6] = [0x02, 0xeb, 0x01, 0x00, 0x00, 0x02];
 const HUB_SENDER_PORT_MAC: [u8; 6] = [0x02, 0xeb, 0x01, 0x00, 0x00, 0x01];
 const BRIDGE_MAC: [u8; 6] = [0x02, 0xeb, 0x02, 0x00, 0x00, 0x01];
 
@@ -48,6 +57,11 @@ fn hub_receiver_port_mac(i: usize) -> [u8; 6] {
 /// Address `k` of receiver `i`: 10.77.(1 + i).(1 + k).
 fn receiver_addr(i: usize, k: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, (1 + i) as u8, (1 + k) as u8)
+}
+
+/// Address `k` of receiver `i` on the second subnet: 10.78.(1 + i).(1 + k).
+fn second_receiver_addr(i: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 78, (1 + i) as u8, (1 + k) as u8)
 }
 
 /// Configuration of a [`Testbed`].
@@ -70,6 +84,11 @@ pub struct TestbedConfig {
     pub rps_cpu: Option<usize>,
     /// MTU of every link (None: the default 1500).
     pub mtu: Option<u32>,
+    /// A second sender interface, `eth1` (10.78.0.1/16), on the same bridge:
+    /// every receiver also has its addresses' twins in 10.78.0.0/16
+    /// ([`Testbed::second_receiver_addrs`]), reached through `eth1` (the
+    /// sender's neighbour entries pre-filled there too). Default false.
+    pub second_link: bool,
 }
 
 impl Default for TestbedConfig {
@@ -81,6 +100,7 @@ impl Default for TestbedConfig {
             neighbours_prefilled: true,
             rps_cpu: None,
             mtu: None,
+            second_link: false,
         }
     }
 }
@@ -228,6 +248,7 @@ pub struct Testbed {
     hub_ns: String,
     receiver_ns: Vec<String>,
     receiver_addrs: Vec<Vec<Ipv4Addr>>,
+    second_addrs: Vec<Vec<Ipv4Addr>>,
     all_addrs: Vec<Ipv4Addr>,
     owner: HashMap<Ipv4Addr, usize>,
 }
@@ -256,11 +277,20 @@ impl Testbed {
                     .collect()
             })
             .collect();
+        let second_addrs: Vec<Vec<Ipv4Addr>> = (0..r)
+            .map(|i| {
+                (0..cfg.addrs_per_receiver)
+                    .filter(|_| cfg.second_link)
+                    .map(|k| second_receiver_addr(i, k))
+                    .collect()
+            })
+            .collect();
         let all_addrs: Vec<Ipv4Addr> = receiver_addrs.iter().flatten().copied().collect();
         let owner = receiver_addrs
             .iter()
+            .chain(&second_addrs)
             .enumerate()
-            .flat_map(|(i, a)| a.iter().map(move |x| (*x, i)))
+            .flat_map(|(i, a)| a.iter().map(move |x| (*x, i % r)))
             .collect();
         let tb = Testbed {
             id,
@@ -269,6 +299,7 @@ impl Testbed {
             receiver_ns: (0..r).map(|i| format!("{base}-r{i}")).collect(),
             cfg,
             receiver_addrs,
+            second_addrs,
             all_addrs,
             owner,
         };
@@ -303,6 +334,13 @@ impl Testbed {
             format_mac(&HUB_SENDER_PORT_MAC),
             format_mac(&SENDER_MAC)
         ));
+        if self.cfg.second_link {
+            lines.push(format!(
+                "link add name {HUB_PORT_SECOND} netns {h} address {}{mtu} type veth peer name {SECOND_IFACE} netns {s} address {}{mtu}",
+                format_mac(&HUB_SECOND_PORT_MAC),
+                format_mac(&SECOND_SENDER_MAC)
+            ));
+        }
         for (i, rns) in self.receiver_ns.iter().enumerate() {
             lines.push(format!(
                 "link add name r{i} netns {h} address {}{mtu} type veth peer name {IFACE} netns {rns} address {}{mtu}",
@@ -323,6 +361,10 @@ impl Testbed {
         hub.ip_lines.push(format!("link set dev {BRIDGE} up"));
         hub.ip_lines
             .push(format!("link set dev {HUB_PORT_SENDER} master {BRIDGE} up"));
+        if self.cfg.second_link {
+            hub.ip_lines
+                .push(format!("link set dev {HUB_PORT_SECOND} master {BRIDGE} up"));
+        }
         for i in 0..self.num_receivers() {
             let port = self.receiver_port(i);
             hub.ip_lines
@@ -355,6 +397,22 @@ impl Testbed {
                 }
             }
         }
+        if self.cfg.second_link {
+            snd.ip_lines.push(format!(
+                "addr add {SECOND_SENDER_ADDR}/{PREFIX_LEN} dev {SECOND_IFACE}"
+            ));
+            snd.ip_lines.push(format!("link set dev {SECOND_IFACE} up"));
+            if self.cfg.neighbours_prefilled {
+                for (i, addrs) in self.second_addrs.iter().enumerate() {
+                    for a in addrs {
+                        snd.ip_lines.push(format!(
+                            "neigh replace {a} lladdr {} dev {SECOND_IFACE} nud permanent",
+                            format_mac(&receiver_mac_of(i))
+                        ));
+                    }
+                }
+            }
+        }
         if !self.cfg.sender_tx_checksum_offload {
             snd.tx_csum_off.push(IFACE.to_string());
         }
@@ -362,7 +420,7 @@ impl Testbed {
 
         for (i, rns) in self.receiver_ns.iter().enumerate() {
             let mut rcv = NsSetup::new(rns);
-            for a in &self.receiver_addrs[i] {
+            for a in self.receiver_addrs[i].iter().chain(&self.second_addrs[i]) {
                 rcv.ip_lines
                     .push(format!("addr add {a}/{PREFIX_LEN} dev {IFACE}"));
             }
@@ -448,6 +506,15 @@ impl Testbed {
     /// When `i >= num_receivers()`.
     pub fn receiver_addrs(&self, i: usize) -> &[Ipv4Addr] {
         &self.receiver_addrs[i]
+    }
+
+    /// The addresses of receiver `i` in the second subnet (reached through
+    /// the sender's `eth1`); empty without [`TestbedConfig::second_link`].
+    ///
+    /// # Panics
+    /// When `i >= num_receivers()`.
+    pub fn second_receiver_addrs(&self, i: usize) -> &[Ipv4Addr] {
+        &self.second_addrs[i]
     }
 
     /// Every receiver address, receiver by receiver.

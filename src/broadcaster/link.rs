@@ -1,0 +1,244 @@
+//! One interface of a [`Broadcaster`](super::Broadcaster): the program
+//! attached to its egress (or the reason there is none), the tables its
+//! destinations are resolved with, and the sockets registered with the
+//! program; and one call's sends through it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use super::{max_payload, Mode, Part};
+use crate::kernel::{Program, Tags};
+use crate::send::call::{Call, Resume};
+use crate::send::plan::Plan;
+use crate::send::sockets::{lock, Sockets};
+use crate::send::{fan_out, user_space, HEADERS};
+use crate::tables::{ChangeSocket, Resolver, RouteSocket, Watcher};
+use crate::Error;
+
+/// One interface a broadcaster sends through.
+pub(super) struct Link {
+    pub(super) interface: String,
+    pub(super) ifindex: u32,
+    pub(super) fallback_reason: Option<Error>,
+    pub(super) kernel: Option<Program>,
+    pub(super) resolver: Arc<Resolver>,
+    // Held for its Drop, which stops the thread (and for a test hook).
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+    pub(super) watcher: Watcher,
+    sockets: Sockets,
+}
+
+impl Link {
+    /// Opens `interface`: attaches the program to it in `mode` (falling
+    /// back to user space for `Mode::Auto`), and starts following its tables.
+    pub(super) fn open(interface: &str, mode: Mode, force_clsact: bool) -> Result<Link, Error> {
+        // Subscribe before reading anything, so that no change falls between.
+        let changes = ChangeSocket::open().map_err(Error::io("subscribing to routing changes"))?;
+        let netlink = RouteSocket::open().map_err(Error::io("opening a netlink socket"))?;
+        let link = netlink.link(interface).map_err(|err| match err.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::InvalidInput => Error::UnknownInterface {
+                name: interface.to_string(),
+            },
+            _ => Error::Io {
+                context: "reading the interface",
+                source: err,
+            },
+        })?;
+
+        let kernel = match mode {
+            Mode::UserSpace => Err(None),
+            Mode::Auto | Mode::Kernel => {
+                let attached = if link.mac.is_none_or(|mac| mac == [0; 6]) {
+                    // Layer-3 devices have no MAC; loopback's is all zeros and
+                    // everything it carries is local, so nothing could be cloned.
+                    Err(Error::UnsupportedInterface {
+                        name: interface.to_string(),
+                        why: "it has no Ethernet address (a loopback or layer-3 device): \
+                              use Mode::UserSpace there",
+                    })
+                } else {
+                    Program::attach(interface, link.index, force_clsact)
+                };
+                match attached {
+                    Ok(program) => Ok(program),
+                    Err(err) if mode == Mode::Kernel => return Err(err),
+                    Err(err) => {
+                        log::warn!("elec-broadcast: using user-space sends on {interface}: {err}");
+                        Err(Some(err))
+                    }
+                }
+            }
+        };
+        let (kernel, fallback_reason) = match kernel {
+            Ok(program) => (Some(program), None),
+            Err(reason) => (None, reason),
+        };
+        let resolver = Arc::new(Resolver::new(netlink, link.index, link.mtu));
+        let watcher = Watcher::start(Arc::clone(&resolver), changes).map_err(Error::io(
+            "starting the thread that follows routing changes",
+        ))?;
+        Ok(Link {
+            interface: interface.to_string(),
+            ifindex: link.index,
+            fallback_reason,
+            kernel,
+            resolver,
+            watcher,
+            sockets: Sockets::default(),
+        })
+    }
+
+    /// The backend in use on this interface.
+    pub(super) fn mode(&self) -> Mode {
+        if self.kernel.is_some() {
+            Mode::Kernel
+        } else {
+            Mode::UserSpace
+        }
+    }
+
+    /// Largest payload through this interface (see
+    /// `Broadcaster::max_payload`).
+    pub(super) fn max_payload(&self) -> usize {
+        max_payload(self.resolver.mtu())
+    }
+
+    /// The sends of `payloads` (at most `MAX_BATCH`), each to every
+    /// destination, sharing one plan and, per fan-out, one `sendmmsg` of
+    /// their carriers; `from` as for `Broadcaster::send` (one payload
+    /// only). With `always_report`, a payload that got nothing sent has a
+    /// report like the others (else the call's error is returned).
+    pub(super) fn send_each(
+        &self,
+        tags: &Tags,
+        socket: BorrowedFd<'_>,
+        payloads: &[&[u8]],
+        destinations: &[SocketAddr],
+        from: Option<Resume>,
+        always_report: bool,
+    ) -> Result<Option<Vec<Part>>, Error> {
+        debug_assert!(from.is_none() || payloads.len() == 1);
+        if from.is_none() {
+            for payload in payloads {
+                self.check_payload(payload)?;
+            }
+        }
+        let entry = self.sockets.entry(self.kernel.as_ref(), socket)?;
+        let mut state = lock(&entry);
+        let plan = match (state.plan.take(), from) {
+            (Some(plan), Some(from))
+                if plan.id == from.plan && plan.is_current(&self.resolver, destinations) =>
+            {
+                plan
+            }
+            (plan, Some(_)) => {
+                state.plan = plan;
+                return Ok(None);
+            }
+            (Some(plan), None) if plan.is_current(&self.resolver, destinations) => plan,
+            _ => {
+                state.slot_holds = None;
+                let fan_out = state.slot.is_some();
+                Plan::make(&self.resolver, &self.interface, destinations, fan_out)?
+            }
+        };
+        let longest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
+        if let Some(mtu) = plan.mtu.filter(|&mtu| longest + HEADERS > mtu as usize) {
+            state.plan = Some(plan);
+            return Err(self.payload_too_large(longest, Some(mtu)));
+        }
+
+        let skipped = from.map_or(0, |from| {
+            let chunks = &plan.chunks[..from.chunks];
+            chunks.iter().map(|c| c.indices.len()).sum::<usize>() + from.user_space
+        });
+        let mut calls: Vec<Call<'_>> = payloads
+            .iter()
+            .map(|payload| Call::new(socket, payload, destinations, from, skipped))
+            .collect();
+        let bypassed = match (&self.kernel, state.slot) {
+            (Some(program), Some(slot)) => {
+                fan_out::send(program, slot, tags, &mut state, &plan, &mut calls)
+            }
+            _ => false,
+        };
+        user_space::send_planned(&mut state, &mut calls, &plan);
+
+        if bypassed {
+            // Look at the socket and the tables again before the next call.
+            if let Err(err) = self
+                .sockets
+                .take_over(self.kernel.as_ref(), &mut state, socket)
+            {
+                log::warn!("elec-broadcast: the socket behind the fd changed: {err}");
+            }
+        } else {
+            state.plan = Some(plan);
+        }
+        let kept = state.plan.is_some();
+        let mut parts = Vec::with_capacity(calls.len());
+        let mut first_error = None;
+        for mut call in calls {
+            call.always_report = always_report;
+            // The MTU changed under us (the interface's, a route's, or one
+            // the kernel learned for the path): learn it now, not at the
+            // notification, and plan afresh.
+            let too_large = call.too_large_to().map(|to| {
+                state.plan = None;
+                self.resolver
+                    .path_mtu(*to.ip())
+                    .unwrap_or_else(|_| self.resolver.mtu())
+            });
+            let fan_outs = call.fan_outs;
+            // Resumable only in the plan kept for the next call.
+            let stopped = call.stopped.filter(|_| kept && state.plan.is_some());
+            let len = call.payload.len();
+            let failed_at = call.failed_indices();
+            match call.finish(|| self.payload_too_large(len, too_large)) {
+                Ok(report) => parts.push(Part {
+                    report,
+                    failed_at,
+                    fan_outs,
+                    stopped,
+                }),
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(Some(parts)),
+        }
+    }
+
+    /// Refuses a payload this interface's MTU does not take.
+    pub(super) fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
+        if payload.len() > self.max_payload() {
+            // The MTU may have grown since its notification was applied:
+            // refuse only what the MTU refuses now.
+            let mtu = self
+                .resolver
+                .reread_mtu()
+                .map_err(Error::io("reading the interface's MTU"))?;
+            if payload.len() > max_payload(mtu) {
+                return Err(self.payload_too_large(payload.len(), Some(mtu)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a payload of `len` bytes that does not fit `mtu` (by
+    /// default the interface's).
+    pub(super) fn payload_too_large(&self, len: usize, mtu: Option<u32>) -> Error {
+        let mtu = mtu.unwrap_or_else(|| self.resolver.mtu());
+        Error::PayloadTooLarge {
+            len,
+            max: max_payload(mtu),
+            mtu,
+            interface: self.interface.clone(),
+        }
+    }
+}
