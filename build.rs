@@ -18,7 +18,7 @@ use libbpf_cargo::SkeletonBuilder;
 
 /// The eBPF programs: name (`bpf/<name>.bpf.c`, `<name>.bpf.o`,
 /// `<name>.skel.rs`).
-const PROGRAMS: [&str; 3] = ["fan_out", "quorum", "reply"];
+const PROGRAMS: [&str; 4] = ["fan_out", "quorum", "reply", "bare"];
 /// Where the compiled objects are shipped.
 const PREBUILT: &str = "bpf/prebuilt";
 /// The headers shared by the programs and the loader.

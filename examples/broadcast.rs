@@ -76,11 +76,15 @@ struct Args {
     dests: Vec<SocketAddr>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SendMode {
     Kernel,
     Sendmmsg,
     Sendto,
+    /// Benchmark baseline: the bare fan-out program (`bpf/bare.bpf.c`)
+    /// clones each plain `sendto` to the first DEST to every DEST; no
+    /// exactly-once protocol, no report (every copy counted as sent).
+    Bare,
 }
 
 impl SendMode {
@@ -89,6 +93,7 @@ impl SendMode {
             SendMode::Kernel => "kernel",
             SendMode::Sendmmsg => "sendmmsg",
             SendMode::Sendto => "sendto",
+            SendMode::Bare => "bare",
         }
     }
 }
@@ -151,7 +156,26 @@ fn run(args: &Args, tally: &mut Tally) -> Result<(), Box<dyn std::error::Error>>
     let broadcaster = match args.mode {
         SendMode::Kernel => Some(Broadcaster::with_mode(&args.iface, Mode::Kernel)?),
         SendMode::Sendmmsg => Some(Broadcaster::with_mode(&args.iface, Mode::UserSpace)?),
-        SendMode::Sendto => None,
+        SendMode::Sendto | SendMode::Bare => None,
+    };
+    // Held for the run: detached on drop.
+    let _bare = match args.mode {
+        SendMode::Bare => {
+            let dests: Vec<std::net::SocketAddrV4> = args
+                .dests
+                .iter()
+                .map(|d| match d {
+                    SocketAddr::V4(v4) => Ok(*v4),
+                    SocketAddr::V6(_) => Err("bare mode is IPv4 only"),
+                })
+                .collect::<Result<_, _>>()?;
+            Some(elec_broadcast::BareFanOut::attach(
+                &args.iface,
+                args.bind.port(),
+                &dests,
+            )?)
+        }
+        _ => None,
     };
     // Message s (byte j is (s + j) % 251, the testbed's pattern) depends on
     // s only modulo 251: build those once.
@@ -181,7 +205,11 @@ fn run(args: &Args, tally: &mut Tally) -> Result<(), Box<dyn std::error::Error>>
                 payloads[0] = &payloads[0][..payloads[0].len() - 1];
             }
             tally.broadcasts += batch;
-            let call = send_batch(broadcaster.as_ref(), &socket, &payloads, &args.dests, tally);
+            let call = if args.mode == SendMode::Bare {
+                send_bare(&socket, &payloads, &args.dests, tally)
+            } else {
+                send_batch(broadcaster.as_ref(), &socket, &payloads, &args.dests, tally)
+            };
             if let Err(err) = call {
                 // Every destination of a failed call got nothing.
                 tally.calls_failed += 1;
@@ -240,6 +268,39 @@ fn send_batch(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// The bare baseline: one send per payload, to the first destination; the
+/// bare program makes every copy. Sent as one whole `UDP_SEGMENT` datagram,
+/// as the crate sends its carriers (payload in page fragments, so that a
+/// clone's un-sharing copies only its headers), without the transmit time.
+fn send_bare(
+    socket: &UdpSocket,
+    payloads: &[&[u8]],
+    dests: &[SocketAddr],
+    tally: &mut Tally,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(to) = dests[0] else {
+        return Err("bare mode is IPv4 only".into());
+    };
+    let to = SockaddrIn::from(to);
+    for payload in payloads {
+        let segment = payload.len() as u16;
+        let whole = [ControlMessage::UdpGsoSegments(&segment)];
+        let cmsgs: &[ControlMessage<'_>] = if payload.is_empty() { &[] } else { &whole };
+        let iov = [std::io::IoSlice::new(payload)];
+        sendmsg(
+            socket.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::empty(),
+            Some(&to),
+        )?;
+        tally.copies_sent += dests.len() as u64;
     }
     Ok(())
 }

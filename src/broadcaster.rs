@@ -855,6 +855,7 @@ impl Broadcaster {
 /// Test hooks: only with the `test-hooks` feature (which the crate's own
 /// tests turn on); not part of the API.
 #[cfg(feature = "test-hooks")]
+#[doc(hidden)]
 impl Broadcaster {
     /// Kernel mode attached with clsact even where TCX exists (for tests of
     /// the path older kernels take).

@@ -28,6 +28,11 @@ pub use reply::{
 };
 pub use report::{Failure, FailureReason, KernelCounters, Report, Stats};
 
+/// Benchmark only (feature `test-hooks`): not part of the API.
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use kernel::BareFanOut;
+
 /// Most destinations one datagram is fanned out to in the kernel; longer
 /// lists are split into several fan-outs by [`Broadcaster::broadcast`].
 pub const MAX_DESTINATIONS_PER_FAN_OUT: usize = kernel::MAX_DESTS;

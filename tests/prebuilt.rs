@@ -8,7 +8,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-const PROGRAMS: [&str; 3] = ["fan_out", "quorum", "reply"];
+const PROGRAMS: [&str; 4] = ["fan_out", "quorum", "reply", "bare"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -7,6 +7,7 @@
 //! bench_matrix syscalls [--n 16] [--size 64]        # system calls per broadcast, with strace
 //! bench_matrix profile  [--n 64] [--mode kernel]    # perf record -a -g while one mode sends
 //! bench_matrix batch    [--ns 4,16] [--ks 8]         # broadcast_batch against single broadcasts
+//! bench_matrix overhead [--ns 4,16,64]               # kernel mode against the bare program
 //! ```
 //!
 //! Every run is one process of the `broadcast` example (built next to this
@@ -36,13 +37,14 @@
 //! `pacing.rs` is the pacing of those runs and the pacing-only process;
 //! `spread.rs` medians and ranges; `matrix.rs` the `matrix` subcommand and
 //! its table, `results.rs` its results.json and `plot.rs` its SVG figures;
-//! `compare.rs`, `batch.rs`, `syscalls.rs` (strace) and `profile.rs` (perf)
-//! the other subcommands.
+//! `compare.rs`, `batch.rs`, `overhead.rs`, `syscalls.rs` (strace) and
+//! `profile.rs` (perf) the other subcommands.
 
 mod batch;
 mod bench;
 mod compare;
 mod matrix;
+mod overhead;
 mod pacing;
 mod plot;
 mod profile;
@@ -76,6 +78,9 @@ enum Task {
     /// `broadcast_batch` of K payloads against K single broadcasts and one
     /// `sendmmsg` of the K × N datagrams, side by side.
     Batch(BatchArgs),
+    /// Kernel mode against the bare fan-out program (the same clones, no
+    /// exactly-once protocol), side by side: the crate's own overhead.
+    Overhead(OverheadArgs),
     /// (internal) The pacing sleeps of the broadcast example alone: prints the
     /// CPU time of COUNT sleeps of PACE_US, the same way it measures.
     #[command(hide = true)]
@@ -192,6 +197,27 @@ struct BatchArgs {
 }
 
 #[derive(clap::Args)]
+struct OverheadArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Repeats (each runs both, in alternating order).
+    #[arg(long, default_value_t = 7)]
+    repeats: usize,
+    /// Destination counts.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    ns: Vec<usize>,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    sizes: Vec<usize>,
+    /// Broadcasts per run (at least; see --min-run-ms).
+    #[arg(long, default_value_t = 2000)]
+    count: u64,
+    /// Make each run last at least this long.
+    #[arg(long, default_value_t = 1000)]
+    min_run_ms: u64,
+}
+
+#[derive(clap::Args)]
 struct SyscallArgs {
     #[command(flatten)]
     common: Common,
@@ -239,6 +265,7 @@ fn main() -> ExitCode {
         Task::Profile(args) => profile::run(&args),
         Task::Compare(args) => compare::run(&args),
         Task::Batch(args) => batch::run(&args),
+        Task::Overhead(args) => overhead::run(&args),
         Task::Pacing {
             count,
             pace_us,

@@ -28,6 +28,8 @@ macro_rules! skeleton {
 skeleton!(skel, "fan_out.skel.rs");
 skeleton!(quorum_skel, "quorum.skel.rs");
 skeleton!(reply_skel, "reply.skel.rs");
+#[cfg(feature = "test-hooks")]
+skeleton!(bare_skel, "bare.skel.rs");
 
 pub(crate) use skel::types::{
     eb_arm as Arm, eb_dest as Dest, eb_slot as Slot, eb_stats as KernelStats,
@@ -46,6 +48,8 @@ pub(crate) use reply_skel::types::{
 };
 /// Counters of `struct eb_reply_counters` (all u64).
 pub(crate) const REPLY_COUNTERS: usize = size_of::<ReplyKernelCounters>() / 8;
+#[cfg(feature = "test-hooks")]
+pub(crate) use bare_skel::{types::bare_config as BareConfig, BareSkel, BareSkelBuilder};
 pub(crate) use reply_skel::{ReplySkel, ReplySkelBuilder};
 
 use std::mem::{offset_of, size_of};

@@ -10,6 +10,8 @@
 
 mod abi;
 mod attach;
+#[cfg(feature = "test-hooks")]
+mod bare;
 mod collector;
 mod program;
 mod replier;
@@ -27,6 +29,8 @@ pub(crate) mod wire {
 
 pub(crate) use abi::{Dest, MAX_BATCH, MAX_DESTS, MAX_SOCKETS};
 pub(crate) use abi::{QuorumShared, ReplyShared, QUORUM_COUNTERS, REPLY_COUNTERS};
+#[cfg(feature = "test-hooks")]
+pub use bare::BareFanOut;
 pub(crate) use collector::Collector;
 pub(crate) use program::Program;
 pub(crate) use replier::Replier as KernelReplier;
