@@ -214,7 +214,10 @@ static long clone_to(__u32 i, void *data)
 		f->lost_from = i;
 		return 1;
 	}
-	f->cur = slot->dests[i];
+	/* The field-by-field rewrite of the next copy starts from this one's
+	 * addressing; the single write does not need it. */
+	if (!f->partial)
+		f->cur = slot->dests[i];
 	/* Flags 0 = egress of this same interface. The clone re-enters this
 	 * program, finds the per-CPU flag set and passes. The result is the
 	 * clone's own transmit: < 0 if it could not be made or sent, and

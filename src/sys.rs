@@ -11,6 +11,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
+use crate::kernel::MAX_BATCH;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::socket::{
     getsockopt, sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrIn,
@@ -181,7 +182,8 @@ pub(crate) fn send_carriers(
     dest: &SocketAddrV4,
     first_tag: u64,
     whole: bool,
-) -> Vec<io::Result<()>> {
+) -> [io::Result<()>; MAX_BATCH] {
+    assert!(payloads.len() <= MAX_BATCH, "at most MAX_BATCH carriers");
     // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
     let (tag_space, tag_len, segment_space, segment_len, data) = unsafe {
         (
@@ -192,27 +194,33 @@ pub(crate) fn send_carriers(
             libc::CMSG_LEN(0) as usize,
         )
     };
-    // One control buffer per datagram: its tag, and its segment size.
+    // Everything on the stack (a broadcast's hot path allocates nothing
+    // here): one control buffer per datagram, its tag and its segment size.
     const WORDS: usize = 8;
     assert!(tag_space + segment_space <= WORDS * 8);
-    let mut results: Vec<io::Result<()>> = Vec::with_capacity(payloads.len());
-    let mut controls = vec![[0u64; WORDS]; payloads.len()];
-    let mut control_lens = Vec::with_capacity(payloads.len());
-    for (i, (payload, control)) in payloads.iter().zip(&mut controls).enumerate() {
+    let mut results: [io::Result<()>; MAX_BATCH] = std::array::from_fn(|_| Ok(()));
+    let mut controls = [[0u64; WORDS]; MAX_BATCH];
+    let mut name = *SockaddrIn::from(*dest).as_ref();
+    // SAFETY: all-zero bytes are valid (empty) iovecs and mmsghdrs.
+    let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { std::mem::zeroed() };
+    // The datagrams to send (whose control message could be made), by index.
+    let mut todo = [0usize; MAX_BATCH];
+    let mut count = 0;
+    for (i, payload) in payloads.iter().enumerate() {
         let segment = match (whole && !payload.is_empty()).then(|| whole_datagram(payload)) {
             Some(Err(err)) => {
-                results.push(Err(err));
-                control_lens.push(0);
+                results[i] = Err(err);
                 continue;
             }
             Some(Ok(segment)) => Some(segment),
             None => None,
         };
-        results.push(Ok(()));
-        let base = control.as_mut_ptr().cast::<u8>();
-        // SAFETY: `control` is 8-aligned and holds WORDS * 8 bytes, room for
-        // both headers (at 0 and at `tag_space`) and their data (at `data`
-        // past each header), as asserted above; the data are written
+        let base = controls[i].as_mut_ptr().cast::<u8>();
+        // SAFETY: `controls[i]` is 8-aligned and holds WORDS * 8 bytes, room
+        // for both headers (at 0 and at `tag_space`) and their data (at
+        // `data` past each header), as asserted above; the data are written
         // unaligned-safe.
         unsafe {
             base.cast::<libc::cmsghdr>().write(libc::cmsghdr {
@@ -236,47 +244,42 @@ pub(crate) fn send_carriers(
                     .write_unaligned(segment);
             }
         }
-        control_lens.push(tag_space + if segment.is_some() { segment_space } else { 0 });
-    }
-    let mut name = *SockaddrIn::from(*dest).as_ref();
-    let mut iovs: Vec<libc::iovec> = payloads
-        .iter()
-        .map(|payload| libc::iovec {
+        iovs[i] = libc::iovec {
             iov_base: payload.as_ptr() as *mut libc::c_void,
             iov_len: payload.len(),
-        })
-        .collect();
-    // The datagrams to send: those whose control message could be made.
-    let todo: Vec<usize> = (0..payloads.len())
-        .filter(|&i| results[i].is_ok())
-        .collect();
-    let mut headers: Vec<libc::mmsghdr> = todo
-        .iter()
-        .map(|&i| {
-            // SAFETY: all-zero bytes are a valid (empty) mmsghdr.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
-            header.msg_hdr.msg_iov = &mut iovs[i];
-            header.msg_hdr.msg_iovlen = 1;
-            header.msg_hdr.msg_control = controls[i].as_mut_ptr().cast();
-            header.msg_hdr.msg_controllen = control_lens[i] as _;
-            header
-        })
-        .collect();
+        };
+        let header = &mut headers[count].msg_hdr;
+        header.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
+        header.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+        header.msg_iov = &mut iovs[i];
+        header.msg_iovlen = 1;
+        header.msg_control = controls[i].as_mut_ptr().cast();
+        header.msg_controllen = (tag_space + segment.map_or(0, |_| segment_space)) as _;
+        todo[count] = i;
+        count += 1;
+    }
+    if count == 1 {
+        // One datagram: sendmsg(2), which costs less than a sendmmsg of one.
+        // SAFETY: `headers[0].msg_hdr` is an initialised msghdr whose
+        // pointers point into `name`, `iovs` and `controls`, which outlive
+        // the call; the kernel only reads through them.
+        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &headers[0].msg_hdr, 0) };
+        if sent < 0 {
+            results[todo[0]] = Err(io::Error::last_os_error());
+        }
+        return results;
+    }
     let mut next = 0;
-    while next < headers.len() {
-        let batch = &mut headers[next..];
-        let count = batch.len().min(SENDMMSG_MAX);
-        // SAFETY: `batch` holds at least `count` initialised mmsghdr whose
-        // name, iovec and control pointers point into `name`, `iovs` (the
-        // payloads) and `controls`, which outlive the call; the kernel only
-        // reads through them, and writes only the headers' msg_len.
+    while next < count {
+        // SAFETY: `headers[next..count]` are initialised mmsghdr whose name,
+        // iovec and control pointers point into `name`, `iovs` (the payloads)
+        // and `controls`, which outlive the call; the kernel only reads
+        // through them, and writes only the headers' msg_len.
         let sent = unsafe {
             libc::sendmmsg(
                 socket.as_raw_fd(),
-                batch.as_mut_ptr(),
-                count as libc::c_uint,
+                headers[next..count].as_mut_ptr(),
+                (count - next) as libc::c_uint,
                 0,
             )
         };
@@ -294,7 +297,7 @@ pub(crate) fn send_carriers(
                     io::ErrorKind::Interrupted => {}
                     io::ErrorKind::WouldBlock => {
                         let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
-                        for &i in &todo[next..] {
+                        for &i in &todo[next..count] {
                             results[i] = Err(io::Error::from_raw_os_error(code));
                         }
                         break;

@@ -38,18 +38,25 @@ pub(crate) fn send(
         _ => 0,
     };
     for (index, chunk) in plan.chunks.iter().enumerate().skip(first) {
-        // The calls that go on sending: not those a send would have blocked.
-        let mut sending = Vec::with_capacity(calls.len());
+        // The calls that go on sending (not those a send would have
+        // blocked), and their payloads: on the stack, as everything on a
+        // broadcast's hot path.
+        let mut sending = [0usize; MAX_BATCH];
+        let mut payloads: [&[u8]; MAX_BATCH] = [&[]; MAX_BATCH];
+        let mut n = 0;
         for (c, call) in calls.iter_mut().enumerate() {
             if call.blocked {
                 call.not_sent(&chunk.indices);
             } else {
-                sending.push(c);
+                sending[n] = c;
+                payloads[n] = call.payload;
+                n += 1;
             }
         }
-        if sending.is_empty() {
+        if n == 0 {
             continue;
         }
+        let (sending, payloads) = (&sending[..n], &payloads[..n]);
         // SAFETY: slot `slot_index` belongs to this socket alone and the
         // caller holds the socket's lock for as long as `slot` lives.
         let mut slot = unsafe { program.slot(slot_index) };
@@ -63,13 +70,12 @@ pub(crate) fn send(
         // copies only its headers) and makes it CHECKSUM_PARTIAL, which lets
         // the program write each copy's headers at once.
         let whole = state.whole_sends;
-        let payloads: Vec<&[u8]> = sending.iter().map(|&c| calls[c].payload).collect();
-        if let Some(segment) = segment_size(state, &payloads) {
+        if let Some(segment) = segment_size(state, payloads) {
             let chunk_calls = ChunkCalls {
                 plan,
                 index,
-                sending: &sending,
-                payloads: &payloads,
+                sending,
+                payloads,
             };
             // None: refused, so one carrier per payload instead.
             if let Some(chunk_bypassed) =
@@ -84,14 +90,16 @@ pub(crate) fn send(
             let partial = whole && !payload.is_empty();
             slot.arm(i, block + i as u64, ip_len(payload), partial);
         }
-        let sent = sys::send_carriers(calls[0].socket, &payloads, &carrier, block, whole);
-        let taken: Vec<bool> = (0..sending.len()).map(|i| slot.disarm(i)).collect();
-        for (i, (sent, taken)) in sent.into_iter().zip(taken).enumerate() {
+        let sent = sys::send_carriers(calls[0].socket, payloads, &carrier, block, whole);
+        let mut taken = [false; MAX_BATCH];
+        for (i, taken) in taken[..n].iter_mut().enumerate() {
+            *taken = slot.disarm(i);
+        }
+        for (i, (sent, taken)) in sent.into_iter().zip(taken).take(n).enumerate() {
             let call = &mut calls[sending[i]];
-            let first_block = block;
             let attempt = Attempt {
                 arm: i,
-                tag: first_block + i as u64,
+                tag: block + i as u64,
                 sent,
                 taken,
                 whole: whole && !call.payload.is_empty(),
