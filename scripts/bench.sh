@@ -9,6 +9,7 @@
 #   scripts/bench.sh --repeats 1 --ns 16,64 --count 500   # a smaller one
 #   scripts/bench.sh syscalls             # system calls per broadcast (strace)
 #   scripts/bench.sh batch                # broadcast_batch against single broadcasts and sendmmsg
+#   scripts/bench.sh overhead             # kernel mode against the bare fan-out program
 #   scripts/bench.sh profile --n 64       # perf record -a -g, kernel mode
 #   scripts/bench.sh criterion            # cargo bench (criterion, ~8 min)
 #
@@ -31,7 +32,7 @@ case "${1:-}" in
         shift
         exec cargo bench --bench fan_out -- "$@"
         ;;
-    syscalls | profile | matrix | batch | compare)
+    syscalls | profile | matrix | batch | compare | overhead)
         command="$1"
         shift
         ;;
