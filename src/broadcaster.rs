@@ -458,7 +458,8 @@ impl Broadcaster {
     }
 
     /// The kernel programs' own counters (summed over the interfaces);
-    /// `None` in user-space mode.
+    /// `None` in user-space mode, or where no program's counters could be
+    /// read (the error is not kept).
     ///
     /// # Example
     ///

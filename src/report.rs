@@ -82,6 +82,26 @@ pub struct Failure {
     pub reason: FailureReason,
 }
 
+impl Failure {
+    /// A failure, for code that builds reports of its own (tests, say).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use elec_broadcast::{Failure, FailureReason, Report};
+    ///
+    /// let mut report = Report::default();
+    /// report.failed.push(Failure::new("10.0.0.2:7000".parse().unwrap(), FailureReason::Dropped));
+    /// assert!(!report.is_complete());
+    /// ```
+    pub fn new(destination: SocketAddr, reason: FailureReason) -> Failure {
+        Failure {
+            destination,
+            reason,
+        }
+    }
+}
+
 /// Why a destination got no copy.
 ///
 /// Only [`FailureReason::WouldBlock`] means "not sent yet": the caller may
