@@ -664,29 +664,22 @@ impl Broadcaster {
             check_destinations(destinations)?;
         }
         // On one interface: all through it (its plan refuses a destination
-        // routed elsewhere).
-        if self.on_demand.is_none() && read(&self.others).is_empty() {
-            let link = &self.primary;
-            return link.send_each(
-                &self.tags,
-                socket,
-                payloads,
-                destinations,
-                from,
-                always_report,
-            );
+        // routed elsewhere). On several: split by interface, unless all go
+        // through one.
+        let split = match self.on_demand.is_none() && read(&self.others).is_empty() {
+            true => None,
+            false => Some(self.split(destinations)?),
+        };
+        let only = match split.as_deref() {
+            None => Some(&self.primary),
+            Some([(link, _)]) => Some(link),
+            Some(_) => None,
+        };
+        if let Some(link) = only {
+            let tags = &self.tags;
+            return link.send_each(tags, socket, payloads, destinations, from, always_report);
         }
-        let split = self.split(destinations)?;
-        if let [(link, _)] = split.as_slice() {
-            return link.send_each(
-                &self.tags,
-                socket,
-                payloads,
-                destinations,
-                from,
-                always_report,
-            );
-        }
+        let split = split.unwrap_or_default();
         if from.is_some() {
             return Ok(None);
         }

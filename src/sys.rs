@@ -31,6 +31,63 @@ fn whole_datagram(payload: &[u8]) -> io::Result<u16> {
     }
 }
 
+/// Sends the messages of `headers` with as few `sendmmsg(2)` calls as
+/// possible, and calls `failed(position, error)` for each message not sent,
+/// in order. A message the kernel refuses (no route, say) does not keep the
+/// ones after it from being tried; a full non-blocking socket
+/// (`WouldBlock`) does: every message from it on fails with it.
+///
+/// # Safety
+/// Every header must be an initialised mmsghdr whose name, iovec and
+/// control pointers point to memory that is valid for the call.
+unsafe fn send_all(
+    socket: BorrowedFd<'_>,
+    headers: &mut [libc::mmsghdr],
+    mut failed: impl FnMut(usize, io::Error),
+) {
+    let mut next = 0;
+    while next < headers.len() {
+        let batch = &mut headers[next..];
+        let count = batch.len().min(SENDMMSG_MAX);
+        // SAFETY: the caller vouches for the headers; the kernel only reads
+        // through them, and writes only their msg_len.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                batch.as_mut_ptr(),
+                count as libc::c_uint,
+                0,
+            )
+        };
+        match sent {
+            n if n > 0 => next += n as usize,
+            0 => {
+                failed(next, io::Error::from(io::ErrorKind::WriteZero));
+                next += 1;
+            }
+            _ => {
+                // The first message of the batch failed (sendmmsg reports an
+                // error only then).
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    io::ErrorKind::WouldBlock => {
+                        let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
+                        for at in next..headers.len() {
+                            failed(at, io::Error::from_raw_os_error(code));
+                        }
+                        return;
+                    }
+                    _ => {
+                        failed(next, err);
+                        next += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Sends each datagram of `sends` (a payload of `payloads`, by index, and a
 /// destination) with as few `sendmmsg(2)` calls as possible. Returns the
 /// datagrams (indices into `sends`) that were not sent, each with its error,
@@ -95,72 +152,32 @@ pub(crate) fn send_to_each(
             _ => todo.push(i),
         }
     }
-    let mut next = 0;
-    while next < todo.len() {
-        let batch = &todo[next..todo.len().min(next + SENDMMSG_MAX)];
-        let mut names: Vec<libc::sockaddr_in> = batch
-            .iter()
-            .map(|&i| *SockaddrIn::from(sends[i].1).as_ref())
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = names
-            .iter_mut()
-            .zip(batch)
-            .map(|(name, &i)| {
-                let payload = sends[i].0;
-                // SAFETY: all-zero bytes are a valid (empty) mmsghdr.
-                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
-                header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
-                header.msg_hdr.msg_iov = &mut iovs[payload];
-                header.msg_hdr.msg_iovlen = 1;
-                if let Some(Ok(_)) = segments[payload] {
-                    header.msg_hdr.msg_control = controls[payload].as_mut_ptr().cast();
-                    header.msg_hdr.msg_controllen = space as _;
-                }
-                header
-            })
-            .collect();
-        // SAFETY: `headers` holds `headers.len()` initialised mmsghdr whose
-        // name, iovec and control pointers point into `names`, `iovs` (the
-        // payloads) and `controls`, which outlive the call; the kernel only
-        // reads through them, and writes only the headers' msg_len.
-        let sent = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers.as_mut_ptr(),
-                headers.len() as libc::c_uint,
-                0,
-            )
-        };
-        match sent {
-            0 => {
-                failed.push((todo[next], io::Error::from(io::ErrorKind::WriteZero)));
-                next += 1;
+    let mut names: Vec<libc::sockaddr_in> = todo
+        .iter()
+        .map(|&i| *SockaddrIn::from(sends[i].1).as_ref())
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = names
+        .iter_mut()
+        .zip(&todo)
+        .map(|(name, &i)| {
+            let payload = sends[i].0;
+            // SAFETY: all-zero bytes are a valid (empty) mmsghdr.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
+            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+            header.msg_hdr.msg_iov = &mut iovs[payload];
+            header.msg_hdr.msg_iovlen = 1;
+            if let Some(Ok(_)) = segments[payload] {
+                header.msg_hdr.msg_control = controls[payload].as_mut_ptr().cast();
+                header.msg_hdr.msg_controllen = space as _;
             }
-            n if n > 0 => next += n as usize,
-            _ => {
-                // The first message of the batch failed (sendmmsg reports an
-                // error only then).
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted => {}
-                    io::ErrorKind::WouldBlock => {
-                        let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
-                        failed.extend(
-                            todo[next..]
-                                .iter()
-                                .map(|&i| (i, io::Error::from_raw_os_error(code))),
-                        );
-                        break;
-                    }
-                    _ => {
-                        failed.push((todo[next], err));
-                        next += 1;
-                    }
-                }
-            }
-        }
-    }
+            header
+        })
+        .collect();
+    // SAFETY: `headers` are initialised mmsghdr whose name, iovec and
+    // control pointers point into `names`, `iovs` (the payloads) and
+    // `controls`, which outlive the call.
+    unsafe { send_all(socket, &mut headers, |at, err| failed.push((todo[at], err))) };
     failed.sort_by_key(|(i, _)| *i);
     failed
 }
@@ -269,47 +286,14 @@ pub(crate) fn send_carriers(
         }
         return results;
     }
-    let mut next = 0;
-    while next < count {
-        // SAFETY: `headers[next..count]` are initialised mmsghdr whose name,
-        // iovec and control pointers point into `name`, `iovs` (the payloads)
-        // and `controls`, which outlive the call; the kernel only reads
-        // through them, and writes only the headers' msg_len.
-        let sent = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                headers[next..count].as_mut_ptr(),
-                (count - next) as libc::c_uint,
-                0,
-            )
-        };
-        match sent {
-            n if n > 0 => next += n as usize,
-            0 => {
-                results[todo[next]] = Err(io::Error::from(io::ErrorKind::WriteZero));
-                next += 1;
-            }
-            _ => {
-                // The first datagram of the batch failed (sendmmsg reports
-                // an error only then).
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted => {}
-                    io::ErrorKind::WouldBlock => {
-                        let code = err.raw_os_error().unwrap_or(libc::EAGAIN);
-                        for &i in &todo[next..count] {
-                            results[i] = Err(io::Error::from_raw_os_error(code));
-                        }
-                        break;
-                    }
-                    _ => {
-                        results[todo[next]] = Err(err);
-                        next += 1;
-                    }
-                }
-            }
-        }
-    }
+    // SAFETY: `headers[..count]` are initialised mmsghdr whose name, iovec
+    // and control pointers point into `name`, `iovs` (the payloads) and
+    // `controls`, which outlive the call.
+    unsafe {
+        send_all(socket, &mut headers[..count], |at, err| {
+            results[todo[at]] = Err(err)
+        })
+    };
     results
 }
 
