@@ -37,7 +37,7 @@ fn max_payload(mtu: u32) -> usize {
 const THIS_NAMESPACE: &str = "/proc/thread-self/ns/net";
 
 /// Refuses a destination list no broadcast can be sent to.
-fn check_destinations(destinations: &[SocketAddr]) -> Result<(), Error> {
+pub(super) fn check_destinations(destinations: &[SocketAddr]) -> Result<(), Error> {
     if destinations.is_empty() {
         return Err(Error::NoDestinations);
     }
@@ -660,8 +660,10 @@ impl Broadcaster {
         from: Option<Resume>,
         always_report: bool,
     ) -> Result<Option<Vec<Part>>, Error> {
-        if from.is_none() {
-            check_destinations(destinations)?;
+        // The list is checked where it is planned (or split) afresh: a plan
+        // kept for the same list was made for a list that passed.
+        if destinations.is_empty() {
+            return Err(Error::NoDestinations);
         }
         // On one interface: all through it (its plan refuses a destination
         // routed elsewhere). On several: split by interface, unless all go
@@ -795,6 +797,7 @@ impl Broadcaster {
                 return Ok(split.parts.clone());
             }
         }
+        check_destinations(destinations)?;
         let addresses: Vec<Ipv4Addr> = destinations.iter().map(|d| *v4(d).ip()).collect();
         let paths = self
             .primary

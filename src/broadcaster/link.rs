@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use super::{max_payload, Mode, Part};
+use super::{check_destinations, max_payload, Mode, Part};
 use crate::kernel::{Program, Tags};
 use crate::send::call::{Call, Resume};
 use crate::send::plan::Plan;
@@ -139,6 +139,7 @@ impl Link {
             }
             (Some(plan), None) if plan.is_current(&self.resolver, destinations) => plan,
             _ => {
+                check_destinations(destinations)?;
                 state.slot_holds = None;
                 let fan_out = state.slot.is_some();
                 Plan::make(&self.resolver, &self.interface, destinations, fan_out)?
