@@ -103,6 +103,9 @@ int bare_fan_out(struct __sk_buff *skb)
 	struct bare b = {};
 	__u32 zero = 0, *on;
 
+	/* Clones (ours, fan_out's) belong to no socket: they pass first. */
+	if (!skb->sk)
+		return PASS;
 	on = bpf_map_lookup_elem(&busy, &zero);
 	if (!on || *on || skb->protocol != bpf_htons(ETH_P_IP))
 		return PASS;

@@ -244,9 +244,12 @@ int fan_out(struct __sk_buff *skb)
 	__u32 *index, count, zero = 0;
 	__u64 cookie, tag;
 
-	/* Cheapest tests first: our own clones, everything but IPv4, and every
-	 * packet without a transmit time (all UDP datagrams but tagged ones)
-	 * pass. */
+	/* Cheapest tests first: packets of no socket (every clone, ours or
+	 * another program's, and forwarded traffic), our own clones,
+	 * everything but IPv4, and every packet without a transmit time (all
+	 * UDP datagrams but tagged ones) pass. */
+	if (!skb->sk)
+		return PASS;
 	busy = bpf_map_lookup_elem(&fanning_out, &zero);
 	if (!busy || *busy)
 		return PASS;

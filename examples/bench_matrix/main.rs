@@ -8,6 +8,7 @@
 //! bench_matrix profile  [--n 64] [--mode kernel]    # perf record -a -g while one mode sends
 //! bench_matrix batch    [--ns 4,16] [--ks 8]         # broadcast_batch against single broadcasts
 //! bench_matrix overhead [--ns 4,16,64]               # kernel mode against the bare program
+//! bench_matrix interleaved [--ns 4,16,64]            # the same, call by call in one thread
 //! ```
 //!
 //! Every run is one process of the `broadcast` example (built next to this
@@ -37,12 +38,13 @@
 //! `pacing.rs` is the pacing of those runs and the pacing-only process;
 //! `spread.rs` medians and ranges; `matrix.rs` the `matrix` subcommand and
 //! its table, `results.rs` its results.json and `plot.rs` its SVG figures;
-//! `compare.rs`, `batch.rs`, `overhead.rs`, `syscalls.rs` (strace) and
-//! `profile.rs` (perf) the other subcommands.
+//! `compare.rs`, `batch.rs`, `overhead.rs`, `interleaved.rs`, `syscalls.rs`
+//! (strace) and `profile.rs` (perf) the other subcommands.
 
 mod batch;
 mod bench;
 mod compare;
+mod interleaved;
 mod matrix;
 mod overhead;
 mod pacing;
@@ -81,6 +83,9 @@ enum Task {
     /// Kernel mode against the bare fan-out program (the same clones, no
     /// exactly-once protocol), side by side: the crate's own overhead.
     Overhead(OverheadArgs),
+    /// Kernel mode against the bare program call by call in one thread,
+    /// each call timed with the thread's CPU clock.
+    Interleaved(InterleavedArgs),
     /// (internal) The pacing sleeps of the broadcast example alone: prints the
     /// CPU time of COUNT sleeps of PACE_US, the same way it measures.
     #[command(hide = true)]
@@ -218,6 +223,24 @@ struct OverheadArgs {
 }
 
 #[derive(clap::Args)]
+struct InterleavedArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Runs per point.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Destination counts.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    ns: Vec<usize>,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    sizes: Vec<usize>,
+    /// Pairs of calls per run.
+    #[arg(long, default_value_t = 20000)]
+    count: u64,
+}
+
+#[derive(clap::Args)]
 struct SyscallArgs {
     #[command(flatten)]
     common: Common,
@@ -266,6 +289,7 @@ fn main() -> ExitCode {
         Task::Compare(args) => compare::run(&args),
         Task::Batch(args) => batch::run(&args),
         Task::Overhead(args) => overhead::run(&args),
+        Task::Interleaved(args) => interleaved::run(&args),
         Task::Pacing {
             count,
             pace_us,

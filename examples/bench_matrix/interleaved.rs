@@ -1,0 +1,145 @@
+//! The `interleaved` subcommand: the crate's kernel mode and the bare
+//! fan-out program, call by call in one thread (a broadcast, then a bare
+//! send of the same payload, and so on), each call timed with the thread's
+//! CPU clock. Interleaving call by call cancels the drift of a shared
+//! machine's load, which separate runs (`overhead`) cannot; both programs
+//! are attached to the sender's interface for the whole run, each passing
+//! the other's datagrams after one test.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::thread;
+use std::time::Duration;
+
+use elec_broadcast::{BareFanOut, Broadcaster, Mode};
+use elec_testbed::{in_namespace, pattern, pin_current_thread, PATTERN_MODULUS};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+
+use crate::bench::Bench;
+use crate::spread::{cell, Spread};
+use crate::InterleavedArgs;
+
+/// Ports of the two senders' sockets.
+const KERNEL_PORT: u16 = 5100;
+const BARE_PORT: u16 = 5101;
+
+fn thread_cpu_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .expect("the thread's CPU clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// One send for the bare program, as the `broadcast` example's bare mode.
+fn bare_send(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4) -> Result<(), String> {
+    let segment = payload.len() as u16;
+    let whole = [ControlMessage::UdpGsoSegments(&segment)];
+    let iov = [std::io::IoSlice::new(payload)];
+    sendmsg(
+        socket.as_raw_fd(),
+        &iov,
+        &whole,
+        MsgFlags::empty(),
+        Some(&SockaddrIn::from(to)),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("bare send: {e}"))
+}
+
+/// Mean CPU ns per call of (kernel mode, bare) over `count` interleaved
+/// pairs of calls to the first `n` destinations.
+fn one_run(bench: &Bench, n: usize, size: usize, count: u64) -> Result<(f64, f64), String> {
+    let dests = bench.destinations(n);
+    let targets: Vec<SocketAddr> = dests.iter().copied().map(SocketAddr::V4).collect();
+    let counters = bench
+        .tb
+        .counting_receivers(&dests, Some(bench.receiver_cpu))
+        .map_err(|e| format!("starting the receivers: {e}"))?;
+    let messages: Vec<Vec<u8>> = (0..PATTERN_MODULUS).map(|s| pattern(s, size)).collect();
+    let (sender_cpu, tb) = (bench.sender_cpu, &bench.tb);
+    let pacing = bench.pacing(n, size);
+    let sums = in_namespace(tb.sender_ns(), || -> Result<(u64, u64), String> {
+        pin_current_thread(sender_cpu).map_err(|e| e.to_string())?;
+        let broadcaster = Broadcaster::with_mode(tb.sender_iface(), Mode::Kernel)
+            .map_err(|e| format!("kernel mode: {e}"))?;
+        let bind = |port| UdpSocket::bind(SocketAddrV4::new(tb.sender_addr(), port));
+        let kernel_socket = bind(KERNEL_PORT).map_err(|e| e.to_string())?;
+        let bare_socket = bind(BARE_PORT).map_err(|e| e.to_string())?;
+        let _bare = BareFanOut::attach(tb.sender_iface(), BARE_PORT, &dests)
+            .map_err(|e| format!("bare program: {e}"))?;
+        let (mut kernel, mut bare) = (0u64, 0u64);
+        for seq in 0..count {
+            let payload = &messages[(seq % PATTERN_MODULUS) as usize];
+            let t0 = thread_cpu_ns();
+            let report = broadcaster
+                .broadcast(&kernel_socket, payload, &targets)
+                .map_err(|e| format!("broadcast: {e}"))?;
+            let t1 = thread_cpu_ns();
+            bare_send(&bare_socket, payload, dests[0])?;
+            let t2 = thread_cpu_ns();
+            if !report.is_complete() || report.kernel_copies != n {
+                return Err(format!("an incomplete broadcast: {report:?}"));
+            }
+            kernel += t1 - t0;
+            bare += t2 - t1;
+            // Two broadcasts' worth of copies per pair: pause twice as long.
+            if (seq + 1) % pacing.every == 0 {
+                thread::sleep(Duration::from_micros(2 * pacing.pace_us * pacing.every));
+            }
+        }
+        Ok((kernel, bare))
+    })
+    .map_err(|e| format!("entering the sender namespace: {e}"))??;
+    counters.wait_for_total(2 * count * n as u64, Duration::from_secs(10));
+    thread::sleep(Duration::from_millis(20));
+    let counted = counters.stop();
+    if counted.total() != 2 * count * n as u64 || counted.total_mismatches() != 0 {
+        return Err(format!(
+            "delivery: {} copies counted (of {}), {} mangled",
+            counted.total(),
+            2 * count * n as u64,
+            counted.total_mismatches()
+        ));
+    }
+    Ok((sums.0 as f64 / count as f64, sums.1 as f64 / count as f64))
+}
+
+pub fn run(args: &InterleavedArgs) -> Result<(), String> {
+    let bench = Bench::new(&args.common)?;
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "Sender CPU per call in µs (the thread's CPU clock around each call), kernel mode \
+         and the bare program call by call in one thread; median (min–max) of {} runs of \
+         {} pairs of calls; every copy of both checked at the receivers.\n",
+        args.repeats, args.count
+    );
+    let _ = writeln!(table, "| N | size | kernel | bare | kernel − bare |");
+    let _ = writeln!(table, "|--:|--:|--:|--:|--:|");
+    for &n in &args.ns {
+        for &size in &args.sizes {
+            let (mut kernel, mut bare, mut diff) = (vec![], vec![], vec![]);
+            for repeat in 0..args.repeats {
+                let (k, b) = one_run(&bench, n, size, args.count)?;
+                let (k, b) = (k / 1000.0, b / 1000.0);
+                eprintln!(
+                    "[{}/{}] N={n:<3} {size:>4} B: kernel {k:6.2}, bare {b:6.2} µs/call",
+                    repeat + 1,
+                    args.repeats
+                );
+                kernel.push(k);
+                bare.push(b);
+                diff.push(k - b);
+            }
+            let _ = writeln!(
+                table,
+                "| {n} | {size} B | {} | {} | {} |",
+                cell(Spread::of(&kernel), 2),
+                cell(Spread::of(&bare), 2),
+                cell(Spread::of(&diff), 2),
+            );
+        }
+    }
+    println!("{table}");
+    Ok(())
+}
