@@ -1,7 +1,7 @@
 //! The `interleaved` subcommand: the crate's kernel mode and the bare
-//! fan-out program, call by call in one thread (a broadcast, then a bare
-//! send of the same payload, and so on), each call timed with the thread's
-//! CPU clock. Interleaving call by call cancels the drift of a shared
+//! fan-out program, call by call in one thread (a broadcast and a bare send
+//! of the same payload, in an order that swaps from pair to pair), each
+//! call timed with the thread's CPU clock. Interleaving call by call cancels the drift of a shared
 //! machine's load, which separate runs (`overhead`) cannot; both programs
 //! are attached to the sender's interface for the whole run, each passing
 //! the other's datagrams after one test.
@@ -48,7 +48,13 @@ fn bare_send(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4) -> Result<(),
 
 /// Mean CPU ns per call of (kernel mode, bare) over `count` interleaved
 /// pairs of calls to the first `n` destinations.
-fn one_run(bench: &Bench, n: usize, size: usize, count: u64) -> Result<(f64, f64), String> {
+fn one_run(
+    bench: &Bench,
+    n: usize,
+    size: usize,
+    count: u64,
+    against_itself: bool,
+) -> Result<(f64, f64), String> {
     let dests = bench.destinations(n);
     let targets: Vec<SocketAddr> = dests.iter().copied().map(SocketAddr::V4).collect();
     let counters = bench
@@ -65,23 +71,55 @@ fn one_run(bench: &Bench, n: usize, size: usize, count: u64) -> Result<(f64, f64
         let bind = |port| UdpSocket::bind(SocketAddrV4::new(tb.sender_addr(), port));
         let kernel_socket = bind(KERNEL_PORT).map_err(|e| e.to_string())?;
         let bare_socket = bind(BARE_PORT).map_err(|e| e.to_string())?;
-        let _bare = BareFanOut::attach(tb.sender_iface(), BARE_PORT, &dests)
+        // (With `against_itself`, attached all the same, on a port the
+        // second socket does not use.)
+        let bare_port = if against_itself {
+            BARE_PORT + 1
+        } else {
+            BARE_PORT
+        };
+        let _bare = BareFanOut::attach(tb.sender_iface(), bare_port, &dests)
             .map_err(|e| format!("bare program: {e}"))?;
         let (mut kernel, mut bare) = (0u64, 0u64);
         for seq in 0..count {
             let payload = &messages[(seq % PATTERN_MODULUS) as usize];
-            let t0 = thread_cpu_ns();
-            let report = broadcaster
-                .broadcast(&kernel_socket, payload, &targets)
-                .map_err(|e| format!("broadcast: {e}"))?;
-            let t1 = thread_cpu_ns();
-            bare_send(&bare_socket, payload, dests[0])?;
-            let t2 = thread_cpu_ns();
-            if !report.is_complete() || report.kernel_copies != n {
-                return Err(format!("an incomplete broadcast: {report:?}"));
+            // Each call timed alone; the order swaps from pair to pair, so
+            // that work one call leaves behind (skbs handed back to this
+            // CPU to free, say) falls as often into a call of either kind.
+            let broadcast = || {
+                let t0 = thread_cpu_ns();
+                let report = broadcaster
+                    .broadcast(&kernel_socket, payload, &targets)
+                    .map_err(|e| format!("broadcast: {e}"))?;
+                let took = thread_cpu_ns() - t0;
+                if !report.is_complete() || report.kernel_copies != n {
+                    return Err(format!("an incomplete broadcast: {report:?}"));
+                }
+                Ok(took)
+            };
+            let bare_call = || -> Result<u64, String> {
+                let t0 = thread_cpu_ns();
+                if against_itself {
+                    // The A/A check: the crate against itself, on another
+                    // socket (which the bare program does not match).
+                    let report = broadcaster
+                        .broadcast(&bare_socket, payload, &targets)
+                        .map_err(|e| format!("broadcast: {e}"))?;
+                    if !report.is_complete() {
+                        return Err(format!("an incomplete broadcast: {report:?}"));
+                    }
+                } else {
+                    bare_send(&bare_socket, payload, dests[0])?;
+                }
+                Ok(thread_cpu_ns() - t0)
+            };
+            if seq % 2 == 0 {
+                kernel += broadcast()?;
+                bare += bare_call()?;
+            } else {
+                bare += bare_call()?;
+                kernel += broadcast()?;
             }
-            kernel += t1 - t0;
-            bare += t2 - t1;
             // Two broadcasts' worth of copies per pair: pause twice as long.
             if (seq + 1) % pacing.every == 0 {
                 thread::sleep(Duration::from_micros(2 * pacing.pace_us * pacing.every));
@@ -114,13 +152,18 @@ pub fn run(args: &InterleavedArgs) -> Result<(), String> {
          {} pairs of calls; every copy of both checked at the receivers.\n",
         args.repeats, args.count
     );
-    let _ = writeln!(table, "| N | size | kernel | bare | kernel − bare |");
+    let other = if args.against_itself {
+        "kernel (A/A)"
+    } else {
+        "bare"
+    };
+    let _ = writeln!(table, "| N | size | kernel | {other} | kernel − {other} |");
     let _ = writeln!(table, "|--:|--:|--:|--:|--:|");
     for &n in &args.ns {
         for &size in &args.sizes {
             let (mut kernel, mut bare, mut diff) = (vec![], vec![], vec![]);
             for repeat in 0..args.repeats {
-                let (k, b) = one_run(&bench, n, size, args.count)?;
+                let (k, b) = one_run(&bench, n, size, args.count, args.against_itself)?;
                 let (k, b) = (k / 1000.0, b / 1000.0);
                 eprintln!(
                     "[{}/{}] N={n:<3} {size:>4} B: kernel {k:6.2}, bare {b:6.2} µs/call",

@@ -238,6 +238,11 @@ struct InterleavedArgs {
     /// Pairs of calls per run.
     #[arg(long, default_value_t = 20000)]
     count: u64,
+    /// Time kernel mode against itself (on a second socket) instead of the
+    /// bare program: an A/A check of the method, whose difference should be
+    /// nil.
+    #[arg(long)]
+    against_itself: bool,
 }
 
 #[derive(clap::Args)]
