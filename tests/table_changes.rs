@@ -211,15 +211,23 @@ fn race(
     );
     // The other destinations are not affected by the change, unless it
     // took the whole link down: then they lose no more than the change
-    // lasted, or than an ordinary sendto lost across it (after a link comes
-    // back, a neighbour the kernel could not resolve while it was down
-    // waits for its next ARP probe, up to a second, in both paths).
+    // lasted and their neighbours take to come back. Taking the link down
+    // flushes the neighbour table (the testbed's permanent entries too);
+    // after it comes back, each destination's copies go from user space
+    // while the kernel resolves its neighbour again, and what does not fit
+    // the neighbour's queue of unresolved packets is dropped, as for any
+    // sender: one ARP retransmit time (1 s) bounds it, whichever way the
+    // probes fall. (The one sendto destination was seen losing 23 ms while
+    // another destination lost 320 ms, in about one run in ten; the build
+    // of 490b45c failed the tighter bound as often, 1 run in 12.)
     let others_got = others_rx.finish(SETTLE);
     for dest in others {
         let lost = kernel_sent as usize - others_got.count(dest);
         let affected = INTERVAL * lost as u32;
+        let resolution = Duration::from_secs(1);
         assert!(
-            lost == 0 || (others_affected && affected <= GAP.max(windows.1) + SLACK),
+            lost == 0
+                || (others_affected && affected <= GAP.max(windows.1).max(resolution) + SLACK),
             "{dest} lost {lost} copies ({:.1} ms; sendto lost {:.1} ms)",
             ms(affected),
             ms(windows.1)
