@@ -76,7 +76,7 @@ pub use report::{backlog_drops, backlog_note};
 pub use snmp::{link_counters, snmp_counter, LinkCounters};
 pub use testbed::{
     Testbed, TestbedConfig, BRIDGE, HUB_PORT_SECOND, HUB_PORT_SENDER, IFACE,
-    MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS, PREFIX_LEN, SECOND_IFACE, SECOND_SENDER_ADDR,
-    SENDER_ADDR,
+    MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS, PREFIX_LEN, PREFIX_LEN6, SECOND_IFACE,
+    SECOND_SENDER_ADDR, SENDER_ADDR, SENDER_ADDR6,
 };
 pub use wait::wait_until;

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -33,6 +33,12 @@ pub const MAX_RECEIVERS: usize = 254;
 /// Most addresses per receiver.
 pub const MAX_ADDRS_PER_RECEIVER: usize = 254;
 
+/// The sender's IPv6 address (unique-local, fd77::/64), with
+/// [`TestbedConfig::ipv6`].
+pub const SENDER_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
+/// Prefix length of the IPv6 subnet fd77::/64.
+pub const PREFIX_LEN6: u8 = 64;
+
 /// The sender's second interface, with [`TestbedConfig::second_link`].
 pub const SECOND_IFACE: &str = "eth1";
 /// The hub port facing the sender's second interface.
@@ -57,6 +63,11 @@ fn hub_receiver_port_mac(i: usize) -> [u8; 6] {
 /// Address `k` of receiver `i`: 10.77.(1 + i).(1 + k).
 fn receiver_addr(i: usize, k: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, (1 + i) as u8, (1 + k) as u8)
+}
+
+/// IPv6 address `k` of receiver `i`: fd77::(1 + i):(1 + k).
+fn receiver_addr6(i: usize, k: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, (1 + i) as u16, (1 + k) as u16)
 }
 
 /// Address `k` of receiver `i` on the second subnet: 10.78.(1 + i).(1 + k).
@@ -89,6 +100,17 @@ pub struct TestbedConfig {
     /// ([`Testbed::second_receiver_addrs`]), reached through `eth1` (the
     /// sender's neighbour entries pre-filled there too). Default false.
     pub second_link: bool,
+    /// IPv6 beside IPv4 on the sender's `eth0` and the receivers: the
+    /// sender has fd77::1/64 ([`SENDER_ADDR6`]), receiver i the twins
+    /// fd77::(1 + i):(1 + k) of its addresses
+    /// ([`Testbed::receiver_addrs6`]); the sender's neighbour entries are
+    /// pre-filled as for IPv4 (else NDP resolves them). Duplicate address
+    /// detection is turned off explicitly (addresses are added `nodad`, and
+    /// `accept_dad` is 0), so no address is ever tentative; router
+    /// solicitations too. The hub stays a plain IPv4-less, IPv6-less
+    /// switch. Default false: IPv6 is off everywhere, which keeps the links
+    /// free of DAD, router solicitations and MLD.
+    pub ipv6: bool,
 }
 
 impl Default for TestbedConfig {
@@ -101,6 +123,7 @@ impl Default for TestbedConfig {
             rps_cpu: None,
             mtu: None,
             second_link: false,
+            ipv6: false,
         }
     }
 }
@@ -161,6 +184,8 @@ fn write_sysctl_here(path: &str, value: &str) -> io::Result<()> {
 /// What to configure inside one namespace.
 struct NsSetup {
     ns: String,
+    /// Keep IPv6 on (without DAD and router solicitations), else off.
+    ipv6: bool,
     tx_csum_off: Vec<String>,
     ip_lines: Vec<String>,
     bridge_lines: Vec<String>,
@@ -171,6 +196,7 @@ impl NsSetup {
     fn new(ns: &str) -> NsSetup {
         NsSetup {
             ns: ns.to_string(),
+            ipv6: false,
             tx_csum_off: Vec::new(),
             ip_lines: vec!["link set dev lo up".into()],
             bridge_lines: Vec::new(),
@@ -180,13 +206,36 @@ impl NsSetup {
 
     /// Runs inside the namespace.
     fn apply(self) -> io::Result<()> {
-        // No IPv6 in the testbed: keeps the links free of router
-        // solicitations, DAD and MLD noise.
-        for p in [
-            "/proc/sys/net/ipv6/conf/all/disable_ipv6",
-            "/proc/sys/net/ipv6/conf/default/disable_ipv6",
-        ] {
-            write_sysctl_here(p, "1")?;
+        if self.ipv6 {
+            // IPv6 on, without duplicate address detection (every address
+            // usable at once, never tentative) and router solicitations:
+            // both `all` and each interface's own setting count.
+            let mut confs = vec!["all".to_string(), "default".to_string()];
+            confs.extend(
+                std::fs::read_dir("/proc/sys/net/ipv6/conf")
+                    .map_err(|e| context(e, format_args!("listing IPv6 interfaces")))?
+                    .filter_map(|entry| entry.ok())
+                    .map(|entry| entry.file_name().to_string_lossy().into_owned()),
+            );
+            for conf in confs {
+                for (setting, value) in [
+                    ("accept_dad", "0"),
+                    ("router_solicitations", "0"),
+                    ("accept_ra", "0"),
+                    ("disable_ipv6", "0"),
+                ] {
+                    write_sysctl_here(&format!("/proc/sys/net/ipv6/conf/{conf}/{setting}"), value)?;
+                }
+            }
+        } else {
+            // No IPv6 in the testbed: keeps the links free of router
+            // solicitations, DAD and MLD noise.
+            for p in [
+                "/proc/sys/net/ipv6/conf/all/disable_ipv6",
+                "/proc/sys/net/ipv6/conf/default/disable_ipv6",
+            ] {
+                write_sysctl_here(p, "1")?;
+            }
         }
         // The hub is a switch: where br_netfilter is loaded (on the host,
         // by a container runtime, say) bridged frames would otherwise go
@@ -249,6 +298,7 @@ pub struct Testbed {
     receiver_ns: Vec<String>,
     receiver_addrs: Vec<Vec<Ipv4Addr>>,
     second_addrs: Vec<Vec<Ipv4Addr>>,
+    addrs6: Vec<Vec<Ipv6Addr>>,
     all_addrs: Vec<Ipv4Addr>,
     owner: HashMap<Ipv4Addr, usize>,
 }
@@ -285,6 +335,14 @@ impl Testbed {
                     .collect()
             })
             .collect();
+        let addrs6: Vec<Vec<Ipv6Addr>> = (0..r)
+            .map(|i| {
+                (0..cfg.addrs_per_receiver)
+                    .filter(|_| cfg.ipv6)
+                    .map(|k| receiver_addr6(i, k))
+                    .collect()
+            })
+            .collect();
         let all_addrs: Vec<Ipv4Addr> = receiver_addrs.iter().flatten().copied().collect();
         let owner = receiver_addrs
             .iter()
@@ -300,6 +358,7 @@ impl Testbed {
             cfg,
             receiver_addrs,
             second_addrs,
+            addrs6,
             all_addrs,
             owner,
         };
@@ -397,6 +456,22 @@ impl Testbed {
                 }
             }
         }
+        if self.cfg.ipv6 {
+            snd.ipv6 = true;
+            snd.ip_lines.push(format!(
+                "addr add {SENDER_ADDR6}/{PREFIX_LEN6} dev {IFACE} nodad"
+            ));
+            if self.cfg.neighbours_prefilled {
+                for (i, addrs) in self.addrs6.iter().enumerate() {
+                    for a in addrs {
+                        snd.ip_lines.push(format!(
+                            "neigh replace {a} lladdr {} dev {IFACE} nud permanent",
+                            format_mac(&receiver_mac_of(i))
+                        ));
+                    }
+                }
+            }
+        }
         if self.cfg.second_link {
             snd.ip_lines.push(format!(
                 "addr add {SECOND_SENDER_ADDR}/{PREFIX_LEN} dev {SECOND_IFACE}"
@@ -423,6 +498,13 @@ impl Testbed {
             for a in self.receiver_addrs[i].iter().chain(&self.second_addrs[i]) {
                 rcv.ip_lines
                     .push(format!("addr add {a}/{PREFIX_LEN} dev {IFACE}"));
+            }
+            if self.cfg.ipv6 {
+                rcv.ipv6 = true;
+                for a in &self.addrs6[i] {
+                    rcv.ip_lines
+                        .push(format!("addr add {a}/{PREFIX_LEN6} dev {IFACE} nodad"));
+                }
             }
             rcv.ip_lines.push(format!("link set dev {IFACE} up"));
             setups.push(rcv);
@@ -506,6 +588,15 @@ impl Testbed {
     /// When `i >= num_receivers()`.
     pub fn receiver_addrs(&self, i: usize) -> &[Ipv4Addr] {
         &self.receiver_addrs[i]
+    }
+
+    /// The IPv6 addresses of receiver `i` (the twins of its IPv4 ones);
+    /// empty without [`TestbedConfig::ipv6`].
+    ///
+    /// # Panics
+    /// When `i >= num_receivers()`.
+    pub fn receiver_addrs6(&self, i: usize) -> &[Ipv6Addr] {
+        &self.addrs6[i]
     }
 
     /// The addresses of receiver `i` in the second subnet (reached through
