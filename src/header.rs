@@ -224,7 +224,8 @@ pub struct Sequenced {
 }
 
 impl Sequenced {
-    /// The 24 header bytes.
+    /// The 24 header bytes. Fields are written as given: an `ack_port` of 0
+    /// or a round of 0 is written, and refused when parsed.
     ///
     /// # Example
     ///

@@ -607,7 +607,8 @@ impl Replier {
     /// (no readiness on [`Replier::ring_fd`] for them); the application
     /// calls [`Replier::drain`] on its own schedule, on every other wake-up
     /// or timer. For an application whose ring is off its critical path
-    /// (a follower whose acks the kernel sends). Off by default.
+    /// (a follower whose acks the kernel sends). Off by default. In
+    /// user-space mode there is no ring, and this does nothing.
     ///
     /// # Example
     ///
