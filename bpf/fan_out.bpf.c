@@ -278,7 +278,9 @@ int fan_out(struct __sk_buff *skb)
 	/* Take the arm: exactly one fan-out per tag. If user space took it back
 	 * first (it gave up waiting for this datagram), send it as it is. The
 	 * compare-and-swap is a full barrier: the slot is read after it. */
-	skb->tstamp = 0; /* the tag is not a transmit time: no copy carries it on */
+	/* The tag is not a transmit time: no copy carries it on, nor its type
+	 * (a delivery time). */
+	bpf_skb_set_tstamp(skb, 0, BPF_SKB_TSTAMP_UNSPEC);
 	if (__sync_val_compare_and_swap(&arm->armed, tag, 0) != tag)
 		return PASS;
 	counters = bpf_map_lookup_elem(&stats, &zero);

@@ -34,7 +34,7 @@ pub use bare::BareFanOut;
 pub(crate) use collector::Collector;
 pub(crate) use program::Program;
 pub(crate) use replier::Replier as KernelReplier;
-pub(crate) use slots::{SlotHandle, Tags};
+pub(crate) use slots::{Outcome, SlotHandle, Tags};
 
 /// The kernel half of a receive-side primitive for `mode`: `attach` it on
 /// `interface` (given its index) for [`Mode::Kernel`] and [`Mode::Auto`];

@@ -96,6 +96,12 @@ impl Outcome {
         self.lost_from != NOT_FANNED_OUT
     }
 
+    /// Whether every one of the chunk's `count` destinations got its copy
+    /// (the common case, told at once).
+    pub(crate) fn all_sent(&self, count: usize) -> bool {
+        self.lost_from as usize >= count && self.failed.iter().all(|&word| word == 0)
+    }
+
     /// Why destination `i` of the chunk got no copy, if it got none: its
     /// header could not be rewritten (no memory), or its clone was not
     /// transmitted.

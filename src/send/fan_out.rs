@@ -14,7 +14,7 @@ use super::plan::Plan;
 use super::refusal::{refusal, too_large_error, Refusal};
 use super::sockets::SocketState;
 use super::{user_space, HEADERS};
-use crate::kernel::{Program, SlotHandle, Tags, MAX_BATCH};
+use crate::kernel::{Outcome, Program, SlotHandle, Tags, MAX_BATCH};
 use crate::sys;
 
 /// Sends the plan's fan-outs through slot `slot_index`, for every call of
@@ -217,13 +217,7 @@ fn send_segmented(
     }
     calls[sending[0]].fan_outs += 1;
     for &c in sending {
-        for (i, &dest) in chunk.indices.iter().enumerate() {
-            if let Some(reason) = outcome.lost(i) {
-                calls[c].lost(&[dest], reason);
-            } else {
-                calls[c].report.kernel_copies += 1;
-            }
-        }
+        count_outcome(&mut calls[c], &chunk.indices, &outcome);
     }
     Some(false)
 }
@@ -330,12 +324,22 @@ fn finish_one(
         return true;
     }
     call.fan_outs += 1;
-    for (i, &dest) in chunk.indices.iter().enumerate() {
+    count_outcome(call, &chunk.indices, &outcome);
+    false
+}
+
+/// Counts what the program did for a chunk's destinations `indices` in
+/// `call`'s report.
+fn count_outcome(call: &mut Call<'_>, indices: &[usize], outcome: &Outcome) {
+    if outcome.all_sent(indices.len()) {
+        call.report.kernel_copies += indices.len();
+        return;
+    }
+    for (i, &dest) in indices.iter().enumerate() {
         if let Some(reason) = outcome.lost(i) {
             call.lost(&[dest], reason);
         } else {
             call.report.kernel_copies += 1;
         }
     }
-    false
 }
