@@ -37,7 +37,7 @@ fn max_payload(mtu: u32) -> usize {
 const THIS_NAMESPACE: &str = "/proc/thread-self/ns/net";
 
 /// Refuses a destination list no broadcast can be sent to.
-pub(super) fn check_destinations(destinations: &[SocketAddr]) -> Result<(), Error> {
+fn check_destinations(destinations: &[SocketAddr]) -> Result<(), Error> {
     if destinations.is_empty() {
         return Err(Error::NoDestinations);
     }

@@ -180,7 +180,6 @@ impl FailureReason {
     }
 
     /// The reason that stands for a call that failed with `err` as a whole.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn of_error(err: &Error) -> FailureReason {
         match err {
             Error::Send(err) => FailureReason::of(err),

@@ -46,9 +46,8 @@ pub fn run(args: &BatchArgs) -> Result<(), String> {
         for &k in &args.ks {
             for &size in &args.sizes {
                 let pacing = bench.batch_pacing(n, size, k);
-                let count = args
-                    .count
-                    .max((args.min_run_ms * 1000).div_ceil(pacing.pace_us.max(1)))
+                let count = pacing
+                    .run_length(args.count, args.min_run_ms)
                     .next_multiple_of(k);
                 let pacing_cpu_us = bench.pacing_cpu_us(count, pacing)?;
                 let mut per_way: [Vec<f64>; WAYS] = Default::default();

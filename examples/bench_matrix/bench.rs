@@ -64,6 +64,22 @@ pub struct Report {
     pub error: Option<String>,
 }
 
+/// Runs `a` and `b` back to back, `a` first in even repeats and `b` first
+/// in odd ones, so that neither always runs first; returns (a's, b's).
+pub fn side_by_side<A, B>(
+    repeat: usize,
+    a: impl FnOnce() -> Result<A, String>,
+    b: impl FnOnce() -> Result<B, String>,
+) -> Result<(A, B), String> {
+    if repeat % 2 == 0 {
+        let a = a()?;
+        Ok((a, b()?))
+    } else {
+        let b = b()?;
+        Ok((a()?, b))
+    }
+}
+
 /// One accepted run of one mode.
 #[derive(Debug, Clone)]
 pub struct Run {

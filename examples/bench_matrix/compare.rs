@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::bench::Bench;
+use crate::bench::{side_by_side, Bench};
 use crate::spread::{cell, Spread};
 use crate::CompareArgs;
 
@@ -34,9 +34,7 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
     for &n in &args.ns {
         for &size in &args.sizes {
             let pacing = bench.pacing(n, size);
-            let count = args
-                .count
-                .max((args.min_run_ms * 1000).div_ceil(pacing.pace_us.max(1)));
+            let count = pacing.run_length(args.count, args.min_run_ms);
             let pacing_cpu_us = bench.pacing_cpu_us(count, pacing)?;
             let (mut before, mut after, mut ratio) = (vec![], vec![], vec![]);
             let (mut user_before, mut user) = (vec![], vec![]);
@@ -46,13 +44,11 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
                     run.pacing_cpu_us = pacing_cpu_us;
                     Ok(run.per_broadcast_us())
                 };
-                let (b, a) = if repeat % 2 == 0 {
-                    let b = one(&args.baseline, "kernel")?;
-                    (b, one(&bench.broadcast, "kernel")?)
-                } else {
-                    let a = one(&bench.broadcast, "kernel")?;
-                    (one(&args.baseline, "kernel")?, a)
-                };
+                let (b, a) = side_by_side(
+                    repeat,
+                    || one(&args.baseline, "kernel"),
+                    || one(&bench.broadcast, "kernel"),
+                )?;
                 let ub = one(&args.baseline, "sendmmsg")?;
                 let u = one(&bench.broadcast, "sendmmsg")?;
                 eprintln!(

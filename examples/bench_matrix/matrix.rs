@@ -80,9 +80,7 @@ pub fn run(args: &MatrixArgs) -> Result<(), String> {
     for repeat in 0..args.repeats {
         for (p, &(n, size)) in points.iter().enumerate() {
             let pacing = bench.pacing(n, size);
-            let count = args
-                .count
-                .max((args.min_run_ms * 1000).div_ceil(pacing.pace_us.max(1)));
+            let count = pacing.run_length(args.count, args.min_run_ms);
             let pacing_cpu_us = bench.pacing_cpu_us(count, pacing)?;
             let mut accepted = BTreeMap::new();
             // Rotate the order so that no mode always runs first or last.

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::bench::Bench;
+use crate::bench::{side_by_side, Bench};
 use crate::spread::{cell, Spread};
 use crate::OverheadArgs;
 
@@ -27,9 +27,7 @@ pub fn run(args: &OverheadArgs) -> Result<(), String> {
     for &n in &args.ns {
         for &size in &args.sizes {
             let pacing = bench.pacing(n, size);
-            let count = args
-                .count
-                .max((args.min_run_ms * 1000).div_ceil(pacing.pace_us.max(1)));
+            let count = pacing.run_length(args.count, args.min_run_ms);
             let pacing_cpu_us = bench.pacing_cpu_us(count, pacing)?;
             let (mut kernel, mut bare, mut diff, mut ratio) = (vec![], vec![], vec![], vec![]);
             let mut user_diff = vec![];
@@ -42,13 +40,7 @@ pub fn run(args: &OverheadArgs) -> Result<(), String> {
                     let user = run.report.cpu_user_us as f64 / run.report.broadcasts as f64;
                     Ok((run.per_broadcast_us(), user))
                 };
-                let ((k, ku), (b, bu)) = if repeat % 2 == 0 {
-                    let k = one("kernel")?;
-                    (k, one("bare")?)
-                } else {
-                    let b = one("bare")?;
-                    (one("kernel")?, b)
-                };
+                let ((k, ku), (b, bu)) = side_by_side(repeat, || one("kernel"), || one("bare"))?;
                 user_diff.push(ku - bu);
                 eprintln!(
                     "[{}/{}] N={n:<3} {size:>4} B: kernel {k:7.2} (user {ku:5.2}), \

@@ -16,6 +16,14 @@ pub struct Pacing {
     pub every: u64,
 }
 
+impl Pacing {
+    /// Broadcasts in a run: at least `count`, and enough to last
+    /// `min_run_ms` at this pace.
+    pub fn run_length(&self, count: u64, min_run_ms: u64) -> u64 {
+        count.max((min_run_ms * 1000).div_ceil(self.pace_us.max(1)))
+    }
+}
+
 /// The JSON line `bench_matrix pacing` prints.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct PacingReport {

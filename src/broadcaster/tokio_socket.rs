@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 
 use super::Broadcaster;
 use crate::send::call::Resume;
-use crate::{Error, Failure, FailureReason, Report};
+use crate::{Error, FailureReason, Report};
 
 impl Broadcaster {
     /// [`Broadcaster::broadcast`] on a tokio socket, for async code: where
@@ -68,13 +68,8 @@ impl Broadcaster {
                     Ok(part) => {
                         // (No part: nothing was tried, and the readiness
                         // stays as it is.)
-                        let blocked = part.as_ref().is_some_and(|part| {
-                            part.report
-                                .failed
-                                .iter()
-                                .any(|failure| failure.reason == FailureReason::WouldBlock)
-                        });
-                        outcome = Some(Ok(part));
+                        let blocked = part.as_ref().is_some_and(|part| would_block(&part.report));
+                        outcome = Some(Ok(part.map(|part| (part, blocked))));
                         if blocked {
                             // Part was sent, the rest would block: tell
                             // tokio, which clears the readiness.
@@ -91,18 +86,13 @@ impl Broadcaster {
                 }
             });
             match outcome {
-                Some(Ok(Some(part))) => {
+                Some(Ok(Some((part, blocked)))) => {
                     fan_outs += part.fan_outs;
-                    let finished = part
-                        .report
-                        .failed
-                        .iter()
-                        .all(|failure| failure.reason != FailureReason::WouldBlock);
                     match &mut done {
                         Some(done) => done.merge(part.report),
                         None => done = Some(part.report),
                     }
-                    if finished {
+                    if !blocked {
                         break;
                     }
                     resume = part.stopped;
@@ -126,10 +116,7 @@ impl Broadcaster {
                         let reason = FailureReason::of_error(&err);
                         for failure in &mut done.failed {
                             if failure.reason == FailureReason::WouldBlock {
-                                *failure = Failure {
-                                    destination: failure.destination,
-                                    reason,
-                                };
+                                failure.reason = reason;
                             }
                         }
                         break;
@@ -148,4 +135,13 @@ impl Broadcaster {
         self.counters.add(&report, fan_outs);
         Ok(report)
     }
+}
+
+/// Whether a call stopped because a send would have blocked: some of its
+/// destinations are still to be sent.
+fn would_block(report: &Report) -> bool {
+    report
+        .failed
+        .iter()
+        .any(|failure| failure.reason == FailureReason::WouldBlock)
 }

@@ -110,16 +110,18 @@ pub(crate) fn send(
     bypassed
 }
 
+// A batch always fits one UDP GSO send's segments.
+const _: () = assert!(MAX_BATCH <= sys::GSO_MAX_SEGMENTS);
+
 /// The segment size with which `payloads` can go as one UDP GSO carrier,
-/// if they can: more than one, at most `GSO_MAX_SEGMENTS`, none empty, all
+/// if they can: more than one (at most `MAX_BATCH`), none empty, all
 /// of one size but the last (which may be shorter), together within one IP
 /// datagram, on a socket and route that took such sends so far.
 fn segment_size(state: &SocketState, payloads: &[&[u8]]) -> Option<u16> {
     let (last, rest) = payloads.split_last()?;
     let size = rest.first()?.len();
     let total: usize = payloads.iter().map(|p| p.len()).sum();
-    let fits = payloads.len() <= sys::GSO_MAX_SEGMENTS
-        && size > 0
+    let fits = size > 0
         && rest.iter().all(|p| p.len() == size)
         && (1..=size).contains(&last.len())
         && total + HEADERS <= usize::from(u16::MAX);
