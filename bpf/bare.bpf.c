@@ -84,10 +84,10 @@ static long clone_to(__u32 i, void *data)
 		return 1;
 	to = &b->cfg->dests[i];
 	f = b->orig;
-	change = (~b->orig.ip.daddr & 0xffff) + (~b->orig.ip.daddr >> 16) + (to->addr & 0xffff) +
-		 (to->addr >> 16);
+	change = (~b->orig.ip.daddr & 0xffff) + (~b->orig.ip.daddr >> 16) +
+		 (to->addr[0] & 0xffff) + (to->addr[0] >> 16);
 	__builtin_memcpy(f.eth.h_dest, to->mac, ETH_ALEN);
-	f.ip.daddr = to->addr;
+	f.ip.daddr = to->addr[0];
 	f.ip.check = ~fold((__u16)~b->orig.ip.check + change);
 	f.udp.dest = to->port;
 	f.udp.check = fold(b->orig.udp.check + change);

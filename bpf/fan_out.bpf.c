@@ -14,6 +14,9 @@
  *       readdress the packet to dests[i]; bpf_clone_redirect() it to egress
  *   discard the original
  *
+ * IPv4 and IPv6 alike: a slot's destinations are of one family, that of
+ * the datagram (a dual-stack socket sends one per family).
+ *
  * Only the datagram carrying the armed tag is fanned out: another datagram
  * of the same socket (another thread, another process holding the fd), of
  * any length and contents, carries no tag or another one and passes as sent.
@@ -27,6 +30,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <linux/pkt_cls.h>
 #include <linux/udp.h>
 #include <bpf/bpf_endian.h>
@@ -41,6 +45,12 @@
 #define UDP_OFF       (IP_OFF + sizeof(struct iphdr))
 #define UDP_DPORT_OFF (UDP_OFF + offsetof(struct udphdr, dest))
 #define UDP_CSUM_OFF  (UDP_OFF + offsetof(struct udphdr, check))
+
+/* Offsets in an Ethernet + IPv6 (no extension header) + UDP frame. */
+#define IP6_DADDR_OFF  (IP_OFF + offsetof(struct ipv6hdr, daddr))
+#define UDP6_OFF       (IP_OFF + sizeof(struct ipv6hdr))
+#define UDP6_DPORT_OFF (UDP6_OFF + offsetof(struct udphdr, dest))
+#define UDP6_CSUM_OFF  (UDP6_OFF + offsetof(struct udphdr, check))
 
 #define IP_MF     0x2000 /* more fragments */
 #define IP_OFFSET 0x1fff /* fragment offset */
@@ -98,8 +108,8 @@ struct {
 	__type(value, __u32);
 } fanning_out SEC(".maps");
 
-/* The headers of the datagram, shifted by two bytes so that the IPv4 and
- * UDP fields sit on their natural alignment on the stack. */
+/* The headers of an IPv4 datagram, shifted by two bytes so that the IPv4
+ * and UDP fields sit on their natural alignment on the stack. */
 struct frame {
 	__u16 pad;
 	struct ethhdr eth; /* 14 bytes, packed */
@@ -109,13 +119,26 @@ struct frame {
 
 #define FRAME_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct udphdr))
 
+/* The same for an IPv6 datagram. */
+struct frame6 {
+	__u16 pad;
+	struct ethhdr eth;
+	struct ipv6hdr ip;
+	struct udphdr udp;
+};
+
+#define FRAME6_LEN (sizeof(struct ethhdr) + sizeof(struct ipv6hdr) + sizeof(struct udphdr))
+
 /* State shared by the loop body (bpf_loop passes it by pointer). */
 struct fan_out {
 	struct __sk_buff *skb;
 	struct eb_slot *slot;
 	struct eb_arm *arm;
 	struct eb_dest cur; /* the addressing the packet carries right now */
-	struct frame orig;  /* the headers as sent, addressed to dests[0] */
+	union {             /* the headers as sent, addressed to dests[0] */
+		struct frame orig;
+		struct frame6 orig6;
+	};
 	__u32 partial;      /* the UDP checksum field is a CHECKSUM_PARTIAL seed */
 	__u32 copies;       /* clones the interface accepted */
 	__u32 failures;     /* clones it did not */
@@ -137,6 +160,18 @@ static __always_inline __u32 address_change(__be32 from, __be32 to)
 	return (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
 }
 
+/* The same for an IPv6 address (at most 16 x 0x1fffe: no overflow). */
+static __always_inline __u32 address_change6(const __be32 *from, const __be32 *to)
+{
+	return address_change(from[0], to[0]) + address_change(from[1], to[1]) +
+	       address_change(from[2], to[2]) + address_change(from[3], to[3]);
+}
+
+static __always_inline int same_addr6(const __be32 *a, const __be32 *b)
+{
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
 /*
  * Readdress a CHECKSUM_PARTIAL datagram to `to` with a single write of its
  * 42 header bytes. Both checksums are computed here from the headers as
@@ -149,14 +184,29 @@ static __always_inline int readdress_partial(struct __sk_buff *skb, const struct
 					     const struct eb_dest *to)
 {
 	struct frame f = *orig;
-	__u32 change = address_change(orig->ip.daddr, to->addr);
+	__u32 change = address_change(orig->ip.daddr, to->addr[0]);
 
 	__builtin_memcpy(f.eth.h_dest, to->mac, ETH_ALEN);
-	f.ip.daddr = to->addr;
+	f.ip.daddr = to->addr[0];
 	f.ip.check = ~fold((__u16)~orig->ip.check + change);
 	f.udp.dest = to->port;
 	f.udp.check = fold(orig->udp.check + change);
 	return bpf_skb_store_bytes(skb, 0, &f.eth, FRAME_LEN, 0);
+}
+
+/* The same for IPv6: one write of 62 header bytes. IPv6 has no header
+ * checksum; the 16-byte address is part of the UDP pseudo-header. */
+static __always_inline int readdress_partial6(struct __sk_buff *skb, const struct frame6 *orig,
+					      const struct eb_dest *to)
+{
+	struct frame6 f = *orig;
+	__u32 change = address_change6(orig->ip.daddr.in6_u.u6_addr32, to->addr);
+
+	__builtin_memcpy(f.eth.h_dest, to->mac, ETH_ALEN);
+	__builtin_memcpy(f.ip.daddr.in6_u.u6_addr32, to->addr, sizeof(to->addr));
+	f.udp.dest = to->port;
+	f.udp.check = fold(orig->udp.check + change);
+	return bpf_skb_store_bytes(skb, 0, &f.eth, FRAME6_LEN, 0);
 }
 
 static __always_inline int same_mac(const struct eb_dest *a, const struct eb_dest *b)
@@ -166,44 +216,89 @@ static __always_inline int same_mac(const struct eb_dest *a, const struct eb_des
 	       *(const __u16 *)&a->mac[4] == *(const __u16 *)&b->mac[4];
 }
 
+/* Writes the port of `to` where it differs from that of `from`, with the
+ * UDP checksum (at `csum_off`) updated to match. */
+static __always_inline int readdress_port(struct __sk_buff *skb, __u32 port_off, __u32 csum_off,
+					  const struct eb_dest *from, const struct eb_dest *to)
+{
+	if (from->port == to->port)
+		return 0;
+	if (bpf_l4_csum_replace(skb, csum_off, from->port, to->port,
+				BPF_F_MARK_MANGLED_0 | sizeof(to->port)))
+		return -1;
+	return bpf_skb_store_bytes(skb, port_off, &to->port, sizeof(to->port), 0);
+}
+
 /*
  * Readdress the packet from `from` to `to`, writing only the fields that
  * differ. Both checksums are updated incrementally: the address is part of
  * the UDP pseudo-header (BPF_F_PSEUDO_HDR), which keeps the seed of a
  * CHECKSUM_PARTIAL packet right as well as a full software checksum; the port
- * is plain UDP header. BPF_F_MARK_MANGLED_0 keeps a "no checksum" 0 as 0.
- * The first write after a clone un-shares the header (pskb_expand_head).
+ * is plain UDP header. BPF_F_MARK_MANGLED_0 keeps a "no checksum" 0 as 0
+ * (IPv4 only: an IPv6 UDP checksum is never 0), and writes a sum of 0 as
+ * 0xffff. The first write after a clone un-shares the header
+ * (pskb_expand_head).
  */
 static __always_inline int readdress(struct __sk_buff *skb, const struct eb_dest *from,
 				     const struct eb_dest *to)
 {
 	if (!same_mac(from, to) && bpf_skb_store_bytes(skb, 0, to->mac, ETH_ALEN, 0))
 		return -1;
-	if (from->addr != to->addr) {
-		if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, from->addr, to->addr,
-					BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to->addr)))
+	if (from->addr[0] != to->addr[0]) {
+		if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, from->addr[0], to->addr[0],
+					BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | sizeof(to->addr[0])))
 			return -1;
-		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from->addr, to->addr, sizeof(to->addr)))
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, from->addr[0], to->addr[0],
+					sizeof(to->addr[0])))
 			return -1;
-		if (bpf_skb_store_bytes(skb, IP_DADDR_OFF, &to->addr, sizeof(to->addr), 0))
-			return -1;
-	}
-	if (from->port != to->port) {
-		if (bpf_l4_csum_replace(skb, UDP_CSUM_OFF, from->port, to->port,
-					BPF_F_MARK_MANGLED_0 | sizeof(to->port)))
-			return -1;
-		if (bpf_skb_store_bytes(skb, UDP_DPORT_OFF, &to->port, sizeof(to->port), 0))
+		if (bpf_skb_store_bytes(skb, IP_DADDR_OFF, &to->addr[0], sizeof(to->addr[0]), 0))
 			return -1;
 	}
-	return 0;
+	return readdress_port(skb, UDP_DPORT_OFF, UDP_CSUM_OFF, from, to);
 }
 
-/* Loop body: copy i goes to dests[i]. Returns 1 to stop the loop. */
+/* The same for IPv6: the address change goes into the UDP checksum as one
+ * difference (size 0: `to` is the sum to add). */
+static __always_inline int readdress6(struct __sk_buff *skb, const struct eb_dest *from,
+				      const struct eb_dest *to)
+{
+	if (!same_mac(from, to) && bpf_skb_store_bytes(skb, 0, to->mac, ETH_ALEN, 0))
+		return -1;
+	if (!same_addr6(from->addr, to->addr)) {
+		if (bpf_l4_csum_replace(skb, UDP6_CSUM_OFF, 0, address_change6(from->addr, to->addr),
+					BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0))
+			return -1;
+		if (bpf_skb_store_bytes(skb, IP6_DADDR_OFF, to->addr, sizeof(to->addr), 0))
+			return -1;
+	}
+	return readdress_port(skb, UDP6_DPORT_OFF, UDP6_CSUM_OFF, from, to);
+}
+
+/* Sends the packet, addressed as it is now, as the copy for dests[i]: a
+ * clone, whose transmit result is recorded. */
+static __always_inline void clone_out(struct fan_out *f, __u32 i)
+{
+	long ret;
+
+	/* Flags 0 = egress of this same interface. The clone re-enters this
+	 * program, finds the per-CPU flag set and passes. The result is the
+	 * clone's own transmit: < 0 if it could not be made or sent, and
+	 * NET_XMIT_DROP if the device or its queue dropped it (a full backlog
+	 * behind a veth, a full qdisc). NET_XMIT_CN means it was queued. */
+	ret = bpf_clone_redirect(f->skb, f->skb->ifindex, 0);
+	if (ret < 0 || ret == NET_XMIT_DROP) {
+		f->arm->failed[i / 64] |= 1ULL << (i % 64);
+		f->failures++;
+	} else {
+		f->copies++;
+	}
+}
+
+/* Loop body, IPv4: copy i goes to dests[i]. Returns 1 to stop the loop. */
 static long clone_to(__u32 i, void *data)
 {
 	struct fan_out *f = data;
 	struct eb_slot *slot = f->slot;
-	long ret;
 
 	if (i >= EB_MAX_DESTS) /* bounds dests[i] for the verifier */
 		return 1;
@@ -218,19 +313,75 @@ static long clone_to(__u32 i, void *data)
 	 * addressing; the single write does not need it. */
 	if (!f->partial)
 		f->cur = slot->dests[i];
-	/* Flags 0 = egress of this same interface. The clone re-enters this
-	 * program, finds the per-CPU flag set and passes. The result is the
-	 * clone's own transmit: < 0 if it could not be made or sent, and
-	 * NET_XMIT_DROP if the device or its queue dropped it (a full backlog
-	 * behind a veth, a full qdisc). NET_XMIT_CN means it was queued. */
-	ret = bpf_clone_redirect(f->skb, f->skb->ifindex, 0);
-	if (ret < 0 || ret == NET_XMIT_DROP) {
-		f->arm->failed[i / 64] |= 1ULL << (i % 64);
-		f->failures++;
-	} else {
-		f->copies++;
-	}
+	clone_out(f, i);
 	return 0;
+}
+
+/* Loop body, IPv6: as clone_to. */
+static long clone_to6(__u32 i, void *data)
+{
+	struct fan_out *f = data;
+	struct eb_slot *slot = f->slot;
+
+	if (i >= EB_MAX_DESTS)
+		return 1;
+	if (i > 0 && (f->partial ? readdress_partial6(f->skb, &f->orig6, &slot->dests[i])
+				 : readdress6(f->skb, &f->cur, &slot->dests[i]))) {
+		f->lost_from = i;
+		return 1;
+	}
+	if (!f->partial)
+		f->cur = slot->dests[i];
+	clone_out(f, i);
+	return 0;
+}
+
+/* Whether the IPv4 datagram has the shape the fixed offsets above assume
+ * (no options, not a fragment, UDP) and is the one armed (its length, its
+ * destination). Loads its headers into f->orig and sets f->partial. */
+static __always_inline int takes4(struct __sk_buff *skb, struct fan_out *f)
+{
+	struct eb_dest *first = &f->slot->dests[0];
+	struct frame *o = &f->orig;
+
+	if (f->slot->family != EB_FAMILY_IPV4 || bpf_skb_load_bytes(skb, 0, &o->eth, FRAME_LEN) ||
+	    o->ip.ihl != 5 || o->ip.protocol != IPPROTO_UDP ||
+	    (o->ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
+	    bpf_ntohs(o->ip.tot_len) != f->arm->ip_len || o->ip.daddr != first->addr[0] ||
+	    o->udp.dest != first->port)
+		return 0;
+	/* The single-write path needs a CHECKSUM_PARTIAL seed. User space says
+	 * so for datagrams sent with UDP_SEGMENT (the kernel refuses those
+	 * otherwise), and the field must hold exactly the pseudo-header sum. */
+	f->partial = (f->arm->flags & EB_SLOT_PARTIAL) &&
+		     o->udp.check == fold((o->ip.saddr & 0xffff) + (o->ip.saddr >> 16) +
+					  (o->ip.daddr & 0xffff) + (o->ip.daddr >> 16) +
+					  bpf_htons(IPPROTO_UDP) + o->udp.len);
+	return 1;
+}
+
+/* The same for IPv6: UDP directly after the fixed header (a datagram with
+ * extension headers, a fragment among them, passes as sent). */
+static __always_inline int takes6(struct __sk_buff *skb, struct fan_out *f)
+{
+	struct eb_dest *first = &f->slot->dests[0];
+	struct frame6 *o = &f->orig6;
+	const __be32 *s, *d;
+	__u32 sum;
+
+	if (f->slot->family != EB_FAMILY_IPV6 ||
+	    bpf_skb_load_bytes(skb, 0, &o->eth, FRAME6_LEN) || o->ip.version != 6 ||
+	    o->ip.nexthdr != IPPROTO_UDP ||
+	    bpf_ntohs(o->ip.payload_len) + sizeof(struct ipv6hdr) != f->arm->ip_len ||
+	    !same_addr6(o->ip.daddr.in6_u.u6_addr32, first->addr) || o->udp.dest != first->port)
+		return 0;
+	s = o->ip.saddr.in6_u.u6_addr32;
+	d = o->ip.daddr.in6_u.u6_addr32;
+	sum = bpf_htons(IPPROTO_UDP) + o->udp.len;
+	for (int w = 0; w < 4; w++)
+		sum += (s[w] & 0xffff) + (s[w] >> 16) + (d[w] & 0xffff) + (d[w] >> 16);
+	f->partial = (f->arm->flags & EB_SLOT_PARTIAL) && o->udp.check == fold(sum);
+	return 1;
 }
 
 SEC("tcx/egress")
@@ -243,17 +394,19 @@ int fan_out(struct __sk_buff *skb)
 	__u32 *busy;
 	__u32 *index, count, zero = 0;
 	__u64 cookie, tag;
+	int ipv6, takes;
 
 	/* Cheapest tests first: packets of no socket (every clone, ours or
 	 * another program's, and forwarded traffic), our own clones,
-	 * everything but IPv4, and every packet without a transmit time (all
-	 * UDP datagrams but tagged ones) pass. */
+	 * everything but IPv4 and IPv6, and every packet without a transmit
+	 * time (all UDP datagrams but tagged ones) pass. */
 	if (!skb->sk)
 		return PASS;
 	busy = bpf_map_lookup_elem(&fanning_out, &zero);
 	if (!busy || *busy)
 		return PASS;
-	if (skb->protocol != bpf_htons(ETH_P_IP))
+	ipv6 = skb->protocol == bpf_htons(ETH_P_IPV6);
+	if (!ipv6 && skb->protocol != bpf_htons(ETH_P_IP))
 		return PASS;
 	tag = skb->tstamp;
 	if (!tag)
@@ -275,24 +428,25 @@ int fan_out(struct __sk_buff *skb)
 	if (READ_ONCE(arm->armed) != tag)
 		return PASS;
 
-	/* Take the arm: exactly one fan-out per tag. If user space took it back
-	 * first (it gave up waiting for this datagram), send it as it is. The
-	 * compare-and-swap is a full barrier: the slot is read after it. */
 	/* The tag is not a transmit time: no copy carries it on, nor its type
 	 * (a delivery time). */
 	bpf_skb_set_tstamp(skb, 0, BPF_SKB_TSTAMP_UNSPEC);
+	/* Take the arm: exactly one fan-out per tag. If user space took it back
+	 * first (it gave up waiting for this datagram), send it as it is. The
+	 * compare-and-swap is a full barrier: the slot is read after it. */
 	if (__sync_val_compare_and_swap(&arm->armed, tag, 0) != tag)
 		return PASS;
 	counters = bpf_map_lookup_elem(&stats, &zero);
+	f.skb = skb;
+	f.slot = slot;
+	f.arm = arm;
 	/* The datagram must have the shape the fixed offsets above assume. If
-	 * not (IP options, say), it goes to dests[0] as sent, and the result
-	 * says so: user space sends the other copies itself. */
+	 * not (IP options, IPv6 extension headers, say), it goes to dests[0]
+	 * as sent, and the result says so: user space sends the other copies
+	 * itself. */
 	count = slot->count;
-	if (!counters || bpf_skb_load_bytes(skb, 0, &f.orig.eth, FRAME_LEN) || f.orig.ip.ihl != 5 ||
-	    f.orig.ip.protocol != IPPROTO_UDP ||
-	    (f.orig.ip.frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
-	    bpf_ntohs(f.orig.ip.tot_len) != arm->ip_len || count == 0 || count > EB_MAX_DESTS ||
-	    f.orig.ip.daddr != slot->dests[0].addr || f.orig.udp.dest != slot->dests[0].port) {
+	takes = ipv6 ? takes6(skb, &f) : takes4(skb, &f);
+	if (!counters || !takes || count == 0 || count > EB_MAX_DESTS) {
 		if (counters)
 			counters->mismatches++;
 		arm->copies = 0;
@@ -302,19 +456,8 @@ int fan_out(struct __sk_buff *skb)
 		return PASS;
 	}
 
-	/* The single-write path needs a CHECKSUM_PARTIAL seed. User space says
-	 * so for datagrams sent with UDP_SEGMENT (the kernel refuses those
-	 * otherwise), and the field must hold exactly the pseudo-header sum. */
-	f.partial = (arm->flags & EB_SLOT_PARTIAL) &&
-		    f.orig.udp.check == fold((f.orig.ip.saddr & 0xffff) + (f.orig.ip.saddr >> 16) +
-					     (f.orig.ip.daddr & 0xffff) + (f.orig.ip.daddr >> 16) +
-					     bpf_htons(IPPROTO_UDP) + f.orig.udp.len);
-
 	for (int w = 0; w < EB_MAX_DESTS / 64; w++)
 		arm->failed[w] = 0;
-	f.skb = skb;
-	f.slot = slot;
-	f.arm = arm;
 	f.cur = slot->dests[0];
 	f.lost_from = count;
 
@@ -325,7 +468,7 @@ int fan_out(struct __sk_buff *skb)
 	 * result comes back to us, the original's would go to UDP, which drops
 	 * it unless the socket sets IP_RECVERR. */
 	*busy = 1;
-	if (bpf_loop(count, clone_to, &f, 0) < 0)
+	if ((ipv6 ? bpf_loop(count, clone_to6, &f, 0) : bpf_loop(count, clone_to, &f, 0)) < 0)
 		f.lost_from = 0;
 	*busy = 0;
 	if (f.lost_from < count)

@@ -165,26 +165,50 @@ static long scan_voter(__u32 v, void *data)
 	return 0;
 }
 
+/* The search for the k-th highest round (bpf_loop passes it by pointer):
+ * one scan per step, each for the next lower round. */
+struct kth {
+	struct scan s;
+	__u32 need;   /* voters still to cover */
+	__u32 span;
+	__u64 result; /* the round found; 0: none */
+};
+
+static long next_round(__u32 i, void *data)
+{
+	struct kth *t = data;
+
+	t->s.max = 0;
+	t->s.ties = 0;
+	if (bpf_loop(t->span, scan_voter, &t->s, 0) < 0 || t->s.max == 0)
+		return 1;
+	if (t->s.ties >= t->need) {
+		t->result = t->s.max;
+		return 1;
+	}
+	t->need -= t->s.ties;
+	t->s.below = t->s.max;
+	return 0;
+}
+
 /* The highest round that at least k of the voters have acknowledged: scan
  * for the highest round, then the next lower one, ..., until k voters are
- * covered. Each scan covers at least one voter, so k scans are enough. */
+ * covered. Each scan covers at least one voter, so k scans are enough.
+ * Both loops are bpf_loop()s, so the verifier checks each body once
+ * instead of every unrolled step of every path through the caller (which
+ * took more than its million instructions on Linux 6.18). */
 static __always_inline __u64 kth_highest(struct eb_quorum *q, __u64 tag, __u64 voters, __u32 k,
 					 __u32 span)
 {
-	struct scan s = { .q = q, .tag = tag, .voters = voters, .below = ~0ULL };
-	__u32 need = k;
+	struct kth t = {
+		.s = { .q = q, .tag = tag, .voters = voters, .below = ~0ULL },
+		.need = k,
+		.span = span,
+	};
 
-	for (int i = 0; i < EB_MAX_VOTERS; i++) {
-		s.max = 0;
-		s.ties = 0;
-		if (bpf_loop(span, scan_voter, &s, 0) < 0 || s.max == 0)
-			return 0;
-		if (s.ties >= need)
-			return s.max;
-		need -= s.ties;
-		s.below = s.max;
-	}
-	return 0;
+	if (bpf_loop(EB_MAX_VOTERS, next_round, &t, 0) < 0)
+		return 0;
+	return t.result;
 }
 
 /* What became of one ack; indexes into struct eb_quorum_counters. */

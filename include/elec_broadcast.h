@@ -23,20 +23,27 @@
  * the datagram for arms[i] is i modulo EB_MAX_BATCH. */
 #define EB_MAX_BATCH 16
 
+/* The address family of a slot's destinations (`family`): every
+ * destination of one slot, and the datagram fanned out to them, is of one. */
+#define EB_FAMILY_IPV4 4
+#define EB_FAMILY_IPV6 6
+
 /* The armed datagram was sent with UDP_SEGMENT, so the kernel made it
  * CHECKSUM_PARTIAL: its UDP checksum field holds the pseudo-header sum. */
 #define EB_SLOT_PARTIAL 1
 
 /* `lost_from` of a datagram the program took but could not fan out (not
- * IPv4/UDP without options, fragmented, not as armed): it went to dests[0]
- * as sent, and no other destination got anything. */
+ * IPv4/UDP without options or IPv6/UDP without extension headers,
+ * fragmented, not as armed): it went to dests[0] as sent, and no other
+ * destination got anything. */
 #define EB_NOT_FANNED_OUT 0xffffffff
 
 /* One destination of a fan-out, already resolved by user space. */
 struct eb_dest {
-	__u8 mac[6];  /* Ethernet address of the next hop */
-	__be16 port;  /* UDP destination port, network byte order */
-	__be32 addr;  /* IPv4 destination address, network byte order */
+	__u8 mac[6];     /* Ethernet address of the next hop */
+	__be16 port;     /* UDP destination port, network byte order */
+	__be32 addr[4];  /* destination address, network byte order: an IPv4
+			  * address in addr[0] (the rest 0), or an IPv6 one */
 };
 
 /*
@@ -56,7 +63,9 @@ struct eb_dest {
 struct eb_arm {
 	__u64 armed;     /* tag of the armed send; 0 = idle */
 	__u64 done;      /* tag the results below belong to */
-	__u32 ip_len;    /* IPv4 total length of the armed datagram (host order) */
+	__u32 ip_len;    /* length of the armed datagram's IP packet, header
+			  * included (IPv4 total length; IPv6 40 + payload
+			  * length), host order */
 	__u32 flags;     /* EB_SLOT_* for the armed send */
 	__u32 copies;    /* result: clones that the interface accepted */
 	__u32 failures;  /* result: clones that bpf_clone_redirect could not deliver */
@@ -74,7 +83,7 @@ struct eb_arm {
  */
 struct eb_slot {
 	__u32 count;     /* destinations in dests[], 1..=EB_MAX_DESTS */
-	__u32 pad;
+	__u32 family;    /* EB_FAMILY_* of dests[] */
 	struct eb_arm arms[EB_MAX_BATCH];
 	struct eb_dest dests[EB_MAX_DESTS];
 };
@@ -86,14 +95,15 @@ struct eb_stats {
 	__u64 clone_failures;  /* clones that bpf_clone_redirect could not deliver */
 	__u64 rewrite_failures;/* header rewrites that failed (destinations lost) */
 	__u64 mismatches;      /* tagged datagram not fanned out: not IPv4/UDP without
-				* options, fragmented, or not as armed */
+				* options or IPv6/UDP without extension headers,
+				* fragmented, or not as armed */
 };
 
 /* Layout is part of the ABI: catch accidental changes on the C side too. */
-_Static_assert(sizeof(struct eb_dest) == 12, "eb_dest layout changed");
+_Static_assert(sizeof(struct eb_dest) == 24, "eb_dest layout changed");
 _Static_assert(sizeof(struct eb_arm) == 40 + EB_MAX_DESTS / 8, "eb_arm layout changed");
 _Static_assert(sizeof(struct eb_slot) == 8 + EB_MAX_BATCH * sizeof(struct eb_arm) +
-					     12 * EB_MAX_DESTS,
+					     24 * EB_MAX_DESTS,
 	       "eb_slot layout changed");
 _Static_assert((EB_MAX_BATCH & (EB_MAX_BATCH - 1)) == 0, "EB_MAX_BATCH is a power of two");
 _Static_assert(sizeof(struct eb_stats) == 40, "eb_stats layout changed");

@@ -3,7 +3,7 @@
 //! send side (see the `send` module for the steps of a call).
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::thread;
 
@@ -15,8 +15,8 @@ use crate::kernel::{Tags, MAX_BATCH};
 use crate::report::{Counters, KernelCounters, Report, Stats};
 use crate::send::call::Resume;
 use crate::send::sockets::lock;
-use crate::send::{v4, HEADERS};
-use crate::tables::PathTo;
+use crate::send::{headers, Family, HEADERS, HEADERS6};
+use crate::tables::{PathTo, Target};
 use crate::{Error, Failure, FailureReason};
 
 mod link;
@@ -25,12 +25,16 @@ mod tokio_socket;
 
 use link::Link;
 
-/// The largest UDP payload an IPv4 datagram can carry.
-const MAX_UDP_PAYLOAD: usize = 65_535 - HEADERS;
+/// The largest payload that fits `mtu` in one datagram with `headers`
+/// bytes of IP and UDP headers (`HEADERS` or `HEADERS6`): an IP packet is
+/// at most 65535 bytes long.
+fn max_payload(mtu: u32, headers: usize) -> usize {
+    (mtu as usize).min(65_535).saturating_sub(headers)
+}
 
-/// The largest payload that fits `mtu` in one IPv4/UDP datagram.
-fn max_payload(mtu: u32) -> usize {
-    (mtu as usize).saturating_sub(HEADERS).min(MAX_UDP_PAYLOAD)
+/// The most header bytes a datagram to one of `destinations` takes.
+fn list_headers(destinations: &[SocketAddr]) -> usize {
+    destinations.iter().map(headers).max().unwrap_or(HEADERS)
 }
 
 /// The calling thread's network namespace.
@@ -42,14 +46,42 @@ fn check_destinations(destinations: &[SocketAddr]) -> Result<(), Error> {
         return Err(Error::NoDestinations);
     }
     for &destination in destinations {
-        match destination {
-            SocketAddr::V6(_) => return Err(Error::Ipv6Destination { destination }),
-            SocketAddr::V4(v4) => {
-                let ip = v4.ip();
-                if v4.port() == 0 || ip.is_unspecified() || ip.is_broadcast() {
-                    return Err(Error::InvalidDestination { destination });
+        let invalid = Err(Error::InvalidDestination { destination });
+        if destination.port() == 0 {
+            return invalid;
+        }
+        match Target::of(&destination) {
+            Target {
+                ip: IpAddr::V4(ip), ..
+            } => {
+                if ip.is_unspecified() || ip.is_broadcast() {
+                    return invalid;
                 }
             }
+            Target {
+                ip: IpAddr::V6(ip),
+                scope,
+            } => {
+                if ip.is_multicast() {
+                    return Err(Error::MulticastDestination { destination });
+                }
+                if ip.is_unspecified() || (ip.is_unicast_link_local() && scope == 0) {
+                    return invalid;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a destination a socket of `family` cannot send to.
+fn check_family(family: Family, destinations: &[SocketAddr]) -> Result<(), Error> {
+    for destination in destinations {
+        if let Err(socket) = family.reaches(destination) {
+            return Err(Error::FamilyMismatch {
+                destination: *destination,
+                socket,
+            });
         }
     }
     Ok(())
@@ -399,10 +431,11 @@ impl Broadcaster {
         self.primary.ifindex
     }
 
-    /// Largest payload one broadcast can carry: the smallest current MTU of
-    /// the interfaces this broadcaster is on, minus the IPv4 and UDP
-    /// headers. (A destination whose route has a smaller MTU of its own
-    /// takes less.)
+    /// Largest payload one broadcast to IPv4 destinations can carry: the
+    /// smallest current MTU of the interfaces this broadcaster is on, minus
+    /// the IPv4 and UDP headers (28 bytes). IPv6 destinations take 20 bytes
+    /// less (their headers are 48 bytes), and a destination whose route has
+    /// a smaller MTU of its own takes less.
     ///
     /// # Example
     ///
@@ -495,10 +528,18 @@ impl Broadcaster {
 
     /// Sends `payload` once to every destination, through `socket`.
     ///
-    /// `socket` is any bound IPv4 UDP socket (std, socket2, tokio, ... all
-    /// implement [`AsFd`]); every copy carries its address as the source.
-    /// The payload arrives byte for byte as given. Lists longer than 256
-    /// destinations are split into several fan-outs.
+    /// `socket` is any bound UDP socket, IPv4 or IPv6 (std, socket2, tokio,
+    /// ... all implement [`AsFd`]); every copy carries its address as the
+    /// source. The payload arrives byte for byte as given. Lists longer than
+    /// 256 destinations are split into several fan-outs.
+    ///
+    /// IPv6 destinations need an IPv6 socket; a link-local one (`fe80::/10`)
+    /// needs its scope id, the index of the broadcaster's interface. An IPv6
+    /// socket with `IPV6_V6ONLY` off (dual stack) also sends to IPv4
+    /// destinations (given as IPv4 or as IPv4-mapped IPv6 addresses), which
+    /// leave as IPv4 datagrams: a list may mix both families, and costs one
+    /// fan-out per family. An IPv4 socket sends to IPv4 destinations (and
+    /// IPv4-mapped ones) only.
     ///
     /// Returns what was sent. Destinations whose copy could not be sent are
     /// listed in [`Report::failed`], each with its [`FailureReason`](crate::FailureReason): in
@@ -525,11 +566,35 @@ impl Broadcaster {
     /// README).
     ///
     /// # Errors
-    /// Bad input is rejected before anything is sent: an empty list, an IPv6
-    /// or otherwise invalid destination, a destination routed through
-    /// another interface, a payload larger than
-    /// [`Broadcaster::max_payload`], a socket that is not a bound IPv4 UDP
-    /// socket.
+    /// Bad input is rejected before anything is sent: an empty list, an
+    /// invalid destination ([`Error::InvalidDestination`], such as a
+    /// link-local one without its scope id), an IPv6 multicast one
+    /// ([`Error::MulticastDestination`]), one the socket cannot reach
+    /// ([`Error::FamilyMismatch`]), one routed through another interface, a
+    /// payload too large for the interface's MTU (more than
+    /// [`Broadcaster::max_payload`] over IPv4, 20 bytes less over IPv6), a
+    /// socket that is not a bound UDP socket.
+    ///
+    /// # IPv6 example
+    ///
+    /// ```no_run
+    /// use std::net::{SocketAddr, SocketAddrV6, UdpSocket};
+    /// use elec_broadcast::Broadcaster;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let broadcaster = Broadcaster::new("eth0")?;
+    /// // Dual stack: IPv6 and IPv4 destinations through one socket.
+    /// let socket = UdpSocket::bind("[::]:7000")?;
+    /// let scope = broadcaster.interface_index();
+    /// let peers: Vec<SocketAddr> = vec![
+    ///     "[fd00::2]:7000".parse()?,
+    ///     SocketAddr::V6(SocketAddrV6::new("fe80::3".parse()?, 7000, 0, scope)),
+    ///     "10.0.0.4:7000".parse()?,
+    /// ];
+    /// let report = broadcaster.broadcast(&socket, b"accept 42 v", &peers)?;
+    /// assert_eq!(report.copies_sent + report.failed.len(), peers.len());
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Example
     ///
@@ -612,9 +677,9 @@ impl Broadcaster {
         // Every payload is checked before anything is sent.
         check_destinations(destinations)?;
         for payload in payloads {
-            if payload.len() > self.max_payload() {
+            if payload.len() > self.max_payload().saturating_sub(HEADERS6 - HEADERS) {
                 for link in std::iter::once(&self.primary).chain(read(&self.others).iter()) {
-                    link.check_payload(payload)?;
+                    link.check_payload(payload, destinations)?;
                 }
             }
         }
@@ -685,11 +750,13 @@ impl Broadcaster {
         if from.is_some() {
             return Ok(None);
         }
-        // Every payload fits every interface concerned, before anything is
-        // sent.
-        for (link, _) in &split {
+        // The socket reaches every destination, and every payload fits
+        // every interface concerned, before anything is sent.
+        check_family(crate::send::sockets::family(socket)?, destinations)?;
+        for (link, indices) in &split {
+            let some: Vec<SocketAddr> = indices.iter().map(|&i| destinations[i]).collect();
             for payload in payloads {
-                link.check_payload(payload)?;
+                link.check_payload(payload, &some)?;
             }
         }
         let mut reports = vec![Report::default(); payloads.len()];
@@ -798,11 +865,11 @@ impl Broadcaster {
             }
         }
         check_destinations(destinations)?;
-        let addresses: Vec<Ipv4Addr> = destinations.iter().map(|d| *v4(d).ip()).collect();
+        let targets: Vec<Target> = destinations.iter().map(Target::of).collect();
         let paths = self
             .primary
             .resolver
-            .paths(&addresses)
+            .paths(&targets)
             .map_err(Error::io("reading the routing and neighbour tables"))?;
         let mut parts: Vec<LinkPart> = Vec::new();
         for (i, path) in paths.to.into_iter().enumerate() {

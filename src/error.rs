@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 /// Everything that can go wrong, each message saying what to do about it.
 ///
-/// Input errors (`NoDestinations`, `Ipv6Destination`, `PayloadTooLarge`, ...)
+/// Input errors (`NoDestinations`, `FamilyMismatch`, `PayloadTooLarge`, ...)
 /// are detected before anything is sent: a call that returns one of them sent
 /// nothing.
 ///
@@ -37,22 +37,39 @@ pub enum Error {
     #[error("no payloads given: pass at least one payload to broadcast_batch")]
     NoPayloads,
 
-    /// An IPv6 destination was given; only IPv4 is supported so far.
+    /// A destination the socket cannot send to: an IPv6 destination on an
+    /// IPv4 socket, or an IPv4 one (or an IPv4-mapped IPv6 one) on an IPv6
+    /// socket with `IPV6_V6ONLY` on.
     #[error(
-        "{destination} is an IPv6 destination, and only IPv4 destinations are supported \
-         so far: send to IPv6 peers with an ordinary send"
+        "{destination} cannot be sent to through an {socket} socket: use a socket of its \
+         family, or an IPv6 socket with IPV6_V6ONLY off (dual stack) for both families"
     )]
-    Ipv6Destination {
+    FamilyMismatch {
+        /// The offending destination.
+        destination: SocketAddr,
+        /// The socket's kind: `"IPv4"` or `"IPv6-only"`.
+        socket: &'static str,
+    },
+
+    /// A destination no datagram can be sent to: port 0, an unspecified or
+    /// broadcast address, or an IPv6 link-local address without the scope id
+    /// (the index of the interface it is on).
+    #[error(
+        "{destination} is not a valid destination: it needs a unicast address and a non-zero \
+         port, and an IPv6 link-local address needs its interface's scope id (fe80::1%eth0)"
+    )]
+    InvalidDestination {
         /// The offending destination.
         destination: SocketAddr,
     },
 
-    /// A destination no datagram can be sent to (port 0, or an unspecified
-    /// or broadcast address).
+    /// An IPv6 multicast destination: a fan-out is a set of unicast copies
+    /// (send to a multicast group with an ordinary send).
     #[error(
-        "{destination} is not a valid destination: it needs a unicast address and a non-zero port"
+        "{destination} is a multicast address: broadcast sends unicast copies; send to a \
+         multicast group with an ordinary send"
     )]
-    InvalidDestination {
+    MulticastDestination {
         /// The offending destination.
         destination: SocketAddr,
     },
@@ -86,7 +103,8 @@ pub enum Error {
     PayloadTooLarge {
         /// Length of the payload that was given.
         len: usize,
-        /// Largest payload that fits (MTU minus IPv4 and UDP headers).
+        /// Largest payload that fits (the MTU minus the IP and UDP headers: 28
+        /// bytes for IPv4, 48 for IPv6).
         max: usize,
         /// The interface's MTU.
         mtu: u32,
@@ -100,10 +118,6 @@ pub enum Error {
         /// What was found instead.
         found: String,
     },
-
-    /// The socket is an IPv6 socket; IPv4 sockets only for now.
-    #[error("the socket is an IPv6 (AF_INET6) socket: broadcast needs an IPv4 UDP socket for now")]
-    Ipv6Socket,
 
     /// The socket has no local address yet.
     #[error(

@@ -6,7 +6,7 @@
 //! and `MapMemory`'s `Send`/`Sync`), each with its `// SAFETY:` comment.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
@@ -14,8 +14,9 @@ use std::ptr::NonNull;
 use crate::kernel::MAX_BATCH;
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 use nix::sys::socket::{
-    getsockopt, sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrIn,
+    getsockopt, sendmsg, setsockopt, sockopt, ControlMessage, MsgFlags, SockaddrStorage,
 };
+use socket2::SockAddr;
 
 /// Most messages one `sendmmsg` call takes (the kernel's UIO_MAXIOV).
 const SENDMMSG_MAX: usize = 1024;
@@ -104,7 +105,7 @@ unsafe fn send_all(
 pub(crate) fn send_to_each(
     socket: BorrowedFd<'_>,
     payloads: &[&[u8]],
-    sends: &[(usize, SocketAddrV4)],
+    sends: &[(usize, SocketAddr)],
     whole: bool,
 ) -> Vec<(usize, io::Error)> {
     // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
@@ -152,19 +153,17 @@ pub(crate) fn send_to_each(
             _ => todo.push(i),
         }
     }
-    let mut names: Vec<libc::sockaddr_in> = todo
-        .iter()
-        .map(|&i| *SockaddrIn::from(sends[i].1).as_ref())
-        .collect();
+    let names: Vec<SockAddr> = todo.iter().map(|&i| SockAddr::from(sends[i].1)).collect();
     let mut headers: Vec<libc::mmsghdr> = names
-        .iter_mut()
+        .iter()
         .zip(&todo)
         .map(|(name, &i)| {
             let payload = sends[i].0;
             // SAFETY: all-zero bytes are a valid (empty) mmsghdr.
             let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_name = (name as *mut libc::sockaddr_in).cast();
-            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+            // The kernel only reads the name of a send.
+            header.msg_hdr.msg_name = name.as_ptr().cast_mut().cast();
+            header.msg_hdr.msg_namelen = name.len();
             header.msg_hdr.msg_iov = &mut iovs[payload];
             header.msg_hdr.msg_iovlen = 1;
             if let Some(Ok(_)) = segments[payload] {
@@ -196,7 +195,7 @@ pub(crate) fn send_to_each(
 pub(crate) fn send_carriers(
     socket: BorrowedFd<'_>,
     payloads: &[&[u8]],
-    dest: &SocketAddrV4,
+    dest: &SocketAddr,
     first_tag: u64,
     whole: bool,
 ) -> [io::Result<()>; MAX_BATCH] {
@@ -217,7 +216,7 @@ pub(crate) fn send_carriers(
     assert!(tag_space + segment_space <= WORDS * 8);
     let mut results: [io::Result<()>; MAX_BATCH] = std::array::from_fn(|_| Ok(()));
     let mut controls = [[0u64; WORDS]; MAX_BATCH];
-    let mut name = *SockaddrIn::from(*dest).as_ref();
+    let name = SockAddr::from(*dest);
     // SAFETY: all-zero bytes are valid (empty) iovecs and mmsghdrs.
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -266,8 +265,9 @@ pub(crate) fn send_carriers(
             iov_len: payload.len(),
         };
         let header = &mut headers[count].msg_hdr;
-        header.msg_name = (&mut name as *mut libc::sockaddr_in).cast();
-        header.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as _;
+        // The kernel only reads the name of a send.
+        header.msg_name = name.as_ptr().cast_mut().cast();
+        header.msg_namelen = name.len();
         header.msg_iov = &mut iovs[i];
         header.msg_iovlen = 1;
         header.msg_control = controls[i].as_mut_ptr().cast();
@@ -310,7 +310,7 @@ pub(crate) const GSO_MAX_SEGMENTS: usize = 64;
 pub(crate) fn send_segmented_carrier(
     socket: BorrowedFd<'_>,
     payloads: &[&[u8]],
-    dest: &SocketAddrV4,
+    dest: &SocketAddr,
     tag: u64,
     segment: u16,
 ) -> io::Result<()> {
@@ -319,7 +319,7 @@ pub(crate) fn send_segmented_carrier(
         ControlMessage::UdpGsoSegments(&segment),
     ];
     let iov: Vec<IoSlice<'_>> = payloads.iter().map(|p| IoSlice::new(p)).collect();
-    let to = SockaddrIn::from(*dest);
+    let to = SockaddrStorage::from(*dest);
     sendmsg(
         socket.as_raw_fd(),
         &iov,

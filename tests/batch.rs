@@ -115,7 +115,7 @@ fn batches_of(
     let source = SocketAddrV4::new(tb.sender_addr(), 6301);
     for dest in &dests {
         assert_eq!(got.datagrams(dest), sent.as_slice(), "order at {dest}");
-        assert!(got.sources(dest).iter().all(|s| *s == source));
+        assert!(got.sources(dest).iter().all(|s| *s == source.into()));
     }
     assert_no_checksum_errors(&tb);
 }

@@ -246,3 +246,33 @@ fn user_space_mode_on_another_interface_than_the_route_refuses() {
     thread::sleep(SETTLE);
     assert_eq!(rx.stop().total(), 0);
 }
+
+#[test]
+fn the_cli_takes_ipv6_bind_addresses_and_destinations() {
+    elec_testbed::require_root!();
+    let tb = testbed(TestbedConfig {
+        receivers: 3,
+        addrs_per_receiver: 2,
+        ipv6: true,
+        ..Default::default()
+    });
+    let dests = tb.destinations6(6, 7100);
+    let listed: Vec<String> = dests.iter().map(|d| d.to_string()).collect();
+    assert!(listed[0].starts_with("[fd77::"), "{listed:?}");
+    for mode in ["kernel", "sendmmsg", "sendto"] {
+        let rx = tb.counting_receivers(&dests, None).unwrap();
+        let mut cli = args(&tb, mode, 30, 1452, &["--pace-us", "200"], &listed);
+        cli[3] = format!("[{}]:5000", elec_testbed::SENDER_ADDR6);
+        let (out, json) = run(&tb, &cli);
+        assert!(out.status.success(), "{mode}: {json}");
+        assert_eq!(json["mode"], mode);
+        assert_eq!(u(&json, "copies_sent"), 180, "{json}");
+        assert_eq!(u(&json, "copies_failed"), 0, "{json}");
+        assert_eq!(per_destination(&json), [0; 6], "{mode}");
+        rx.wait_for_total(180, WAIT);
+        let counts = rx.stop();
+        // Every byte of every copy matched the pattern, 30 per destination.
+        assert_eq!(counts.counts, [30; 6], "{mode}");
+        assert_eq!(counts.total_mismatches(), 0, "{mode}");
+    }
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::thread;
 
@@ -33,8 +33,12 @@ fn bad_input_is_rejected_before_anything_is_sent() {
         let err = broadcaster
             .broadcast(&socket, &message, &with("[fd00::1]:7000"))
             .unwrap_err();
-        assert!(matches!(err, Error::Ipv6Destination { .. }), "{err}");
-        assert!(err.to_string().contains("IPv6"), "{err}");
+        // An IPv6 destination on an IPv4 socket.
+        assert!(
+            matches!(err, Error::FamilyMismatch { socket: "IPv4", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("IPv4 socket"), "{err}");
 
         for bad in ["10.77.1.1:0", "0.0.0.0:7000", "255.255.255.255:7000"] {
             let err = broadcaster
@@ -76,11 +80,26 @@ fn bad_input_is_rejected_before_anything_is_sent() {
         assert!(matches!(err, Error::Unbound), "{err}");
         assert!(err.to_string().contains("bind it"), "{err}");
 
-        let v6 = in_namespace(tb.sender_ns(), || UdpSocket::bind("[::]:0"))
-            .unwrap()
-            .unwrap();
+        // IPv4 destinations on an IPv6-only socket.
+        let v6 = in_namespace(tb.sender_ns(), || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+            socket.set_only_v6(true)?;
+            socket.bind(&"[::]:0".parse::<SocketAddr>().unwrap().into())?;
+            Ok::<_, std::io::Error>(socket)
+        })
+        .unwrap()
+        .unwrap();
         let err = broadcaster.broadcast(&v6, &message, &good).unwrap_err();
-        assert!(matches!(err, Error::Ipv6Socket), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::FamilyMismatch {
+                    socket: "IPv6-only",
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         // None of the calls above sent a thing.
         let got = rx.finish(SETTLE);

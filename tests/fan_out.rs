@@ -60,7 +60,7 @@ fn every_destination_receives_exactly_one_intact_copy() {
                 assert!(
                     sources
                         .iter()
-                        .all(|s| *s == SocketAddrV4::new(tb.sender_addr(), 5000)),
+                        .all(|s| *s == SocketAddrV4::new(tb.sender_addr(), 5000).into()),
                     "{dest} saw sources {sources:?}"
                 );
             }

@@ -89,7 +89,10 @@ fn copies_leave_through_their_own_interfaces(mode: Mode) {
     }
     let source = SocketAddrV4::new(tb.sender_addr(), SENDER_PORT);
     for dest in &dests {
-        assert!(got.sources(dest).iter().all(|s| *s == source), "{dest}");
+        assert!(
+            got.sources(dest).iter().all(|s| *s == source.into()),
+            "{dest}"
+        );
     }
     // Every copy left through the interface of its destination: half of
     // them each (the carriers the program consumed never leave).

@@ -129,7 +129,7 @@ fn check(
     };
     for (i, dest) in dests.iter().enumerate() {
         assert!(
-            got.sources(dest).iter().all(|s| *s == source),
+            got.sources(dest).iter().all(|s| *s == source.into()),
             "{dest} got a datagram from another source"
         );
         let mut seen: HashMap<(u8, u8, u32), usize> = HashMap::new();

@@ -515,7 +515,7 @@ mod tests {
         ];
         let run = report(LINE);
         let counted = |counts: Vec<u64>, mismatches: Vec<u64>| CountReport {
-            dests: dests.clone(),
+            dests: dests.iter().map(|&d| d.into()).collect(),
             counts,
             mismatches,
         };

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use super::{check_destinations, max_payload, Mode, Part};
+use super::{check_destinations, check_family, list_headers, max_payload, Mode, Part};
 use crate::kernel::{Program, Tags};
 use crate::send::call::{Call, Resume};
 use crate::send::plan::Plan;
 use crate::send::sockets::{lock, Sockets};
-use crate::send::{fan_out, user_space, HEADERS};
+use crate::send::{fan_out, user_space, HEADERS, HEADERS6};
+use crate::tables::Target;
 use crate::tables::{ChangeSocket, Resolver, RouteSocket, Watcher};
 use crate::Error;
 
@@ -102,7 +103,7 @@ impl Link {
     /// Largest payload through this interface (see
     /// `Broadcaster::max_payload`).
     pub(super) fn max_payload(&self) -> usize {
-        max_payload(self.resolver.mtu())
+        max_payload(self.resolver.mtu(), HEADERS)
     }
 
     /// The sends of `payloads` (at most `MAX_BATCH`), each to every
@@ -122,7 +123,7 @@ impl Link {
         debug_assert!(from.is_none() || payloads.len() == 1);
         if from.is_none() {
             for payload in payloads {
-                self.check_payload(payload)?;
+                self.check_payload(payload, destinations)?;
             }
         }
         let entry = self.sockets.entry(self.kernel.as_ref(), socket)?;
@@ -140,15 +141,20 @@ impl Link {
             (Some(plan), None) if plan.is_current(&self.resolver, destinations) => plan,
             _ => {
                 check_destinations(destinations)?;
+                check_family(state.family, destinations)?;
                 state.slot_holds = None;
                 let fan_out = state.slot.is_some();
                 Plan::make(&self.resolver, &self.interface, destinations, fan_out)?
             }
         };
         let longest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
-        if let Some(mtu) = plan.mtu.filter(|&mtu| longest + HEADERS > mtu as usize) {
+        if let Some(mtu) = plan
+            .mtu
+            .filter(|&mtu| longest + plan.headers > mtu as usize)
+        {
+            let headers = plan.headers;
             state.plan = Some(plan);
-            return Err(self.payload_too_large(longest, Some(mtu)));
+            return Err(self.payload_too_large(longest, Some(mtu), headers));
         }
 
         let skipped = from.map_or(0, |from| {
@@ -157,7 +163,7 @@ impl Link {
         });
         let mut calls: Vec<Call<'_>> = payloads
             .iter()
-            .map(|payload| Call::new(socket, payload, destinations, from, skipped))
+            .map(|payload| Call::new(socket, state.family, payload, destinations, from, skipped))
             .collect();
         let bypassed = match (&self.kernel, state.slot) {
             (Some(program), Some(slot)) => {
@@ -188,16 +194,22 @@ impl Link {
             // notification, and plan afresh.
             let too_large = call.too_large_to().map(|to| {
                 state.plan = None;
-                self.resolver
-                    .path_mtu(*to.ip())
-                    .unwrap_or_else(|_| self.resolver.mtu())
+                let mtu = self
+                    .resolver
+                    .path_mtu(Target::of(&to))
+                    .unwrap_or_else(|_| self.resolver.mtu());
+                (mtu, crate::send::headers(&to))
             });
             let fan_outs = call.fan_outs;
             // Resumable only in the plan kept for the next call.
             let stopped = call.stopped.filter(|_| kept && state.plan.is_some());
             let len = call.payload.len();
             let failed_at = call.failed_indices();
-            match call.finish(|| self.payload_too_large(len, too_large)) {
+            let error = || match too_large {
+                Some((mtu, headers)) => self.payload_too_large(len, Some(mtu), headers),
+                None => self.payload_too_large(len, None, list_headers(destinations)),
+            };
+            match call.finish(error) {
                 Ok(report) => parts.push(Part {
                     report,
                     failed_at,
@@ -215,29 +227,38 @@ impl Link {
         }
     }
 
-    /// Refuses a payload this interface's MTU does not take.
-    pub(super) fn check_payload(&self, payload: &[u8]) -> Result<(), Error> {
-        if payload.len() > self.max_payload() {
-            // The MTU may have grown since its notification was applied:
-            // refuse only what the MTU refuses now.
-            let mtu = self
-                .resolver
-                .reread_mtu()
-                .map_err(Error::io("reading the interface's MTU"))?;
-            if payload.len() > max_payload(mtu) {
-                return Err(self.payload_too_large(payload.len(), Some(mtu)));
+    /// Refuses a payload this interface's MTU does not take in a datagram
+    /// to each of `destinations`.
+    pub(super) fn check_payload(
+        &self,
+        payload: &[u8],
+        destinations: &[SocketAddr],
+    ) -> Result<(), Error> {
+        // Fits with the larger headers: no need to look at the list.
+        if payload.len() > max_payload(self.resolver.mtu(), HEADERS6) {
+            let headers = list_headers(destinations);
+            if payload.len() > max_payload(self.resolver.mtu(), headers) {
+                // The MTU may have grown since its notification was applied:
+                // refuse only what the MTU refuses now.
+                let mtu = self
+                    .resolver
+                    .reread_mtu()
+                    .map_err(Error::io("reading the interface's MTU"))?;
+                if payload.len() > max_payload(mtu, headers) {
+                    return Err(self.payload_too_large(payload.len(), Some(mtu), headers));
+                }
             }
         }
         Ok(())
     }
 
     /// The error for a payload of `len` bytes that does not fit `mtu` (by
-    /// default the interface's).
-    pub(super) fn payload_too_large(&self, len: usize, mtu: Option<u32>) -> Error {
+    /// default the interface's) with `headers` bytes of IP and UDP headers.
+    pub(super) fn payload_too_large(&self, len: usize, mtu: Option<u32>, headers: usize) -> Error {
         let mtu = mtu.unwrap_or_else(|| self.resolver.mtu());
         Error::PayloadTooLarge {
             len,
-            max: max_payload(mtu),
+            max: max_payload(mtu, headers),
             mtu,
             interface: self.interface.clone(),
         }

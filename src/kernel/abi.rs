@@ -66,11 +66,14 @@ pub(crate) const MAX_BATCH: usize = constants::EB_MAX_BATCH as usize;
 pub(crate) const MAX_SOCKETS: u32 = constants::EB_MAX_SOCKETS;
 /// The armed datagram is CHECKSUM_PARTIAL.
 pub(crate) const SLOT_PARTIAL: u32 = constants::EB_SLOT_PARTIAL;
+/// The `family` of a slot whose destinations are IPv4 or IPv6 ones.
+pub(crate) const FAMILY_IPV4: u32 = constants::EB_FAMILY_IPV4;
+pub(crate) const FAMILY_IPV6: u32 = constants::EB_FAMILY_IPV6;
 /// The `lost_from` of a datagram taken but not fanned out.
 pub(crate) const NOT_FANNED_OUT: u32 = constants::EB_NOT_FANNED_OUT;
 
 const _: () = {
-    assert!(size_of::<Dest>() == 12);
+    assert!(size_of::<Dest>() == 24);
     assert!(offset_of!(Dest, mac) == 0);
     assert!(offset_of!(Dest, port) == 6);
     assert!(offset_of!(Dest, addr) == 8);
@@ -99,11 +102,22 @@ const _: () = {
 };
 
 impl Dest {
-    pub(crate) fn new(mac: [u8; 6], addr: std::net::SocketAddrV4) -> Dest {
+    /// Destination `to` (an IPv4 address in `addr[0]`, an IPv6 one in all
+    /// of `addr`), through the next hop of MAC `mac`.
+    pub(crate) fn new(mac: [u8; 6], to: std::net::SocketAddr) -> Dest {
+        let mut addr = [0u32; 4];
+        match to.ip() {
+            std::net::IpAddr::V4(ip) => addr[0] = u32::from_ne_bytes(ip.octets()),
+            std::net::IpAddr::V6(ip) => {
+                for (word, bytes) in addr.iter_mut().zip(ip.octets().chunks_exact(4)) {
+                    *word = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                }
+            }
+        }
         Dest {
             mac,
-            port: addr.port().to_be(),
-            addr: u32::from_ne_bytes(addr.ip().octets()),
+            port: to.port().to_be(),
+            addr,
         }
     }
 }

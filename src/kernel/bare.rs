@@ -3,15 +3,15 @@
 //! `examples/bench_matrix` measures the crate's own overhead against.
 
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, OpenObject};
 
-use super::abi::{BareConfig, BareSkel, BareSkelBuilder, MAX_DESTS};
+use super::abi::{BareConfig, BareSkel, BareSkelBuilder, Dest, MAX_DESTS};
 use super::attach::{attach, Attachment, Hook};
 use super::program::{check_capabilities, load_error, ObjectCell};
-use crate::tables::{PathTo, Resolver, RouteSocket};
+use crate::tables::{PathTo, Resolver, RouteSocket, Target};
 use crate::Error;
 
 /// The bare fan-out, attached to an interface's egress until dropped: every
@@ -59,9 +59,12 @@ impl BareFanOut {
                 name: interface.to_string(),
             })?;
         let resolver = Resolver::new(netlink, link.index, link.mtu);
-        let addresses: Vec<Ipv4Addr> = destinations.iter().map(|d| *d.ip()).collect();
+        let targets: Vec<Target> = destinations
+            .iter()
+            .map(|d| Target::of(&SocketAddr::V4(*d)))
+            .collect();
         let paths = resolver
-            .paths(&addresses)
+            .paths(&targets)
             .map_err(Error::io("reading the routing and neighbour tables"))?;
         let mut config = BareConfig {
             count: destinations.len() as u32,
@@ -77,9 +80,11 @@ impl BareFanOut {
                     )),
                 });
             };
-            config.dests[i].mac = *mac;
-            config.dests[i].port = dest.port().to_be();
-            config.dests[i].addr = u32::from_ne_bytes(dest.ip().octets());
+            // The same layout, generated twice (once per skeleton).
+            let dest = Dest::new(*mac, SocketAddr::V4(*dest));
+            config.dests[i].mac = dest.mac;
+            config.dests[i].port = dest.port;
+            config.dests[i].addr = dest.addr;
         }
 
         let cell = ObjectCell::new();

@@ -27,7 +27,7 @@ pub(crate) mod wire {
     };
 }
 
-pub(crate) use abi::{Dest, MAX_BATCH, MAX_DESTS, MAX_SOCKETS};
+pub(crate) use abi::{Dest, FAMILY_IPV4, FAMILY_IPV6, MAX_BATCH, MAX_DESTS, MAX_SOCKETS};
 pub(crate) use abi::{QuorumShared, ReplyShared, QUORUM_COUNTERS, REPLY_COUNTERS};
 #[cfg(feature = "test-hooks")]
 pub use bare::BareFanOut;

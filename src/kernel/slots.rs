@@ -146,9 +146,10 @@ impl SlotHandle<'_> {
         unsafe { AtomicU64::from_ptr(addr_of_mut!((*self.arm_of(i)).done)) }
     }
 
-    /// Writes the destination list. Only while no arm is armed: the program
-    /// reads it only after taking an arm.
-    pub(crate) fn write_dests(&mut self, dests: &[Dest]) {
+    /// Writes the destination list, all of `family` (`FAMILY_IPV4` or
+    /// `FAMILY_IPV6`). Only while no arm is armed: the program reads it
+    /// only after taking an arm.
+    pub(crate) fn write_dests(&mut self, family: u32, dests: &[Dest]) {
         assert!(dests.len() <= MAX_DESTS);
         // SAFETY: the slot is ours (see `Slots::slot`) and disarmed, so the
         // program does not read dests or count now; the copy stays within
@@ -158,6 +159,7 @@ impl SlotHandle<'_> {
             let array = addr_of_mut!((*self.ptr).dests).cast::<Dest>();
             ptr::copy_nonoverlapping(dests.as_ptr(), array, dests.len());
             ptr::write_volatile(addr_of_mut!((*self.ptr).count), dests.len() as u32);
+            ptr::write_volatile(addr_of_mut!((*self.ptr).family), family);
         }
     }
 

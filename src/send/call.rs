@@ -2,10 +2,10 @@
 //! from which its [`Report`] is made.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 
-use super::v4;
+use super::Family;
 use crate::{Error, Failure, FailureReason, Report};
 
 /// Where a call stopped because a send would have blocked, in its plan's
@@ -25,6 +25,8 @@ pub(crate) struct Resume {
 /// The sends of one call and what became of them.
 pub(crate) struct Call<'a> {
     pub(crate) socket: BorrowedFd<'a>,
+    /// The socket's family, which says how destinations are named to it.
+    family: Family,
     pub(crate) payload: &'a [u8],
     pub(crate) destinations: &'a [SocketAddr],
     pub(crate) report: Report,
@@ -47,12 +49,13 @@ pub(crate) struct Call<'a> {
     first_error: Option<io::Error>,
     /// A destination whose copy the kernel refused as too large for its
     /// path's MTU.
-    too_large_to: Option<SocketAddrV4>,
+    too_large_to: Option<SocketAddr>,
 }
 
 impl<'a> Call<'a> {
     pub(crate) fn new(
         socket: BorrowedFd<'a>,
+        family: Family,
         payload: &'a [u8],
         destinations: &'a [SocketAddr],
         from: Option<Resume>,
@@ -60,6 +63,7 @@ impl<'a> Call<'a> {
     ) -> Call<'a> {
         Call {
             socket,
+            family,
             payload,
             destinations,
             report: Report::default(),
@@ -75,9 +79,9 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// Destination `index` of the list.
-    pub(crate) fn destination(&self, index: usize) -> SocketAddrV4 {
-        v4(&self.destinations[index])
+    /// Destination `index` of the list, as a send on the socket names it.
+    pub(crate) fn destination(&self, index: usize) -> SocketAddr {
+        self.family.wire(&self.destinations[index])
     }
 
     /// Destinations `indices` got nothing, because of `err`.
@@ -116,12 +120,12 @@ impl<'a> Call<'a> {
     }
 
     /// The kernel refused the copy to `to` as too large for its path.
-    pub(crate) fn too_large(&mut self, to: SocketAddrV4) {
+    pub(crate) fn too_large(&mut self, to: SocketAddr) {
         self.too_large_to.get_or_insert(to);
     }
 
     /// Where a copy was refused as too large, if one was.
-    pub(crate) fn too_large_to(&self) -> Option<SocketAddrV4> {
+    pub(crate) fn too_large_to(&self) -> Option<SocketAddr> {
         self.too_large_to
     }
 

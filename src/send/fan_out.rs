@@ -13,7 +13,8 @@ use super::call::{Call, Resume};
 use super::plan::Plan;
 use super::refusal::{refusal, too_large_error, Refusal};
 use super::sockets::SocketState;
-use super::{user_space, HEADERS};
+use super::{user_space, HEADERS, HEADERS6};
+use crate::kernel::FAMILY_IPV4;
 use crate::kernel::{Outcome, Program, SlotHandle, Tags, MAX_BATCH};
 use crate::sys;
 
@@ -61,7 +62,7 @@ pub(crate) fn send(
         // caller holds the socket's lock for as long as `slot` lives.
         let mut slot = unsafe { program.slot(slot_index) };
         if state.slot_holds != Some(index) {
-            slot.write_dests(&chunk.dests);
+            slot.write_dests(chunk.family, &chunk.dests);
             state.slot_holds = Some(index);
         }
         let carrier = calls[0].destination(chunk.indices[0]);
@@ -70,7 +71,8 @@ pub(crate) fn send(
         // copies only its headers) and makes it CHECKSUM_PARTIAL, which lets
         // the program write each copy's headers at once.
         let whole = state.whole_sends;
-        if let Some(segment) = segment_size(state, payloads) {
+        let headers = chunk_headers(chunk.family);
+        if let Some(segment) = segment_size(state, payloads, headers) {
             let chunk_calls = ChunkCalls {
                 plan,
                 index,
@@ -88,7 +90,7 @@ pub(crate) fn send(
         let block = tags.next_block();
         for (i, payload) in payloads.iter().enumerate() {
             let partial = whole && !payload.is_empty();
-            slot.arm(i, block + i as u64, ip_len(payload), partial);
+            slot.arm(i, block + i as u64, ip_len(payload, headers), partial);
         }
         let sent = sys::send_carriers(calls[0].socket, payloads, &carrier, block, whole);
         let mut taken = [false; MAX_BATCH];
@@ -117,14 +119,14 @@ const _: () = assert!(MAX_BATCH <= sys::GSO_MAX_SEGMENTS);
 /// if they can: more than one (at most `MAX_BATCH`), none empty, all
 /// of one size but the last (which may be shorter), together within one IP
 /// datagram, on a socket and route that took such sends so far.
-fn segment_size(state: &SocketState, payloads: &[&[u8]]) -> Option<u16> {
+fn segment_size(state: &SocketState, payloads: &[&[u8]], headers: usize) -> Option<u16> {
     let (last, rest) = payloads.split_last()?;
     let size = rest.first()?.len();
     let total: usize = payloads.iter().map(|p| p.len()).sum();
     let fits = size > 0
         && rest.iter().all(|p| p.len() == size)
         && (1..=size).contains(&last.len())
-        && total + HEADERS <= usize::from(u16::MAX);
+        && total + headers <= usize::from(u16::MAX);
     (state.segmented_sends && state.whole_sends && fits).then_some(size as u16)
 }
 
@@ -161,7 +163,7 @@ fn send_segmented(
     let carrier = calls[0].destination(chunk.indices[0]);
     let total: usize = payloads.iter().map(|p| p.len()).sum();
     let tag = tags.next_block();
-    slot.arm(0, tag, (total + HEADERS) as u32, true);
+    slot.arm(0, tag, (total + chunk_headers(chunk.family)) as u32, true);
     let sent = sys::send_segmented_carrier(socket, payloads, &carrier, tag, segment);
     let taken = slot.disarm(0);
     // The carrier went to its destination as sent (every payload): the
@@ -224,9 +226,18 @@ fn send_segmented(
     Some(false)
 }
 
-/// The IPv4 total length of a datagram carrying `payload`.
-fn ip_len(payload: &[u8]) -> u32 {
-    (payload.len() + HEADERS) as u32
+/// The length of the IP packet carrying `payload` (IPv4 total length,
+/// or 40 + IPv6 payload length), with `headers` of IP and UDP.
+fn ip_len(payload: &[u8], headers: usize) -> u32 {
+    (payload.len() + headers) as u32
+}
+
+/// The IP and UDP header bytes of a datagram of `family`.
+fn chunk_headers(family: u32) -> usize {
+    match family {
+        FAMILY_IPV4 => HEADERS,
+        _ => HEADERS6,
+    }
 }
 
 /// One carrier's send: its arm and tag, the send's result, whether the
@@ -266,7 +277,13 @@ fn finish_one(
                 // Again, alone and as a plain datagram, on the same arm.
                 state.whole_sends = false;
                 attempt.tag = tags.next_block() + attempt.arm as u64;
-                slot.arm(attempt.arm, attempt.tag, ip_len(call.payload), false);
+                let headers = chunk_headers(chunk.family);
+                slot.arm(
+                    attempt.arm,
+                    attempt.tag,
+                    ip_len(call.payload, headers),
+                    false,
+                );
                 let sent =
                     sys::send_carriers(call.socket, &[call.payload], &carrier, attempt.tag, false);
                 attempt.sent = sent.into_iter().next().unwrap_or(Ok(()));

@@ -17,16 +17,58 @@ pub(crate) mod refusal;
 pub(crate) mod sockets;
 pub(crate) mod user_space;
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV6};
+
+use crate::tables::Target;
 
 /// IPv4 header plus UDP header: what a datagram adds to the payload.
 pub(crate) const HEADERS: usize = 20 + 8;
 
-/// The IPv4 address of a destination (checked to be one before anything is
-/// sent).
-pub(crate) fn v4(destination: &SocketAddr) -> SocketAddrV4 {
-    match destination {
-        SocketAddr::V4(v4) => *v4,
-        SocketAddr::V6(_) => unreachable!("IPv6 destinations are refused before sending"),
+/// IPv6 header (no extension header) plus UDP header.
+pub(crate) const HEADERS6: usize = 40 + 8;
+
+/// The headers a datagram to `to` adds to its payload (an IPv4-mapped IPv6
+/// destination is reached with IPv4).
+pub(crate) fn headers(to: &SocketAddr) -> usize {
+    match Target::of(to).ip.is_ipv4() {
+        true => HEADERS,
+        false => HEADERS6,
+    }
+}
+
+/// The address family of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    V4,
+    /// An IPv6 socket; `only`: with `IPV6_V6ONLY` on, so that it cannot
+    /// reach IPv4 destinations.
+    V6 {
+        only: bool,
+    },
+}
+
+impl Family {
+    /// The address a send on a socket of this family names for `to`: an
+    /// IPv4 destination as an IPv4-mapped one on an IPv6 socket, an
+    /// IPv4-mapped one as the IPv4 address on an IPv4 socket.
+    pub(crate) fn wire(self, to: &SocketAddr) -> SocketAddr {
+        let target = Target::of(to);
+        match (self, target.ip) {
+            (Family::V4, ip) => SocketAddr::new(ip, to.port()),
+            (Family::V6 { .. }, std::net::IpAddr::V4(ip)) => {
+                SocketAddr::V6(SocketAddrV6::new(ip.to_ipv6_mapped(), to.port(), 0, 0))
+            }
+            (Family::V6 { .. }, std::net::IpAddr::V6(_)) => *to,
+        }
+    }
+
+    /// Whether a socket of this family can send to `to`; if not, its
+    /// kind for [`crate::Error::FamilyMismatch`].
+    pub(crate) fn reaches(self, to: &SocketAddr) -> Result<(), &'static str> {
+        match (self, Target::of(to).ip.is_ipv4()) {
+            (Family::V4, false) => Err("IPv4"),
+            (Family::V6 { only: true }, true) => Err("IPv6-only"),
+            _ => Ok(()),
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use socket2::{Domain, Protocol, SockRef, Type};
 
 use super::plan::Plan;
+use super::Family;
 use crate::kernel::{Program, MAX_SOCKETS};
 use crate::{sys, Error};
 
@@ -23,6 +24,8 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// call on the socket: calls on one socket are serialised.
 pub(crate) struct SocketState {
     cookie: u64,
+    /// The socket's address family.
+    pub(crate) family: Family,
     /// The socket's slot in the kernel maps; None: user-space sends only.
     pub(crate) slot: Option<u32>,
     /// The plan for the last destination list, reused while it is current.
@@ -85,7 +88,7 @@ impl Sockets {
             entry.last_used = tick;
             return Ok(Arc::clone(&entry.state));
         }
-        let cookie = inspect(socket)?;
+        let (cookie, family) = inspect(socket)?;
         let slot = program.and_then(|program| {
             let slot = table.take_slot(program)?;
             match register(program, socket, cookie, slot) {
@@ -100,6 +103,7 @@ impl Sockets {
         table.make_room();
         let state = Arc::new(Mutex::new(SocketState {
             cookie,
+            family,
             slot,
             plan: None,
             slot_holds: None,
@@ -130,7 +134,7 @@ impl Sockets {
         if cookie == state.cookie {
             return Ok(());
         }
-        inspect(socket)?;
+        state.family = inspect(socket)?.1;
         state.plan = None;
         if let Some(program) = program {
             program.unregister(state.cookie);
@@ -191,8 +195,14 @@ fn register(program: &Program, socket: BorrowedFd<'_>, cookie: u64, slot: u32) -
     program.register(cookie, slot)
 }
 
-/// Checks that `socket` is a bound IPv4 UDP socket; returns its cookie.
-fn inspect(socket: BorrowedFd<'_>) -> Result<u64, Error> {
+/// The family of `socket`, once it is checked to be a bound UDP socket.
+pub(crate) fn family(socket: BorrowedFd<'_>) -> Result<Family, Error> {
+    Ok(inspect(socket)?.1)
+}
+
+/// Checks that `socket` is a bound UDP socket (IPv4 or IPv6); returns its
+/// cookie and family.
+fn inspect(socket: BorrowedFd<'_>) -> Result<(u64, Family), Error> {
     let sock = SockRef::from(&socket);
     let not_udp = |found: &str| Error::NotUdp {
         found: found.to_string(),
@@ -204,12 +214,14 @@ fn inspect(socket: BorrowedFd<'_>) -> Result<u64, Error> {
             source: err,
         },
     })?;
-    if domain == Domain::IPV6 {
-        return Err(Error::Ipv6Socket);
-    }
-    if domain != Domain::IPV4 {
+    let family = if domain == Domain::IPV4 {
+        Family::V4
+    } else if domain == Domain::IPV6 {
+        let only = sock.only_v6().map_err(Error::io("inspecting the socket"))?;
+        Family::V6 { only }
+    } else {
         return Err(not_udp(&format!("{domain:?} socket")));
-    }
+    };
     let ty = sock.r#type().map_err(Error::io("inspecting the socket"))?;
     if ty != Type::DGRAM {
         return Err(not_udp(&format!("{ty:?} socket")));
@@ -228,6 +240,8 @@ fn inspect(socket: BorrowedFd<'_>) -> Result<u64, Error> {
     if local.as_socket().is_none_or(|addr| addr.port() == 0) {
         return Err(Error::Unbound);
     }
-    sock.cookie()
-        .map_err(Error::io("reading the socket cookie"))
+    let cookie = sock
+        .cookie()
+        .map_err(Error::io("reading the socket cookie"))?;
+    Ok((cookie, family))
 }

@@ -3,7 +3,7 @@
 //! allows it.
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::call::{Call, Resume};
 use super::plan::Plan;
@@ -78,7 +78,7 @@ fn send_items(
     }
     let socket = calls[0].socket;
     let payloads: Vec<&[u8]> = calls.iter().map(|call| call.payload).collect();
-    let sends: Vec<(usize, SocketAddrV4)> = items
+    let sends: Vec<(usize, SocketAddr)> = items
         .iter()
         .map(|&(c, i)| (c, calls[c].destination(i)))
         .collect();
@@ -109,7 +109,7 @@ fn send_items(
         // UDP_SEGMENT is not for this socket: plain sends from now on.
         state.whole_sends = false;
         failed.retain(|(at, _)| !again.contains(at));
-        let retried: Vec<(usize, SocketAddrV4)> = again.iter().map(|&at| sends[at]).collect();
+        let retried: Vec<(usize, SocketAddr)> = again.iter().map(|&at| sends[at]).collect();
         let failed_again = sys::send_to_each(socket, &payloads, &retried, false);
         failed.extend(failed_again.into_iter().map(|(at, err)| (again[at], err)));
         failed.sort_by_key(|(at, _)| *at);

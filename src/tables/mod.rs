@@ -13,5 +13,5 @@ pub(crate) mod resolve;
 pub(crate) mod watch;
 
 pub(crate) use netlink::{ChangeSocket, RouteSocket};
-pub(crate) use resolve::{PathTo, Resolver};
+pub(crate) use resolve::{PathTo, Resolver, Target};
 pub(crate) use watch::Watcher;

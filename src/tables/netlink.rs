@@ -20,7 +20,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, OwnedFd};
 
 // Kernel ABI values come from `libc`; those it has as `c_int` are given the
@@ -35,6 +35,7 @@ use libc::{
 
 const AF_UNSPEC: u8 = libc::AF_UNSPEC as u8;
 const AF_INET: u8 = libc::AF_INET as u8;
+const AF_INET6: u8 = libc::AF_INET6 as u8;
 const NLMSG_NOOP: u16 = libc::NLMSG_NOOP as u16;
 const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
 const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
@@ -89,16 +90,16 @@ pub(crate) struct RouteSocket {
     last_seq: Cell<u32>,
 }
 
-/// The kernel's answer to "how would a packet to this IPv4 address leave?".
+/// The kernel's answer to "how would a packet to this address leave?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Route {
     pub(crate) kind: RouteKind,
     /// Index of the outgoing interface (`RTA_OIF`), 0 if the kernel gave none.
     pub(crate) oif: u32,
     /// Router to send through (`RTA_GATEWAY`); `None` when the destination is on-link.
-    pub(crate) gateway: Option<Ipv4Addr>,
+    pub(crate) gateway: Option<IpAddr>,
     /// Source address the kernel would pick (`RTA_PREFSRC`).
-    pub(crate) prefsrc: Option<Ipv4Addr>,
+    pub(crate) prefsrc: Option<IpAddr>,
     /// The route's MTU (`RTAX_MTU` of `RTA_METRICS`): set on the route, or
     /// learned from the path and cached by the kernel; `None`: the
     /// interface's MTU applies.
@@ -107,8 +108,8 @@ pub(crate) struct Route {
 
 impl Route {
     /// The address whose link-layer address the packet must carry: the gateway, or `dst` itself when on-link.
-    pub(crate) fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
-        self.gateway.unwrap_or(dst)
+    pub(crate) fn next_hop(&self, dst: impl Into<IpAddr>) -> IpAddr {
+        self.gateway.unwrap_or(dst.into())
     }
 }
 
@@ -138,11 +139,11 @@ impl RouteKind {
     }
 }
 
-/// One entry of the kernel's IPv4 neighbour (ARP) table.
+/// One entry of the kernel's neighbour table: ARP (IPv4) or NDP (IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Neighbour {
-    /// The neighbour's IPv4 address (`NDA_DST`).
-    pub(crate) addr: Ipv4Addr,
+    /// The neighbour's address (`NDA_DST`).
+    pub(crate) addr: IpAddr,
     /// Its MAC address (`NDA_LLADDR`), when the kernel knows one and it is 6 bytes long.
     pub(crate) mac: Option<[u8; 6]>,
     /// `ndm_state`, a set of `NUD_*` bits.
@@ -173,16 +174,16 @@ pub(crate) struct Link {
 /// A change to the kernel's tables, as one rtnetlink notification reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change {
-    /// An IPv4 neighbour entry of interface `ifindex` was added or changed
+    /// A neighbour entry (IPv4 or IPv6) of interface `ifindex` was added or changed
     /// (it is now `neighbour`), or removed.
     Neighbour {
         ifindex: u32,
         neighbour: Neighbour,
         removed: bool,
     },
-    /// An IPv4 route to `dst/len` (in any table) was added, changed or removed.
-    Route { dst: Ipv4Addr, len: u8 },
-    /// An IPv4 address of interface `ifindex` was added or removed.
+    /// A route to `dst/len` (in any table) was added, changed or removed.
+    Route { dst: IpAddr, len: u8 },
+    /// An address of interface `ifindex` was added or removed.
     Address { ifindex: u32 },
     /// Interface `ifindex` changed (MTU, flags, address, ...) or went away.
     /// IPv4 sends no route notifications for the routes a link takes with it
@@ -213,7 +214,10 @@ impl ChangeSocket {
             | libc::RTMGRP_NEIGH
             | libc::RTMGRP_IPV4_IFADDR
             | libc::RTMGRP_IPV4_ROUTE
-            | libc::RTMGRP_IPV4_RULE) as u32
+            | libc::RTMGRP_IPV4_RULE
+            | libc::RTMGRP_IPV6_IFADDR
+            | libc::RTMGRP_IPV6_ROUTE) as u32
+            | 1 << (libc::RTNLGRP_IPV6_RULE - 1)
             | 1 << (libc::RTNLGRP_NEXTHOP - 1);
         let fd = sys::open_change_socket(groups, CHANGE_BUFFER_BYTES)?;
         Ok(ChangeSocket {
@@ -271,21 +275,23 @@ fn parse_change(message: &Message<'_>) -> io::Result<Option<Change>> {
             })
         }
         libc::RTM_NEWROUTE | libc::RTM_DELROUTE => {
-            if read_u8(payload, 0)? != AF_INET {
-                return Ok(None);
-            }
+            let family = read_u8(payload, 0)?;
+            let mut dst = match family {
+                AF_INET => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                AF_INET6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                _ => return Ok(None),
+            };
             let len = read_u8(payload, 1)?;
-            let mut dst = Ipv4Addr::UNSPECIFIED;
             for attribute in Attributes::after_header(payload, RTMSG_LEN)? {
                 let attribute = attribute?;
                 if attribute.kind == RTA_DST {
-                    dst = exact::<4>(&attribute, "RTA_DST")?.into();
+                    dst = address(family, &attribute, "RTA_DST")?;
                 }
             }
             Some(Change::Route { dst, len })
         }
         libc::RTM_NEWADDR | libc::RTM_DELADDR => {
-            (read_u8(payload, 0)? == AF_INET).then_some(Change::Address {
+            is_ip(read_u8(payload, 0)?).then_some(Change::Address {
                 ifindex: read_u32(payload, IFADDRMSG_INDEX_OFFSET)?,
             })
         }
@@ -301,7 +307,7 @@ fn parse_change(message: &Message<'_>) -> io::Result<Option<Change>> {
             Some(Change::Link { ifindex, mtu })
         }
         libc::RTM_NEWRULE | libc::RTM_DELRULE => {
-            (read_u8(payload, 0)? == AF_INET).then_some(Change::Rules)
+            is_ip(read_u8(payload, 0)?).then_some(Change::Rules)
         }
         RTM_NEWNEXTHOP | RTM_DELNEXTHOP => Some(Change::Rules),
         _ => None,
@@ -322,24 +328,49 @@ impl RouteSocket {
     ///
     /// A destination the kernel cannot reach is an error carrying its errno
     /// (e.g. `ENETUNREACH`), exactly as `ip route get` reports it.
-    pub(crate) fn route_to(&self, dst: Ipv4Addr) -> io::Result<Route> {
-        let mut rtmsg = [0; RTMSG_LEN];
-        rtmsg[0] = AF_INET;
-        rtmsg[1] = 32; // rtm_dst_len: a host lookup
-        self.query(
-            RTM_GETROUTE,
-            &rtmsg,
-            &[(RTA_DST, &dst.octets())],
-            RTM_NEWROUTE,
-            parse_route,
-        )
+    #[cfg(test)]
+    pub(crate) fn route_to(&self, dst: impl Into<IpAddr>) -> io::Result<Route> {
+        self.route_on(dst.into(), None)
     }
 
-    /// Like `ip -4 neigh show dev IF`: the IPv4 neighbour (ARP) entries of
-    /// interface `ifindex`, in any state (`RTM_GETNEIGH` dump).
+    /// Like `ip route get DST oif IF`: the route to `dst` out of interface
+    /// `oif` where one is given (an IPv6 link-local destination's scope).
+    /// Errors as `route_to`.
+    pub(crate) fn route_on(&self, dst: IpAddr, oif: Option<u32>) -> io::Result<Route> {
+        let mut rtmsg = [0; RTMSG_LEN];
+        let octets = match dst {
+            IpAddr::V4(ip) => {
+                rtmsg[0] = AF_INET;
+                rtmsg[1] = 32; // rtm_dst_len: a host lookup
+                ip.octets().to_vec()
+            }
+            IpAddr::V6(ip) => {
+                rtmsg[0] = AF_INET6;
+                rtmsg[1] = 128;
+                ip.octets().to_vec()
+            }
+        };
+        let oif = oif.map(u32::to_ne_bytes);
+        let mut attributes: Vec<(u16, &[u8])> = vec![(RTA_DST, &octets)];
+        if let Some(oif) = &oif {
+            attributes.push((RTA_OIF, oif));
+        }
+        self.query(RTM_GETROUTE, &rtmsg, &attributes, RTM_NEWROUTE, parse_route)
+    }
+
+    /// Like `ip neigh show dev IF`: the neighbour entries of interface
+    /// `ifindex`, IPv4 (ARP) and IPv6 (NDP), in any state (`RTM_GETNEIGH`
+    /// dumps).
     pub(crate) fn neighbours(&self, ifindex: u32) -> io::Result<Vec<Neighbour>> {
+        let mut all = self.neighbours_of(AF_INET, ifindex)?;
+        all.extend(self.neighbours_of(AF_INET6, ifindex)?);
+        Ok(all)
+    }
+
+    /// The neighbour entries of `family` of interface `ifindex`.
+    fn neighbours_of(&self, family: u8, ifindex: u32) -> io::Result<Vec<Neighbour>> {
         let mut ndmsg = [0; NDMSG_LEN];
-        ndmsg[0] = AF_INET;
+        ndmsg[0] = family;
         // The kernel filters by NDA_IFINDEX; entries are checked again below
         // in case it ignores the filter.
         let ifindex_attribute = ifindex.to_ne_bytes();
@@ -782,8 +813,9 @@ fn split_attribute(bytes: &[u8]) -> io::Result<(Attribute<'_>, &[u8])> {
 
 /// Parses an RTM_NEWROUTE payload.
 fn parse_route(payload: &[u8]) -> io::Result<Route> {
-    if read_u8(payload, 0)? != AF_INET {
-        return Err(malformed("route reply is not IPv4"));
+    let family = read_u8(payload, 0)?;
+    if !is_ip(family) {
+        return Err(malformed("route reply is neither IPv4 nor IPv6"));
     }
     let mut route = Route {
         kind: RouteKind::from_rtm_type(read_u8(payload, RTMSG_TYPE_OFFSET)?),
@@ -796,8 +828,8 @@ fn parse_route(payload: &[u8]) -> io::Result<Route> {
         let attribute = attribute?;
         match attribute.kind {
             RTA_OIF => route.oif = u32::from_ne_bytes(exact(&attribute, "RTA_OIF")?),
-            RTA_GATEWAY => route.gateway = Some(exact::<4>(&attribute, "RTA_GATEWAY")?.into()),
-            RTA_PREFSRC => route.prefsrc = Some(exact::<4>(&attribute, "RTA_PREFSRC")?.into()),
+            RTA_GATEWAY => route.gateway = Some(address(family, &attribute, "RTA_GATEWAY")?),
+            RTA_PREFSRC => route.prefsrc = Some(address(family, &attribute, "RTA_PREFSRC")?),
             RTA_METRICS => {
                 for metric in Attributes::after_header(attribute.payload, 0)? {
                     let metric = metric?;
@@ -810,7 +842,7 @@ fn parse_route(payload: &[u8]) -> io::Result<Route> {
             RTA_VIA => {
                 return Err(io::Error::new(
                     io::ErrorKind::Unsupported,
-                    "the route's next hop is not an IPv4 address (RTA_VIA)",
+                    "the route's next hop is of another address family (RTA_VIA)",
                 ))
             }
             _ => {}
@@ -829,7 +861,8 @@ fn parse_neighbour(payload: &[u8], ifindex: u32) -> io::Result<Option<Neighbour>
 /// Parses an RTM_NEWNEIGH or RTM_DELNEIGH payload into the entry and its
 /// interface; `None` for an entry of another family.
 fn parse_neighbour_entry(payload: &[u8]) -> io::Result<Option<(u32, Neighbour)>> {
-    if read_u8(payload, 0)? != AF_INET {
+    let family = read_u8(payload, 0)?;
+    if !is_ip(family) {
         return Ok(None);
     }
     let ifindex = read_u32(payload, NDMSG_IFINDEX_OFFSET)?;
@@ -839,7 +872,7 @@ fn parse_neighbour_entry(payload: &[u8]) -> io::Result<Option<(u32, Neighbour)>>
     for attribute in Attributes::after_header(payload, NDMSG_LEN)? {
         let attribute = attribute?;
         match attribute.kind {
-            NDA_DST => addr = Some(Ipv4Addr::from(exact::<4>(&attribute, "NDA_DST")?)),
+            NDA_DST => addr = Some(address(family, &attribute, "NDA_DST")?),
             NDA_LLADDR => mac = <[u8; 6]>::try_from(attribute.payload).ok(),
             _ => {}
         }
@@ -887,6 +920,19 @@ fn parse_link(payload: &[u8]) -> io::Result<Link> {
 }
 
 /// The attribute's payload, which must be exactly `N` bytes long.
+/// Whether `family` is IPv4 or IPv6.
+fn is_ip(family: u8) -> bool {
+    family == AF_INET || family == AF_INET6
+}
+
+/// An address attribute of a message of `family` (IPv4 or IPv6).
+fn address(family: u8, attribute: &Attribute<'_>, name: &str) -> io::Result<IpAddr> {
+    Ok(match family {
+        AF_INET6 => IpAddr::from(exact::<16>(attribute, name)?),
+        _ => IpAddr::from(exact::<4>(attribute, name)?),
+    })
+}
+
 fn exact<const N: usize>(attribute: &Attribute<'_>, name: &str) -> io::Result<[u8; N]> {
     <[u8; N]>::try_from(attribute.payload)
         .map_err(|_| malformed(&format!("{name} payload is not {N} bytes long")))
@@ -1162,7 +1208,7 @@ mod tests {
                     kind: RouteKind::Unicast,
                     oif: nl0_index,
                     gateway: None,
-                    prefsrc: Some(Ipv4Addr::new(10, 99, 0, 1)),
+                    prefsrc: Some(Ipv4Addr::new(10, 99, 0, 1).into()),
                     mtu: None,
                 }
             );
@@ -1176,7 +1222,7 @@ mod tests {
             let route = socket.route_to(remote).expect("route via gateway");
             assert_eq!(route.kind, RouteKind::Unicast);
             assert_eq!(route.oif, nl0_index);
-            assert_eq!(route.gateway, Some(Ipv4Addr::new(10, 99, 0, 254)));
+            assert_eq!(route.gateway, Some(Ipv4Addr::new(10, 99, 0, 254).into()));
             assert_eq!(route.next_hop(remote), Ipv4Addr::new(10, 99, 0, 254));
 
             let own = socket
@@ -1219,7 +1265,7 @@ mod tests {
             assert_eq!(
                 peer,
                 [Neighbour {
-                    addr: Ipv4Addr::new(10, 99, 0, 12),
+                    addr: Ipv4Addr::new(10, 99, 0, 12).into(),
                     mac: Some([2, 0, 0, 0, 0, 12]),
                     state: NUD_PERMANENT,
                 }]
@@ -1255,7 +1301,7 @@ mod tests {
             for n in 0..ENTRIES {
                 let [high, low] = n.to_be_bytes();
                 let expected = Neighbour {
-                    addr: Ipv4Addr::new(10, 77, high, low),
+                    addr: Ipv4Addr::new(10, 77, high, low).into(),
                     mac: Some([2, 0, 0, 0, high, low]),
                     state: NUD_PERMANENT,
                 };
@@ -1272,7 +1318,7 @@ mod tests {
     #[test]
     fn usable_neighbour_states() {
         let neighbour = |state, mac| Neighbour {
-            addr: Ipv4Addr::new(10, 0, 0, 1),
+            addr: Ipv4Addr::new(10, 0, 0, 1).into(),
             mac,
             state,
         };
@@ -1411,8 +1457,8 @@ mod tests {
             Route {
                 kind: RouteKind::Unicast,
                 oif: 3,
-                gateway: Some(Ipv4Addr::new(10, 99, 0, 254)),
-                prefsrc: Some(Ipv4Addr::new(10, 99, 0, 1)),
+                gateway: Some(Ipv4Addr::new(10, 99, 0, 254).into()),
+                prefsrc: Some(Ipv4Addr::new(10, 99, 0, 1).into()),
                 mtu: Some(1280),
             }
         );
@@ -1489,7 +1535,7 @@ mod tests {
         assert_eq!(
             parse_neighbour(&payload, 5).expect("parse"),
             Some(Neighbour {
-                addr: Ipv4Addr::new(10, 0, 0, 2),
+                addr: Ipv4Addr::new(10, 0, 0, 2).into(),
                 mac: Some([2, 0, 0, 0, 0, 2]),
                 state: NUD_REACHABLE,
             })

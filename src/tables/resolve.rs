@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -48,7 +48,7 @@ struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RouteTo {
     /// Out of our interface, to this next hop.
-    Here { next_hop: Ipv4Addr },
+    Here { next_hop: IpAddr },
     /// Out of another interface.
     Elsewhere(u32),
     /// Anything the kernel handles itself: local, unreachable, broadcast.
@@ -85,11 +85,48 @@ pub(crate) struct Resolver {
 
 struct Tables {
     netlink: RouteSocket,
-    /// IPv4 neighbours of our interface that hold a usable MAC; `None`
-    /// until read (again).
-    neighbours: Option<HashMap<Ipv4Addr, [u8; 6]>>,
-    /// Route lookups made since the last change that could alter them.
-    routes: HashMap<Ipv4Addr, Route>,
+    /// Neighbours (IPv4 and IPv6) of our interface that hold a usable MAC;
+    /// `None` until read (again).
+    neighbours: Option<HashMap<IpAddr, [u8; 6]>>,
+    /// Route lookups made since the last change that could alter them, by
+    /// destination address and scope (see [`Target`]).
+    routes: HashMap<Target, Route>,
+}
+
+/// A destination as a route lookup sees it: its address, and for an IPv6
+/// link-local address the index of the interface it is on (its scope id;
+/// 0 for every other address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Target {
+    pub(crate) ip: IpAddr,
+    pub(crate) scope: u32,
+}
+
+impl Target {
+    /// The target of destination `to` (an IPv4-mapped IPv6 address is
+    /// taken for the IPv4 address it maps).
+    pub(crate) fn of(to: &SocketAddr) -> Target {
+        match to {
+            SocketAddr::V4(v4) => Target {
+                ip: IpAddr::V4(*v4.ip()),
+                scope: 0,
+            },
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => Target {
+                    ip: IpAddr::V4(v4),
+                    scope: 0,
+                },
+                None => Target {
+                    ip: IpAddr::V6(*v6.ip()),
+                    scope: if v6.ip().is_unicast_link_local() {
+                        v6.scope_id()
+                    } else {
+                        0
+                    },
+                },
+            },
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -135,7 +172,7 @@ impl Resolver {
 
     /// The path to each of `destinations`, and the generation under which
     /// these answers hold.
-    pub(crate) fn paths(&self, destinations: &[Ipv4Addr]) -> io::Result<Paths> {
+    pub(crate) fn paths(&self, destinations: &[Target]) -> io::Result<Paths> {
         let mut tables = lock(&self.tables);
         // Read under the lock: changes are applied and counted under it too,
         // so these answers reflect at least every change counted so far.
@@ -180,11 +217,12 @@ impl Resolver {
         Ok(paths)
     }
 
-    fn look_up(&self, netlink: &RouteSocket, dst: Ipv4Addr) -> io::Result<Route> {
-        let (to, mtu) = match netlink.route_to(dst) {
+    fn look_up(&self, netlink: &RouteSocket, dst: Target) -> io::Result<Route> {
+        let oif = (dst.scope != 0).then_some(dst.scope);
+        let (to, mtu) = match netlink.route_on(dst.ip, oif) {
             Ok(route) if route.kind == RouteKind::Unicast && route.oif == self.ifindex => (
                 RouteTo::Here {
-                    next_hop: route.next_hop(dst),
+                    next_hop: route.next_hop(dst.ip),
                 },
                 route.mtu,
             ),
@@ -203,12 +241,17 @@ impl Resolver {
     /// interface's (also read afresh). After a send was refused as too
     /// large: every route lookup is dropped too, since the kernel may have
     /// learned a smaller MTU for a path without saying so.
-    pub(crate) fn path_mtu(&self, dst: Ipv4Addr) -> io::Result<u32> {
+    pub(crate) fn path_mtu(&self, dst: Target) -> io::Result<u32> {
         let interface = self.reread_mtu()?;
         let mut tables = lock(&self.tables);
         tables.routes.clear();
         self.generation.fetch_add(1, Ordering::Release);
-        let route = tables.netlink.route_to(dst).ok().and_then(|r| r.mtu);
+        let oif = (dst.scope != 0).then_some(dst.scope);
+        let route = tables
+            .netlink
+            .route_on(dst.ip, oif)
+            .ok()
+            .and_then(|r| r.mtu);
         Ok(route.map_or(interface, |mtu| mtu.min(interface)))
     }
 
@@ -270,14 +313,10 @@ impl Resolver {
             Change::Route { dst, len } => {
                 // Only lookups of addresses inside the changed prefix can
                 // have another answer now.
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(len.min(32)))
-                    .unwrap_or(0);
-                let prefix = u32::from(dst) & mask;
                 let before = tables.routes.len();
                 tables
                     .routes
-                    .retain(|addr, _| u32::from(*addr) & mask != prefix);
+                    .retain(|target, _| !in_prefix(target.ip, dst, len));
                 tables.routes.len() != before
             }
             Change::Address { .. } | Change::Rules => {
@@ -319,6 +358,25 @@ impl Resolver {
     }
 }
 
+/// Whether `addr` lies inside `prefix/len` (never for another family).
+fn in_prefix(addr: IpAddr, prefix: IpAddr, len: u8) -> bool {
+    match (addr, prefix) {
+        (IpAddr::V4(addr), IpAddr::V4(prefix)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            u32::from(addr) & mask == u32::from(prefix) & mask
+        }
+        (IpAddr::V6(addr), IpAddr::V6(prefix)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            u128::from(addr) & mask == u128::from(prefix) & mask
+        }
+        _ => false,
+    }
+}
+
 fn is_unroutable(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
@@ -330,6 +388,7 @@ fn is_unroutable(err: &io::Error) -> bool {
 mod tests {
     use super::*;
     use crate::tables::netlink::Neighbour;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
 
     const IF: u32 = 7;
     const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
@@ -343,17 +402,24 @@ mod tests {
         let resolver = Resolver::new(RouteSocket::open().unwrap(), IF, 1500);
         {
             let mut tables = lock(&resolver.tables);
-            tables.neighbours = Some(neighbours.iter().copied().collect());
-            tables.routes = routes.iter().copied().collect();
+            tables.neighbours = Some(neighbours.iter().map(|&(a, m)| (a.into(), m)).collect());
+            tables.routes = routes.iter().map(|&(a, r)| (target(a), r)).collect();
         }
         resolver
+    }
+
+    fn target(addr: impl Into<IpAddr>) -> Target {
+        Target {
+            ip: addr.into(),
+            scope: 0,
+        }
     }
 
     fn neighbour(addr: Ipv4Addr, mac: [u8; 6], state: u16, removed: bool) -> Change {
         Change::Neighbour {
             ifindex: IF,
             neighbour: Neighbour {
-                addr,
+                addr: addr.into(),
                 mac: Some(mac),
                 state,
             },
@@ -392,7 +458,7 @@ mod tests {
         r.apply(&[Change::Neighbour {
             ifindex: IF + 1,
             neighbour: Neighbour {
-                addr: A,
+                addr: A.into(),
                 mac: Some(MAC_B),
                 state: REACHABLE,
             },
@@ -406,34 +472,34 @@ mod tests {
         let inside = Ipv4Addr::new(10, 1, 2, 3);
         let outside = Ipv4Addr::new(10, 2, 0, 1);
         let here = Route {
-            to: RouteTo::Here { next_hop: A },
+            to: RouteTo::Here { next_hop: A.into() },
             mtu: None,
         };
         let r = resolver(&[], &[(inside, here), (outside, here)]);
         let g = generation(&r);
         r.apply(&[Change::Route {
-            dst: Ipv4Addr::new(10, 3, 0, 0),
+            dst: Ipv4Addr::new(10, 3, 0, 0).into(),
             len: 16,
         }]);
         assert_eq!(generation(&r), g, "no cached lookup inside 10.3/16");
         r.apply(&[Change::Route {
-            dst: Ipv4Addr::new(10, 1, 0, 0),
+            dst: Ipv4Addr::new(10, 1, 0, 0).into(),
             len: 16,
         }]);
         assert_eq!(generation(&r), g + 1);
         let routes = &lock(&r.tables).routes;
-        assert!(!routes.contains_key(&inside) && routes.contains_key(&outside));
+        assert!(!routes.contains_key(&target(inside)) && routes.contains_key(&target(outside)));
     }
 
     #[test]
     fn a_default_route_change_drops_every_lookup() {
         let here = Route {
-            to: RouteTo::Here { next_hop: A },
+            to: RouteTo::Here { next_hop: A.into() },
             mtu: None,
         };
         let r = resolver(&[], &[(A, here), (Ipv4Addr::new(192, 0, 2, 1), here)]);
         r.apply(&[Change::Route {
-            dst: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED.into(),
             len: 0,
         }]);
         assert!(lock(&r.tables).routes.is_empty());
@@ -489,5 +555,48 @@ mod tests {
         assert!(r.is_current(g));
         r.unwatched();
         assert!(!r.is_current(g) && !r.is_current(generation(&r)));
+    }
+
+    #[test]
+    fn route_changes_of_one_family_leave_the_other_alone() {
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        let here = Route {
+            to: RouteTo::Here { next_hop: A.into() },
+            mtu: None,
+        };
+        let inside = v6("fd77::2:1");
+        let r = resolver(&[], &[(A, here)]);
+        lock(&r.tables).routes.insert(target(inside), here);
+        lock(&r.tables).routes.insert(target(v6("fd78::1")), here);
+        // ::/0 of IPv6 is not 0.0.0.0/0 of IPv4.
+        r.apply(&[Change::Route {
+            dst: Ipv6Addr::UNSPECIFIED.into(),
+            len: 0,
+        }]);
+        {
+            let routes = &lock(&r.tables).routes;
+            assert_eq!(routes.len(), 1);
+            assert!(routes.contains_key(&target(A)));
+        }
+        let r = resolver(&[], &[]);
+        lock(&r.tables).routes.insert(target(inside), here);
+        lock(&r.tables).routes.insert(target(v6("fd78::1")), here);
+        r.apply(&[Change::Route {
+            dst: v6("fd77::").into(),
+            len: 64,
+        }]);
+        let routes = &lock(&r.tables).routes;
+        assert!(!routes.contains_key(&target(inside)));
+        assert!(routes.contains_key(&target(v6("fd78::1"))));
+    }
+
+    #[test]
+    fn targets_map_ipv4_and_keep_the_scope_of_link_local_addresses_only() {
+        let mapped: SocketAddr = "[::ffff:10.0.0.2]:7000".parse().unwrap();
+        assert_eq!(Target::of(&mapped), target(A));
+        let link_local = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 7000, 0, 3));
+        assert_eq!(Target::of(&link_local).scope, 3);
+        let global = SocketAddr::V6(SocketAddrV6::new("fd77::1".parse().unwrap(), 7000, 0, 3));
+        assert_eq!(Target::of(&global).scope, 0);
     }
 }

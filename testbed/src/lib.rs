@@ -10,10 +10,17 @@
 //!  eth0 10.77.0.1 ---- s0 [br0] r<i> ---- eth0 10.77.(1+i).(1+k)
 //! ```
 //!
+//! With [`TestbedConfig::ipv6`] the sender also has fd77::1/64 and the
+//! link-local fe80::77:1, receiver i fd77::(1 + i):(1 + k)/64 and
+//! fe80::77:(100 + i) (hex).
+//!
 //! Receivers ([`Testbed::receivers`], [`Testbed::counting_receivers`]) bind
 //! UDP sockets inside the receiver namespaces and record or count every
 //! datagram, so tests can check that every destination got exactly one
-//! intact copy ([`Received::check_exactly_once`]).
+//! intact copy ([`Received::check_exactly_once`]). Destinations are IPv4 or
+//! IPv6 ([`Testbed::destinations`], [`Testbed::destinations6`], link-local
+//! ones too), sent to from [`Testbed::sender_socket`],
+//! [`Testbed::sender_socket6`] or [`Testbed::sender_socket_dual`].
 //!
 //! Traffic never leaves the testbed's own namespaces. Everything is deleted
 //! when the [`Testbed`] is dropped (also during a panic), on SIGINT/SIGTERM/
@@ -56,6 +63,7 @@ mod privileges;
 mod recv;
 mod report;
 mod snmp;
+mod sock;
 mod testbed;
 mod wait;
 
@@ -73,10 +81,10 @@ pub use privileges::{
 };
 pub use recv::{pin_current_thread, CountReport, Counters, Received, Receivers, RECEIVER_RCVBUF};
 pub use report::{backlog_drops, backlog_note};
-pub use snmp::{link_counters, snmp_counter, LinkCounters};
+pub use snmp::{link_counters, snmp6_counter, snmp_counter, LinkCounters};
 pub use testbed::{
     Testbed, TestbedConfig, BRIDGE, HUB_PORT_SECOND, HUB_PORT_SENDER, IFACE,
     MAX_ADDRS_PER_RECEIVER, MAX_RECEIVERS, PREFIX_LEN, PREFIX_LEN6, SECOND_IFACE,
-    SECOND_SENDER_ADDR, SENDER_ADDR, SENDER_ADDR6,
+    SECOND_SENDER_ADDR, SENDER_ADDR, SENDER_ADDR6, SENDER_LINK_LOCAL,
 };
 pub use wait::wait_until;

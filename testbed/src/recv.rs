@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use crate::error::{context, last_os_error};
 use crate::ns::for_each_namespace;
 use crate::pattern::is_pattern;
+use crate::sock::{bind_udp6, ifindex_here, is_link_local};
+use crate::testbed::IFACE;
 use crate::wait::wait_until;
 
 /// Receive buffer requested for every receiver socket.
@@ -25,7 +27,7 @@ const DRAIN_BUDGET: usize = 256;
 /// Sockets of one receiver namespace: `(index into the dest list, dest)`.
 pub(crate) struct Group {
     pub(crate) ns: String,
-    pub(crate) dests: Vec<(usize, SocketAddrV4)>,
+    pub(crate) dests: Vec<(usize, SocketAddr)>,
 }
 
 /// Wakes and stops the receiver threads.
@@ -78,15 +80,20 @@ fn set_rcvbuf(sock: &UdpSocket, bytes: usize) {
     }
 }
 
-/// Binds `dest`, retrying for a moment while the address is in use: a
-/// socket closed just before (the previous receivers' on the same address)
-/// can stay bound a little longer when another thread of the process forks
-/// (to run `ip`, say), because the child holds copies of every descriptor
-/// until it execs.
-fn bind_retrying(dest: SocketAddrV4) -> io::Result<UdpSocket> {
+/// Binds `dest` (an IPv6 one with `IPV6_V6ONLY` on, so that an IPv4 socket
+/// can have the same port), retrying for a moment while the address is in
+/// use: a socket closed just before (the previous receivers' on the same
+/// address) can stay bound a little longer when another thread of the
+/// process forks (to run `ip`, say), because the child holds copies of every
+/// descriptor until it execs.
+fn bind_retrying(dest: SocketAddr) -> io::Result<UdpSocket> {
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        match UdpSocket::bind(dest) {
+        let bound = match dest {
+            SocketAddr::V4(v4) => UdpSocket::bind(v4),
+            SocketAddr::V6(v6) => bind_udp6(v6, true),
+        };
+        match bound {
             Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
                 thread::sleep(Duration::from_millis(2));
             }
@@ -95,8 +102,25 @@ fn bind_retrying(dest: SocketAddrV4) -> io::Result<UdpSocket> {
     }
 }
 
-fn bind_one(ns: &str, dest: SocketAddrV4) -> io::Result<UdpSocket> {
-    let sock = bind_retrying(dest).map_err(|e| {
+/// Binds a receiver socket for `dest` in the calling thread's namespace
+/// `ns`. A link-local IPv6 destination is bound on the receiver's interface
+/// ([`IFACE`]) whatever its scope id, which can only name an interface of
+/// the sender (as the scope id of a destination to send to).
+fn bind_one(ns: &str, dest: SocketAddr) -> io::Result<UdpSocket> {
+    let mut bind_to = dest;
+    if let SocketAddr::V6(v6) = &mut bind_to {
+        v6.set_flowinfo(0);
+        v6.set_scope_id(0);
+        if is_link_local(v6.ip()) {
+            v6.set_scope_id(ifindex_here(IFACE).map_err(|e| {
+                context(
+                    e,
+                    format_args!("binding receiver socket {dest} in namespace {ns}"),
+                )
+            })?);
+        }
+    }
+    let sock = bind_retrying(bind_to).map_err(|e| {
         context(
             e,
             format_args!("cannot bind receiver socket {dest} in namespace {ns}"),
@@ -191,20 +215,20 @@ fn wait_for_count(timeout: Duration, mut current: impl FnMut() -> u64, n: u64) -
     c
 }
 
-type Record = Vec<(Vec<u8>, SocketAddrV4)>;
+type Record = Vec<(Vec<u8>, SocketAddr)>;
 
 /// Recording UDP receivers, created by [`crate::Testbed::receivers`]: every
 /// datagram is stored per destination until [`Receivers::finish`].
 #[derive(Debug)]
 pub struct Receivers {
-    dests: Vec<SocketAddrV4>,
+    dests: Vec<SocketAddr>,
     total: Arc<AtomicUsize>,
     stop: Arc<Stop>,
     threads: Vec<(Vec<usize>, JoinHandle<Vec<Record>>)>,
 }
 
 impl Receivers {
-    pub(crate) fn start(dests: Vec<SocketAddrV4>, groups: Vec<Group>) -> io::Result<Receivers> {
+    pub(crate) fn start(dests: Vec<SocketAddr>, groups: Vec<Group>) -> io::Result<Receivers> {
         let socks = bind_groups(&groups)?;
         let stop = Stop::new()?;
         let total = Arc::new(AtomicUsize::new(0));
@@ -226,11 +250,10 @@ impl Receivers {
                     poll_loop(&socks, &stop, |i| {
                         for _ in 0..DRAIN_BUDGET {
                             match socks[i].recv_from(&mut buf) {
-                                Ok((len, SocketAddr::V4(src))) => {
+                                Ok((len, src)) => {
                                     recs[i].push((buf[..len].to_vec(), src));
                                     total.fetch_add(1, Ordering::Relaxed);
                                 }
-                                Ok((_, SocketAddr::V6(_))) => {}
                                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                                 Err(_) => break,
                             }
@@ -244,7 +267,7 @@ impl Receivers {
     }
 
     /// The destinations being received, in the order given.
-    pub fn destinations(&self) -> &[SocketAddrV4] {
+    pub fn destinations(&self) -> &[SocketAddr] {
         &self.dests
     }
 
@@ -294,7 +317,7 @@ impl Receivers {
             .dests
             .iter()
             .enumerate()
-            .map(|(i, d)| (*d, i))
+            .map(|(i, d)| (key(*d), i))
             .collect();
         Received {
             dests: std::mem::take(&mut self.dests),
@@ -319,39 +342,45 @@ impl Drop for Receivers {
 /// Everything a [`Receivers`] got, per destination, in arrival order.
 #[derive(Debug, Clone)]
 pub struct Received {
-    dests: Vec<SocketAddrV4>,
-    index: HashMap<SocketAddrV4, usize>,
+    dests: Vec<SocketAddr>,
+    index: HashMap<SocketAddr, usize>,
     data: Vec<Vec<Vec<u8>>>,
-    sources: Vec<Vec<SocketAddrV4>>,
+    sources: Vec<Vec<SocketAddr>>,
 }
 
 const MAX_PROBLEMS: usize = 40;
 
 impl Received {
     /// The destinations that were received on.
-    pub fn destinations(&self) -> &[SocketAddrV4] {
+    pub fn destinations(&self) -> &[SocketAddr] {
         &self.dests
     }
 
-    /// The payloads that arrived at `dest`, in arrival order (empty for a
+    fn slot<A: Into<SocketAddr> + Copy>(&self, dest: &A) -> Option<usize> {
+        self.index.get(&key((*dest).into())).copied()
+    }
+
+    /// The payloads that arrived at `dest` (a `SocketAddrV4`, `SocketAddrV6`
+    /// or `SocketAddr`, as given to [`crate::Testbed::receivers`], an IPv6
+    /// one with any scope id and flow label), in arrival order (empty for a
     /// destination that was not received on).
-    pub fn datagrams(&self, dest: &SocketAddrV4) -> &[Vec<u8>] {
-        self.index
-            .get(dest)
-            .map(|&i| self.data[i].as_slice())
+    pub fn datagrams<A: Into<SocketAddr> + Copy>(&self, dest: &A) -> &[Vec<u8>] {
+        self.slot(dest)
+            .map(|i| self.data[i].as_slice())
             .unwrap_or(&[])
     }
 
-    /// The source address of each datagram of [`Received::datagrams`].
-    pub fn sources(&self, dest: &SocketAddrV4) -> &[SocketAddrV4] {
-        self.index
-            .get(dest)
-            .map(|&i| self.sources[i].as_slice())
+    /// The source address of each datagram of [`Received::datagrams`]: IPv4
+    /// for an IPv4 destination, IPv6 for an IPv6 one (with the receiver's
+    /// interface as scope id when the source is link-local).
+    pub fn sources<A: Into<SocketAddr> + Copy>(&self, dest: &A) -> &[SocketAddr] {
+        self.slot(dest)
+            .map(|i| self.sources[i].as_slice())
             .unwrap_or(&[])
     }
 
     /// Number of datagrams that arrived at `dest`.
-    pub fn count(&self, dest: &SocketAddrV4) -> usize {
+    pub fn count<A: Into<SocketAddr> + Copy>(&self, dest: &A) -> usize {
         self.datagrams(dest).len()
     }
 
@@ -366,9 +395,9 @@ impl Received {
     /// problem: which destination got how many copies of which message, and
     /// for unexpected datagrams the closest expected message and the first
     /// differing byte.
-    pub fn check_exactly_once(
+    pub fn check_exactly_once<A: Into<SocketAddr> + Copy>(
         &self,
-        dests: &[SocketAddrV4],
+        dests: &[A],
         expected: &[Vec<u8>],
     ) -> Result<(), String> {
         // payload -> (first index in `expected`, multiplicity)
@@ -381,15 +410,15 @@ impl Received {
         order.sort_by_key(|(_, i, _)| *i);
 
         let mut problems = Vec::new();
-        for d in dests {
-            if !self.index.contains_key(d) {
+        for d in dests.iter().map(|&d| d.into()) {
+            if !self.index.contains_key(&key(d)) {
                 problems.push(format!(
                     "{d}: no receiver socket was bound for this destination"
                 ));
                 continue;
             }
-            let got = self.datagrams(d);
-            let srcs = self.sources(d);
+            let got = self.datagrams(&d);
+            let srcs = self.sources(&d);
             let mut seen: HashMap<&[u8], usize> = HashMap::new();
             let mut unexpected = Vec::new();
             for (k, p) in got.iter().enumerate() {
@@ -411,23 +440,24 @@ impl Received {
                 }
             }
             for k in unexpected {
-                problems.push(describe_unexpected(d, k, &got[k], srcs.get(k), expected));
+                problems.push(describe_unexpected(&d, k, &got[k], srcs.get(k), expected));
             }
         }
         report(problems)
     }
 
     /// Checks that none of `dests` received anything.
-    pub fn check_silent(&self, dests: &[SocketAddrV4]) -> Result<(), String> {
+    pub fn check_silent<A: Into<SocketAddr> + Copy>(&self, dests: &[A]) -> Result<(), String> {
         let problems = dests
             .iter()
-            .filter(|d| self.count(d) > 0)
+            .map(|&d| d.into())
+            .filter(|d: &SocketAddr| self.count(d) > 0)
             .map(|d| {
                 format!(
                     "{d}: expected no datagrams, got {} (first from {:?}, {} bytes)",
-                    self.count(d),
-                    self.sources(d).first(),
-                    self.datagrams(d)[0].len()
+                    self.count(&d),
+                    self.sources(&d).first(),
+                    self.datagrams(&d)[0].len()
                 )
             })
             .collect();
@@ -454,10 +484,10 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 }
 
 fn describe_unexpected(
-    d: &SocketAddrV4,
+    d: &SocketAddr,
     k: usize,
     got: &[u8],
-    src: Option<&SocketAddrV4>,
+    src: Option<&SocketAddr>,
     expected: &[Vec<u8>],
 ) -> String {
     let from = src.map(|s| format!(" from {s}")).unwrap_or_default();
@@ -495,7 +525,7 @@ fn describe_unexpected(
 /// message pattern ([`crate::is_pattern`]) and dropped.
 #[derive(Debug)]
 pub struct Counters {
-    dests: Vec<SocketAddrV4>,
+    dests: Vec<SocketAddr>,
     counts: Arc<Vec<AtomicU64>>,
     mismatches: Arc<Vec<AtomicU64>>,
     total: Arc<AtomicU64>,
@@ -507,7 +537,7 @@ pub struct Counters {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountReport {
     /// The destinations, in the order given.
-    pub dests: Vec<SocketAddrV4>,
+    pub dests: Vec<SocketAddr>,
     /// Datagrams received per destination (including mismatches).
     pub counts: Vec<u64>,
     /// Datagrams per destination whose payload did not follow the pattern
@@ -524,6 +554,35 @@ impl CountReport {
     /// Total pattern mismatches over all destinations.
     pub fn total_mismatches(&self) -> u64 {
         self.mismatches.iter().sum()
+    }
+
+    /// Datagrams received at `dest` (a `SocketAddrV4`, `SocketAddrV6` or
+    /// `SocketAddr`), including mismatches; 0 for a destination that was not
+    /// counted.
+    pub fn count<A: Into<SocketAddr> + Copy>(&self, dest: &A) -> u64 {
+        position(&self.dests, dest).map_or(0, |i| self.counts[i])
+    }
+
+    /// Pattern mismatches at `dest`; 0 for a destination that was not
+    /// counted.
+    pub fn mismatches_at<A: Into<SocketAddr> + Copy>(&self, dest: &A) -> u64 {
+        position(&self.dests, dest).map_or(0, |i| self.mismatches[i])
+    }
+}
+
+/// Where `dest` is in `dests`.
+fn position<A: Into<SocketAddr> + Copy>(dests: &[SocketAddr], dest: &A) -> Option<usize> {
+    let dest = key((*dest).into());
+    dests.iter().position(|d| key(*d) == dest)
+}
+
+/// A destination as looked up: its address and port only (an IPv6 one
+/// without flow label and scope id, which name no other socket: the
+/// testbed refuses destinations that differ only in them).
+fn key(dest: SocketAddr) -> SocketAddr {
+    match dest {
+        SocketAddr::V4(_) => dest,
+        SocketAddr::V6(v6) => SocketAddr::new(IpAddr::V6(*v6.ip()), v6.port()),
     }
 }
 
@@ -575,7 +634,7 @@ fn recv_batch(
 
 impl Counters {
     pub(crate) fn start(
-        dests: Vec<SocketAddrV4>,
+        dests: Vec<SocketAddr>,
         groups: Vec<Group>,
         pin_cpu: Option<usize>,
     ) -> io::Result<Counters> {
@@ -671,8 +730,15 @@ impl Counters {
     }
 
     /// The destinations being counted, in the order given.
-    pub fn destinations(&self) -> &[SocketAddrV4] {
+    pub fn destinations(&self) -> &[SocketAddr] {
         &self.dests
+    }
+
+    /// Datagrams received so far at `dest` (a `SocketAddrV4`, `SocketAddrV6`
+    /// or `SocketAddr`), including mismatches; 0 for a destination that is
+    /// not counted.
+    pub fn count<A: Into<SocketAddr> + Copy>(&self, dest: &A) -> u64 {
+        position(&self.dests, dest).map_or(0, |i| self.counts[i].load(Ordering::Relaxed))
     }
 
     /// Datagrams received so far per destination (same order as

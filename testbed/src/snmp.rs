@@ -1,8 +1,9 @@
-//! Reading `/proc/net/snmp` and `/proc/net/dev` counters of a network
-//! namespace.
+//! Reading `/proc/net/snmp`, `/proc/net/snmp6` and `/proc/net/dev`
+//! counters of a network namespace.
 
 use std::io;
 
+use crate::error::context;
 use crate::ns::in_namespace;
 
 /// Finds `field` of protocol `proto` (e.g. `"Udp"`) in the text of
@@ -34,6 +35,39 @@ pub(crate) fn read_snmp_here(proto: &str, field: &str) -> io::Result<u64> {
 /// `/proc/net/snmp` of the network namespace `ns`.
 pub fn snmp_counter(ns: &str, proto: &str, field: &str) -> io::Result<u64> {
     in_namespace(ns, || read_snmp_here(proto, field))?
+}
+
+/// Finds the counter `name` (e.g. `"Udp6InCsumErrors"`) in the text of
+/// `/proc/net/snmp6` (one `name value` line per counter).
+pub(crate) fn parse_snmp6(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next()? == name).then(|| words.next()?.parse().ok())?
+    })
+}
+
+/// Reads an IPv6 counter of the calling thread's network namespace (through
+/// `/proc/thread-self`, which follows the thread's namespace).
+pub(crate) fn read_snmp6_here(name: &str) -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/snmp6").map_err(|e| {
+        context(
+            e,
+            "cannot read /proc/net/snmp6 (is IPv6 built into the kernel?)",
+        )
+    })?;
+    parse_snmp6(&text, name).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no counter {name:?} in /proc/net/snmp6"),
+        )
+    })
+}
+
+/// Reads the counter `name` (e.g. `"Udp6InCsumErrors"`, `"Udp6InDatagrams"`)
+/// from `/proc/net/snmp6` of the network namespace `ns`: the IPv6
+/// counterpart of [`snmp_counter`].
+pub fn snmp6_counter(ns: &str, name: &str) -> io::Result<u64> {
+    in_namespace(ns, || read_snmp6_here(name))?
 }
 
 /// Packet counters of one interface, from `/proc/net/dev`.
@@ -95,6 +129,20 @@ mod tests {
         assert_eq!(parse_snmp(t, "Udp", "InDatagrams"), Some(10));
         assert_eq!(parse_snmp(t, "UdpLite", "InCsumErrors"), Some(99));
         assert_eq!(parse_snmp(t, "Udp", "Nope"), None);
+    }
+
+    #[test]
+    fn parses_snmp6() {
+        let t = "Ip6InReceives                   \t12\n\
+                 Udp6InDatagrams                 \t5\n\
+                 Udp6NoPorts                     \t0\n\
+                 Udp6InCsumErrors                \t3\n\
+                 UdpLite6InCsumErrors            \t9\n";
+        assert_eq!(parse_snmp6(t, "Udp6InDatagrams"), Some(5));
+        assert_eq!(parse_snmp6(t, "Udp6InCsumErrors"), Some(3));
+        assert_eq!(parse_snmp6(t, "UdpLite6InCsumErrors"), Some(9));
+        assert_eq!(parse_snmp6(t, "Udp6"), None);
+        assert_eq!(parse_snmp6(t, "Udp6Nope"), None);
     }
 
     #[test]

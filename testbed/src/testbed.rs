@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -16,7 +16,10 @@ use crate::ip;
 use crate::ns::{for_each_namespace, in_namespace, output_in, spawn_in, spawn_in_namespace};
 use crate::privileges::check_privileges;
 use crate::recv::{Counters, Group, Receivers};
-use crate::snmp::read_snmp_here;
+use crate::snmp::{read_snmp6_here, read_snmp_here};
+use crate::sock::{bind_udp6, ifindex_here};
+#[cfg(doc)]
+use crate::Received;
 
 /// Name of the sender's interface (and of every receiver's interface).
 pub const IFACE: &str = "eth0";
@@ -38,6 +41,10 @@ pub const MAX_ADDRS_PER_RECEIVER: usize = 254;
 pub const SENDER_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
 /// Prefix length of the IPv6 subnet fd77::/64.
 pub const PREFIX_LEN6: u8 = 64;
+/// The sender's link-local address on `eth0`, fe80::77:1, with
+/// [`TestbedConfig::ipv6`] (receiver i has fe80::77:(100 + i), in hex:
+/// [`Testbed::receiver_link_local`]).
+pub const SENDER_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x77, 1);
 
 /// The sender's second interface, with [`TestbedConfig::second_link`].
 pub const SECOND_IFACE: &str = "eth1";
@@ -68,6 +75,11 @@ fn receiver_addr(i: usize, k: usize) -> Ipv4Addr {
 /// IPv6 address `k` of receiver `i`: fd77::(1 + i):(1 + k).
 fn receiver_addr6(i: usize, k: usize) -> Ipv6Addr {
     Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, (1 + i) as u16, (1 + k) as u16)
+}
+
+/// The link-local address of receiver `i`: fe80::77:(100 + i) (hex).
+fn receiver_link_local_of(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x77, 0x100 + i as u16)
 }
 
 /// Address `k` of receiver `i` on the second subnet: 10.78.(1 + i).(1 + k).
@@ -103,13 +115,17 @@ pub struct TestbedConfig {
     /// IPv6 beside IPv4 on the sender's `eth0` and the receivers: the
     /// sender has fd77::1/64 ([`SENDER_ADDR6`]), receiver i the twins
     /// fd77::(1 + i):(1 + k) of its addresses
-    /// ([`Testbed::receiver_addrs6`]); the sender's neighbour entries are
-    /// pre-filled as for IPv4 (else NDP resolves them). Duplicate address
-    /// detection is turned off explicitly (addresses are added `nodad`, and
-    /// `accept_dad` is 0), so no address is ever tentative; router
-    /// solicitations too. The hub stays a plain IPv4-less, IPv6-less
-    /// switch. Default false: IPv6 is off everywhere, which keeps the links
-    /// free of DAD, router solicitations and MLD.
+    /// ([`Testbed::receiver_addrs6`]); on the sender↔receiver link the
+    /// sender's `eth0` has the link-local fe80::77:1 ([`SENDER_LINK_LOCAL`])
+    /// and receiver i's `eth0` fe80::77:(100 + i), in hex
+    /// ([`Testbed::receiver_link_local`]), set explicitly instead of the
+    /// kernel's EUI-64 ones (`addrgenmode none`); the sender's neighbour
+    /// entries are pre-filled for all of them as for IPv4 (else NDP resolves
+    /// them). Duplicate address detection is turned off explicitly
+    /// (addresses are added `nodad`, and `accept_dad` is 0), so no address
+    /// is ever tentative; router solicitations too. The hub stays a plain
+    /// IPv4-less, IPv6-less switch. Default false: IPv6 is off everywhere,
+    /// which keeps the links free of DAD, router solicitations and MLD.
     pub ipv6: bool,
 }
 
@@ -300,7 +316,7 @@ pub struct Testbed {
     second_addrs: Vec<Vec<Ipv4Addr>>,
     addrs6: Vec<Vec<Ipv6Addr>>,
     all_addrs: Vec<Ipv4Addr>,
-    owner: HashMap<Ipv4Addr, usize>,
+    owner: HashMap<IpAddr, usize>,
 }
 
 impl Testbed {
@@ -344,12 +360,18 @@ impl Testbed {
             })
             .collect();
         let all_addrs: Vec<Ipv4Addr> = receiver_addrs.iter().flatten().copied().collect();
-        let owner = receiver_addrs
+        let mut owner: HashMap<IpAddr, usize> = receiver_addrs
             .iter()
             .chain(&second_addrs)
             .enumerate()
-            .flat_map(|(i, a)| a.iter().map(move |x| (*x, i % r)))
+            .flat_map(|(i, a)| a.iter().map(move |x| (IpAddr::V4(*x), i % r)))
             .collect();
+        for (i, addrs) in addrs6.iter().enumerate() {
+            owner.extend(addrs.iter().map(|a| (IpAddr::V6(*a), i)));
+        }
+        if cfg.ipv6 {
+            owner.extend((0..r).map(|i| (IpAddr::V6(receiver_link_local_of(i)), i)));
+        }
         let tb = Testbed {
             id,
             sender_ns: format!("{base}-s"),
@@ -445,6 +467,15 @@ impl Testbed {
         let mut snd = NsSetup::new(s);
         snd.ip_lines
             .push(format!("addr add {SENDER_ADDR}/{PREFIX_LEN} dev {IFACE}"));
+        if self.cfg.ipv6 {
+            // Before the link is up: the kernel would otherwise add its own
+            // EUI-64 link-local address (when the carrier comes, through
+            // linkwatch: possibly after `new` returned).
+            snd.ip_lines
+                .push(format!("link set dev {IFACE} addrgenmode none"));
+            snd.ip_lines
+                .push(format!("addr add {SENDER_LINK_LOCAL}/64 dev {IFACE} nodad"));
+        }
         snd.ip_lines.push(format!("link set dev {IFACE} up"));
         if self.cfg.neighbours_prefilled {
             for (i, addrs) in self.receiver_addrs.iter().enumerate() {
@@ -463,7 +494,8 @@ impl Testbed {
             ));
             if self.cfg.neighbours_prefilled {
                 for (i, addrs) in self.addrs6.iter().enumerate() {
-                    for a in addrs {
+                    let link_local = receiver_link_local_of(i);
+                    for a in addrs.iter().chain([&link_local]) {
                         snd.ip_lines.push(format!(
                             "neigh replace {a} lladdr {} dev {IFACE} nud permanent",
                             format_mac(&receiver_mac_of(i))
@@ -505,6 +537,12 @@ impl Testbed {
                     rcv.ip_lines
                         .push(format!("addr add {a}/{PREFIX_LEN6} dev {IFACE} nodad"));
                 }
+                rcv.ip_lines
+                    .push(format!("link set dev {IFACE} addrgenmode none"));
+                rcv.ip_lines.push(format!(
+                    "addr add {}/64 dev {IFACE} nodad",
+                    receiver_link_local_of(i)
+                ));
             }
             rcv.ip_lines.push(format!("link set dev {IFACE} up"));
             setups.push(rcv);
@@ -613,9 +651,61 @@ impl Testbed {
         &self.all_addrs
     }
 
-    /// The receiver that owns `addr`, if any.
-    pub fn receiver_of(&self, addr: Ipv4Addr) -> Option<usize> {
-        self.owner.get(&addr).copied()
+    /// The receiver that owns `addr` (an `Ipv4Addr`, `Ipv6Addr` or
+    /// `IpAddr`), if any: one of its IPv4 addresses (also those of the second
+    /// subnet), IPv6 addresses or, with [`TestbedConfig::ipv6`], its
+    /// link-local address. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`)
+    /// belong to no receiver.
+    pub fn receiver_of(&self, addr: impl Into<IpAddr>) -> Option<usize> {
+        self.owner.get(&addr.into()).copied()
+    }
+
+    /// The link-local address of receiver `i`'s `eth0`, fe80::77:(100 + i)
+    /// (hex: fe80::77:100 for receiver 0), on its link to the sender. A
+    /// socket needs the scope id of the interface to reach it or bind it:
+    /// [`Testbed::sender_ifindex`] on the sender,
+    /// [`Testbed::receiver_ifindex`] in the receiver
+    /// ([`Testbed::receivers`] looks that up itself).
+    ///
+    /// # Panics
+    /// Without [`TestbedConfig::ipv6`], or when `i >= num_receivers()`.
+    pub fn receiver_link_local(&self, i: usize) -> Ipv6Addr {
+        self.require_ipv6("receiver_link_local");
+        assert!(i < self.num_receivers(), "no receiver {i}");
+        receiver_link_local_of(i)
+    }
+
+    /// The sender's link-local address on `eth0`, fe80::77:1
+    /// ([`SENDER_LINK_LOCAL`]).
+    ///
+    /// # Panics
+    /// Without [`TestbedConfig::ipv6`].
+    pub fn sender_link_local(&self) -> Ipv6Addr {
+        self.require_ipv6("sender_link_local");
+        SENDER_LINK_LOCAL
+    }
+
+    /// The index of the sender's `eth0` inside the sender namespace: the
+    /// scope id for link-local destinations (`SocketAddrV6::new(
+    /// tb.receiver_link_local(i), port, 0, tb.sender_ifindex()?)`).
+    pub fn sender_ifindex(&self) -> io::Result<u32> {
+        in_namespace(&self.sender_ns, || ifindex_here(IFACE))?
+    }
+
+    /// The index of receiver `i`'s `eth0` inside its namespace: the scope id
+    /// the receiver's sockets see on link-local sources.
+    ///
+    /// # Panics
+    /// When `i >= num_receivers()`.
+    pub fn receiver_ifindex(&self, i: usize) -> io::Result<u32> {
+        in_namespace(&self.receiver_ns[i], || ifindex_here(IFACE))?
+    }
+
+    fn require_ipv6(&self, what: &str) {
+        assert!(
+            self.cfg.ipv6,
+            "Testbed::{what} needs IPv6: this testbed was built without TestbedConfig::ipv6"
+        );
     }
 
     /// MAC address of receiver `i`'s `eth0`.
@@ -644,33 +734,71 @@ impl Testbed {
     /// # Panics
     /// When the ports would run past 65535.
     pub fn destinations(&self, n: usize, base_port: u16) -> Vec<SocketAddrV4> {
-        let r = self.num_receivers();
-        let slots = r * self.cfg.addrs_per_receiver;
-        (0..n)
-            .map(|j| {
-                let slot = j % slots;
-                let port = u16::try_from(j / slots)
-                    .ok()
-                    .and_then(|p| base_port.checked_add(p))
-                    .unwrap_or_else(|| {
-                        panic!("{n} destinations from port {base_port} run past port 65535")
-                    });
-                SocketAddrV4::new(self.receiver_addrs[slot % r][slot / r], port)
-            })
+        self.spread(&self.receiver_addrs, n, base_port)
+            .map(|(a, port)| SocketAddrV4::new(a, port))
             .collect()
     }
 
-    fn groups(&self, dests: &[SocketAddrV4]) -> io::Result<Vec<Group>> {
+    /// Like [`Testbed::destinations`], over the receivers' IPv6 addresses
+    /// ([`Testbed::receiver_addrs6`]): the IPv6 twins of
+    /// `destinations(n, base_port)`, in the same order.
+    ///
+    /// # Panics
+    /// Without [`TestbedConfig::ipv6`] (rather than returning nothing), and
+    /// when the ports would run past 65535.
+    pub fn destinations6(&self, n: usize, base_port: u16) -> Vec<SocketAddrV6> {
+        self.require_ipv6("destinations6");
+        self.spread(&self.addrs6, n, base_port)
+            .map(|(a, port)| SocketAddrV6::new(a, port, 0, 0))
+            .collect()
+    }
+
+    /// `n` (address, port) pairs over `addrs` (per receiver, each with
+    /// `addrs_per_receiver` addresses); see [`Testbed::destinations`].
+    fn spread<'a, T: Copy>(
+        &'a self,
+        addrs: &'a [Vec<T>],
+        n: usize,
+        base_port: u16,
+    ) -> impl Iterator<Item = (T, u16)> + 'a {
+        let r = self.num_receivers();
+        let slots = r * self.cfg.addrs_per_receiver;
+        (0..n).map(move |j| {
+            let slot = j % slots;
+            let port = u16::try_from(j / slots)
+                .ok()
+                .and_then(|p| base_port.checked_add(p))
+                .unwrap_or_else(|| {
+                    panic!("{n} destinations from port {base_port} run past port 65535")
+                });
+            (addrs[slot % r][slot / r], port)
+        })
+    }
+
+    fn groups(&self, dests: &[SocketAddr]) -> io::Result<Vec<Group>> {
         let mut seen = HashSet::new();
-        let mut per: Vec<Vec<(usize, SocketAddrV4)>> = vec![Vec::new(); self.num_receivers()];
+        let mut per: Vec<Vec<(usize, SocketAddr)>> = vec![Vec::new(); self.num_receivers()];
         for (k, d) in dests.iter().enumerate() {
-            let Some(i) = self.receiver_of(*d.ip()) else {
+            let Some(i) = self.receiver_of(d.ip()) else {
+                let hint = match d {
+                    SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some() => {
+                        " (give an IPv4-mapped destination as its IPv4 address)"
+                    }
+                    SocketAddr::V6(_) if !self.cfg.ipv6 => {
+                        " (this testbed has no IPv6: set TestbedConfig::ipv6)"
+                    }
+                    _ => "",
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("destination {d} is not an address of any receiver of this testbed"),
+                    format!(
+                        "destination {d} is not an address of any receiver of this testbed{hint}"
+                    ),
                 ));
             };
-            if !seen.insert(*d) {
+            // The same address and port, whatever the scope id or flow
+            // label: the sockets would clash.
+            if !seen.insert((d.ip(), d.port())) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!("destination {d} listed twice"),
@@ -690,23 +818,39 @@ impl Testbed {
     }
 
     /// Binds a UDP socket for every destination (each must be an address of
-    /// some receiver; several ports per address are fine) in its receiver's
-    /// namespace and records every datagram. The sockets are bound when this
-    /// returns. One thread per receiver namespace.
-    pub fn receivers(&self, dests: &[SocketAddrV4]) -> io::Result<Receivers> {
-        Receivers::start(dests.to_vec(), self.groups(dests)?)
+    /// some receiver, see [`Testbed::receiver_of`]; several ports per address
+    /// are fine) in its receiver's namespace and records every datagram.
+    /// The sockets are bound when this returns. One thread per receiver
+    /// namespace.
+    ///
+    /// Destinations are `SocketAddrV4`, `SocketAddrV6` or `SocketAddr`, IPv4
+    /// and IPv6 ones mixed as one likes. IPv6 sockets are bound with
+    /// `IPV6_V6ONLY`, so an IPv4 and an IPv6 destination may share a port.
+    /// A link-local destination ([`Testbed::receiver_link_local`]) is bound
+    /// on the receiver's `eth0`, its scope id looked up in the receiver's
+    /// namespace: the destination's own scope id is ignored (0, or the
+    /// sender's interface, as when it is also a destination to send to).
+    /// Looking destinations up afterwards ([`Received::datagrams`], ...)
+    /// ignores IPv6 scope ids and flow labels too; destinations that differ
+    /// only in them are refused as listed twice.
+    pub fn receivers<A: Into<SocketAddr> + Copy>(&self, dests: &[A]) -> io::Result<Receivers> {
+        let dests: Vec<SocketAddr> = dests.iter().map(|&d| d.into()).collect();
+        let groups = self.groups(&dests)?;
+        Receivers::start(dests, groups)
     }
 
     /// Like [`Testbed::receivers`], but only counts datagrams per destination
     /// and checks each payload against the message pattern
     /// ([`crate::is_pattern`]). With `pin_cpu`, the receiver threads are
     /// pinned to that CPU.
-    pub fn counting_receivers(
+    pub fn counting_receivers<A: Into<SocketAddr> + Copy>(
         &self,
-        dests: &[SocketAddrV4],
+        dests: &[A],
         pin_cpu: Option<usize>,
     ) -> io::Result<Counters> {
-        Counters::start(dests.to_vec(), self.groups(dests)?, pin_cpu)
+        let dests: Vec<SocketAddr> = dests.iter().map(|&d| d.into()).collect();
+        let groups = self.groups(&dests)?;
+        Counters::start(dests, groups, pin_cpu)
     }
 
     /// A UDP socket bound to the sender's address (port chosen by the
@@ -715,6 +859,38 @@ impl Testbed {
         in_namespace(&self.sender_ns, || {
             UdpSocket::bind(SocketAddrV4::new(SENDER_ADDR, 0))
         })?
+    }
+
+    /// An IPv6 UDP socket bound to the sender's IPv6 address [`SENDER_ADDR6`]
+    /// (port chosen by the kernel), with `IPV6_V6ONLY` on, created inside
+    /// the sender namespace. Fails (`InvalidInput`) without
+    /// [`TestbedConfig::ipv6`].
+    pub fn sender_socket6(&self) -> io::Result<UdpSocket> {
+        if !self.cfg.ipv6 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Testbed::sender_socket6 needs IPv6: this testbed was built without \
+                 TestbedConfig::ipv6",
+            ));
+        }
+        let addr = SocketAddrV6::new(SENDER_ADDR6, 0, 0, 0);
+        in_namespace(&self.sender_ns, || bind_udp6(addr, true))?
+            .map_err(|e| context(e, format_args!("cannot bind the sender's socket to {addr}")))
+    }
+
+    /// A dual-stack UDP socket of the sender namespace: bound to `[::]:0`
+    /// with `IPV6_V6ONLY` off, so that it sends to IPv6 destinations and to
+    /// IPv4 ones written `::ffff:a.b.c.d` (`Ipv4Addr::to_ipv6_mapped`), from
+    /// whichever of the sender's addresses the kernel picks (10.77.0.1 or
+    /// fd77::1 on `eth0`). IPv6 destinations need [`TestbedConfig::ipv6`].
+    pub fn sender_socket_dual(&self) -> io::Result<UdpSocket> {
+        let addr = SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0);
+        in_namespace(&self.sender_ns, || bind_udp6(addr, false))?.map_err(|e| {
+            context(
+                e,
+                format_args!("cannot bind the sender's dual-stack socket to {addr}"),
+            )
+        })
     }
 
     /// Runs `f` on a helper thread inside the sender namespace; see
@@ -760,28 +936,74 @@ impl Testbed {
         self.udp_counter("RcvbufErrors")
     }
 
+    /// A UDP-over-IPv6 counter of each receiver namespace's
+    /// `/proc/net/snmp6`, named without its `Udp6` prefix (e.g.
+    /// `"InDatagrams"` for `Udp6InDatagrams`, `"InCsumErrors"`,
+    /// `"RcvbufErrors"`, `"NoPorts"`), indexed by receiver. Mirrors
+    /// [`Testbed::udp_counter`], which counts IPv4 only.
+    pub fn udp6_counter(&self, field: &str) -> io::Result<Vec<u64>> {
+        let names: Vec<&str> = self.receiver_ns.iter().map(String::as_str).collect();
+        let name = format!("Udp6{field}");
+        for_each_namespace(&names, |_| read_snmp6_here(&name))
+    }
+
+    /// `Udp6InCsumErrors` per receiver namespace: datagrams over IPv6
+    /// dropped for a bad checksum.
+    pub fn udp6_in_csum_errors(&self) -> io::Result<Vec<u64>> {
+        self.udp6_counter("InCsumErrors")
+    }
+
+    /// `Udp6InDatagrams` per receiver namespace.
+    pub fn udp6_in_datagrams(&self) -> io::Result<Vec<u64>> {
+        self.udp6_counter("InDatagrams")
+    }
+
+    /// `Udp6RcvbufErrors` per receiver namespace (drops on full socket
+    /// buffers, IPv6).
+    pub fn udp6_rcvbuf_errors(&self) -> io::Result<Vec<u64>> {
+        self.udp6_counter("RcvbufErrors")
+    }
+
     /// Per receiver: frames the hub's port towards it dropped (the
     /// receiver's backlog was full) plus datagrams its UDP sockets dropped
-    /// (`RcvbufErrors`): the losses past the sender, which no sender sees.
+    /// (`RcvbufErrors`, and `Udp6RcvbufErrors` with [`TestbedConfig::ipv6`]):
+    /// the losses past the sender, which no sender sees.
     pub fn drops_past_sender(&self) -> io::Result<Vec<u64>> {
         (0..self.num_receivers())
             .map(|i| {
+                let ns = &self.receiver_ns[i];
                 let port = crate::link_counters(&self.hub_ns, &self.receiver_port(i))?;
-                let socket = crate::snmp_counter(&self.receiver_ns[i], "Udp", "RcvbufErrors")?;
+                let mut socket = crate::snmp_counter(ns, "Udp", "RcvbufErrors")?;
+                if self.cfg.ipv6 {
+                    socket += crate::snmp6_counter(ns, "Udp6RcvbufErrors")?;
+                }
                 Ok(port.tx_dropped + socket)
             })
             .collect()
     }
 
+    /// UDP datagrams delivered per receiver: IPv4's `InDatagrams`, plus
+    /// `Udp6InDatagrams` with [`TestbedConfig::ipv6`].
+    fn delivered_per_receiver(&self) -> io::Result<Vec<u64>> {
+        let mut v4 = self.udp_in_datagrams()?;
+        if self.cfg.ipv6 {
+            for (a, b) in v4.iter_mut().zip(self.udp6_in_datagrams()?) {
+                *a += b;
+            }
+        }
+        Ok(v4)
+    }
+
     /// Waits at most `timeout` until no receiver namespace's UDP
-    /// `InDatagrams` changes for `quiet` (useful before reading counters).
+    /// `InDatagrams` (IPv4, and IPv6 with [`TestbedConfig::ipv6`]) changes
+    /// for `quiet` (useful before reading counters).
     pub fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> io::Result<()> {
         let start = std::time::Instant::now();
-        let mut last = self.udp_in_datagrams()?;
+        let mut last = self.delivered_per_receiver()?;
         let mut since = std::time::Instant::now();
         while start.elapsed() < timeout {
             std::thread::sleep(quiet / 4);
-            let now = self.udp_in_datagrams()?;
+            let now = self.delivered_per_receiver()?;
             if now != last {
                 last = now;
                 since = std::time::Instant::now();

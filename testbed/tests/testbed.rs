@@ -66,7 +66,7 @@ fn exchange(tb: &Testbed, dests: &[SocketAddrV4], msgs: &[Vec<u8>]) {
         assert!(got
             .sources(d)
             .iter()
-            .all(|s| *s.ip() == tb.sender_addr() && s.port() == sock.local_addr().unwrap().port()));
+            .all(|s| s.ip() == tb.sender_addr() && s.port() == sock.local_addr().unwrap().port()));
     }
     assert_eq!(
         tb.udp_in_csum_errors().unwrap(),
@@ -304,7 +304,9 @@ fn check_exactly_once_reports_problems() {
     assert!(got.check_silent(&dests[2..]).is_ok());
     assert!(got.check_silent(&dests[..1]).is_err());
     // Destinations that are not receiver addresses are refused.
-    assert!(tb.receivers(&["10.77.200.1:1".parse().unwrap()]).is_err());
+    assert!(tb
+        .receivers(&["10.77.200.1:1".parse::<SocketAddrV4>().unwrap()])
+        .is_err());
 }
 
 #[test]
