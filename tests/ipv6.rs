@@ -589,25 +589,6 @@ fn ipv6_bad_input_is_refused_before_anything_is_sent() {
     assert_eq!(broadcaster.stats().broadcasts, 0);
 }
 
-fn ip(ns: &str, args: &str) {
-    let out = std::process::Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip -n {ns} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sysctl(ns: &str, path: &str, value: &str) {
-    in_namespace(ns, || std::fs::write(path, value))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{path} in {ns}: {e}"));
-}
-
 /// Broadcasts `messages` messages (from `first`) to `dests` through
 /// `socket`, one at a time, and checks that every destination got each
 /// exactly once, intact. Returns the copies the kernel made.

@@ -18,7 +18,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -26,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use elec_broadcast::Mode;
-use elec_testbed::{format_mac, in_namespace, snmp_counter, udp_socket_in, wait_until, Testbed};
+use elec_testbed::{format_mac, snmp_counter, udp_socket_in, wait_until, Testbed};
 
 /// Time between two sends of each sender.
 const INTERVAL: Duration = Duration::from_micros(200);
@@ -44,25 +43,6 @@ const SENDTO_PORT: u16 = 7001;
 /// The scenarios of this binary take turns, so that their windows are not
 /// stretched by each other's load.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn ip(ns: &str, args: &str) {
-    let out = Command::new("ip")
-        .args(["-n", ns])
-        .args(args.split_whitespace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip -n {ns} {args}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn sysctl(ns: &str, path: &str, value: &str) {
-    in_namespace(ns, || std::fs::write(path, value))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{path} in {ns}: {e}"));
-}
 
 /// Datagram `seq` of a stream: the sequence number and filler.
 fn message(seq: u32) -> Vec<u8> {

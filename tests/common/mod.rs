@@ -103,3 +103,24 @@ impl Drop for Sysctl {
         }
     }
 }
+
+/// Runs `ip -n NS ARGS…` and fails the test if it fails.
+pub fn ip(ns: &str, args: &str) {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns])
+        .args(args.split_whitespace())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip -n {ns} {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes a sysctl (a path under /proc/sys) in namespace `ns`.
+pub fn sysctl(ns: &str, path: &str, value: &str) {
+    in_namespace(ns, || std::fs::write(path, value))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{path} in {ns}: {e}"));
+}
