@@ -760,3 +760,34 @@ fn after_the_link_goes_down_and_up_ipv6_copies_flow_again() {
     thread::sleep(Duration::from_millis(200));
     assert!(all_arrive(&tb, &broadcaster, &socket, &dests, 9, 3) > 0);
 }
+
+#[test]
+fn an_ipv6_routes_own_mtu_refuses_what_does_not_fit_before_anything_is_sent() {
+    elec_testbed::require_root!();
+    let tb = testbed6(2, 1);
+    // Receiver 1's address takes a route of MTU 1280 (the IPv6 minimum).
+    let narrow = tb.receiver_addrs6(1)[0];
+    ip(
+        tb.sender_ns(),
+        &format!("-6 route add {narrow}/128 dev eth0 mtu 1280"),
+    );
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let socket = sender6(&tb, 6100);
+    let dests = tb.destinations6(2, 7300);
+    let rx = tb.receivers(&dests).unwrap();
+    match broadcaster.broadcast(&socket, &[7; 1233], &v6(&dests)) {
+        Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1232, 1280)),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    // What fits the narrow route goes to both, in the kernel.
+    let message = pattern(1, 1232);
+    let report = broadcaster
+        .broadcast(&socket, &message, &v6(&dests))
+        .unwrap();
+    assert_complete(&report, 2);
+    assert_eq!(report.kernel_copies, 2);
+    rx.wait_for_total(2, WAIT);
+    rx.finish(SETTLE)
+        .check_exactly_once(&dests, &[message])
+        .unwrap();
+}
