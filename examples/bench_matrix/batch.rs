@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::bench::Bench;
+use crate::bench::{Bench, Family};
 use crate::spread::{cell, Spread};
 use crate::BatchArgs;
 
@@ -26,6 +26,7 @@ fn ways(k: u64) -> [(&'static str, u64, &'static [&'static str]); WAYS] {
 const WAYS: usize = 4;
 
 pub fn run(args: &BatchArgs) -> Result<(), String> {
+    Family::check_sizes(&[args.common.family()], &args.sizes)?;
     let bench = Bench::new(&args.common)?;
     let mut table = String::new();
     let _ = writeln!(

@@ -3,8 +3,9 @@
 //! to the sender CPU inside the sender namespace, the JSON line the example
 //! prints ([`Report`]) and the delivery check every run must pass.
 
+use std::fmt;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use elec_testbed::{
     backlog_drops, backlog_note, in_namespace, pin_current_thread, CountReport, Testbed,
-    TestbedConfig,
+    TestbedConfig, SENDER_ADDR6,
 };
 use serde::Deserialize;
 
@@ -28,8 +29,67 @@ const SENDER_PORT: u16 = 5000;
 /// Receiver namespaces and addresses per receiver (32 addresses in all).
 pub const RECEIVERS: usize = 8;
 pub const ADDRS_PER_RECEIVER: usize = 4;
-/// Largest payload on the testbed's 1500-byte MTU.
-pub const MAX_PAYLOAD: usize = 1500 - 28;
+/// The testbed's MTU.
+const MTU: usize = 1500;
+
+/// The address family of a run: of its destinations and of the sender's
+/// socket (`--bind`). Ordered IPv4 first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The largest UDP payload on the testbed's MTU: less a 20-byte IPv4 or
+    /// a 40-byte IPv6 header and the 8-byte UDP header.
+    pub fn max_payload(self) -> usize {
+        match self {
+            Family::V4 => MTU - 20 - 8,
+            Family::V6 => MTU - 40 - 8,
+        }
+    }
+
+    /// 4 or 6, as `--families` takes it and results.json records it.
+    pub fn number(self) -> u8 {
+        match self {
+            Family::V4 => 4,
+            Family::V6 => 6,
+        }
+    }
+
+    /// Parses `--families` entries: 4 or 6 (also ipv4, v6, ...).
+    pub fn parse(s: &str) -> Result<Family, String> {
+        match s.trim().to_ascii_lowercase().trim_start_matches("ip") {
+            "4" | "v4" => Ok(Family::V4),
+            "6" | "v6" => Ok(Family::V6),
+            _ => Err(format!("{s:?} is not an address family: 4 or 6")),
+        }
+    }
+
+    /// Checks that every payload size fits the MTU in every family.
+    pub fn check_sizes(families: &[Family], sizes: &[usize]) -> Result<(), String> {
+        for &family in families {
+            let most = family.max_payload();
+            if let Some(s) = sizes.iter().find(|&&s| s > most) {
+                return Err(format!(
+                    "--sizes: {s} B does not fit the testbed's {MTU}-byte MTU over {family} \
+                     (at most {most})"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
 
 /// The testbed, the programs and the CPUs of one invocation.
 pub struct Bench {
@@ -42,6 +102,9 @@ pub struct Bench {
     pub receiver_cpu: usize,
     pace_us: Option<u64>,
     burst_copies: usize,
+    /// The family of [`Bench::run`], [`Bench::run_program`] and
+    /// [`Bench::run_batches`] (`--ipv6`); [`Bench::run_as`] takes one.
+    pub family: Family,
 }
 
 /// The JSON line the `broadcast` example prints. Older builds of the
@@ -123,7 +186,15 @@ fn parse_last_line<T: for<'de> Deserialize<'de>>(
 }
 
 impl Bench {
+    /// The testbed for runs of `common`'s family (`--ipv6`).
     pub fn new(common: &Common) -> Result<Bench, String> {
+        Bench::with_families(common, &[common.family()])
+    }
+
+    /// The testbed for runs of any of `families`: with its IPv6 addresses
+    /// if IPv6 is among them (else IPv6 stays off on every link, as before
+    /// there were IPv6 runs).
+    pub fn with_families(common: &Common, families: &[Family]) -> Result<Bench, String> {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return Err("needs root: network namespaces and the eBPF program need \
@@ -162,6 +233,7 @@ impl Bench {
             receivers: RECEIVERS,
             addrs_per_receiver: ADDRS_PER_RECEIVER,
             rps_cpu: Some(common.receiver_cpu),
+            ipv6: families.contains(&Family::V6),
             ..Default::default()
         })
         .map_err(|e| format!("setting up the testbed: {e}"))?;
@@ -173,6 +245,7 @@ impl Bench {
             receiver_cpu: common.receiver_cpu,
             pace_us: common.pace_us,
             burst_copies: common.burst_copies,
+            family: common.family(),
         })
     }
 
@@ -204,18 +277,41 @@ impl Bench {
         }
     }
 
-    /// The first `n` destinations of the testbed.
+    /// The first `n` IPv4 destinations of the testbed.
     pub fn destinations(&self, n: usize) -> Vec<SocketAddrV4> {
         self.tb.destinations(n, BASE_PORT)
+    }
+
+    /// The first `n` destinations of the testbed in `family` (the IPv6 ones
+    /// are the twins of the IPv4 ones: same receivers, same ports).
+    pub fn destinations_of(&self, family: Family, n: usize) -> Vec<SocketAddr> {
+        match family {
+            Family::V4 => self.destinations(n).into_iter().map(Into::into).collect(),
+            Family::V6 => self
+                .tb
+                .destinations6(n, BASE_PORT)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        }
+    }
+
+    /// The sender's address in `family`.
+    fn sender_ip(&self, family: Family) -> IpAddr {
+        match family {
+            Family::V4 => self.tb.sender_addr().into(),
+            Family::V6 => SENDER_ADDR6.into(),
+        }
     }
 
     /// The `broadcast` example's command line for one run.
     #[allow(clippy::too_many_arguments)]
     fn broadcast_args(
         &self,
+        family: Family,
         program: &Path,
         mode: &str,
-        dests: &[SocketAddrV4],
+        dests: &[SocketAddr],
         size: usize,
         count: u64,
         pacing: Pacing,
@@ -227,7 +323,7 @@ impl Bench {
             "--iface".into(),
             self.tb.sender_iface().into(),
             "--bind".into(),
-            format!("{}:{SENDER_PORT}", self.tb.sender_addr()),
+            SocketAddr::new(self.sender_ip(family), SENDER_PORT).to_string(),
             "--count".into(),
             count.to_string(),
             "--size".into(),
@@ -243,7 +339,7 @@ impl Bench {
             args.extend(["--batch".into(), batch.to_string()]);
         }
         args.extend(extra.iter().map(|a| a.to_string()));
-        args.extend(dests.iter().map(|d| SocketAddr::V4(*d).to_string()));
+        args.extend(dests.iter().map(SocketAddr::to_string));
         args
     }
 
@@ -281,7 +377,20 @@ impl Bench {
     /// One run of the broadcast example of this build, checked at the
     /// receivers.
     pub fn run(&self, mode: &str, n: usize, size: usize, count: u64) -> Result<Run, String> {
-        self.run_program(&[], &self.broadcast, mode, n, size, count)
+        self.run_as(self.family, mode, n, size, count)
+    }
+
+    /// [`Bench::run`] in `family`: bound to the sender's address in that
+    /// family, sending to [`Bench::destinations_of`] it.
+    pub fn run_as(
+        &self,
+        family: Family,
+        mode: &str,
+        n: usize,
+        size: usize,
+        count: u64,
+    ) -> Result<Run, String> {
+        self.run_in(family, &[], &self.broadcast, mode, n, size, count, 1, &[])
     }
 
     /// One run of `program` (a build of the broadcast example), started
@@ -316,14 +425,43 @@ impl Bench {
         batch: u64,
         extra: &[&str],
     ) -> Result<Run, String> {
-        let dests = self.destinations(n);
+        self.run_in(
+            self.family,
+            wrapper,
+            program,
+            mode,
+            n,
+            size,
+            count,
+            batch,
+            extra,
+        )
+    }
+
+    /// [`Bench::run_batches`] in `family`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_in(
+        &self,
+        family: Family,
+        wrapper: &[String],
+        program: &Path,
+        mode: &str,
+        n: usize,
+        size: usize,
+        count: u64,
+        batch: u64,
+        extra: &[&str],
+    ) -> Result<Run, String> {
+        let dests = self.destinations_of(family, n);
         let pacing = self.batch_pacing(n, size, batch);
         let counters = self
             .tb
             .counting_receivers(&dests, Some(self.receiver_cpu))
             .map_err(|e| format!("starting the receivers: {e}"))?;
         let mut argv = wrapper.to_vec();
-        argv.extend(self.broadcast_args(program, mode, &dests, size, count, pacing, batch, extra));
+        argv.extend(self.broadcast_args(
+            family, program, mode, &dests, size, count, pacing, batch, extra,
+        ));
         let drops_before = backlog_drops();
         let output = self.run_pinned(&argv)?;
         let (report, line) =
@@ -505,6 +643,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pacing.cpu_user_us + pacing.cpu_sys_us, 9);
+    }
+
+    #[test]
+    fn payload_limits_follow_the_family() {
+        assert_eq!(Family::V4.max_payload(), 1472);
+        assert_eq!(Family::V6.max_payload(), 1452);
+        assert_eq!(Family::parse("4"), Ok(Family::V4));
+        assert_eq!(Family::parse("IPv6"), Ok(Family::V6));
+        assert!(Family::parse("").is_err());
+        assert!(Family::check_sizes(&[Family::V4], &[64, 1472]).is_ok());
+        assert!(Family::check_sizes(&[Family::V4], &[1473]).is_err());
+        assert!(Family::check_sizes(&[Family::V6], &[64, 1452]).is_ok());
+        let err = Family::check_sizes(&[Family::V4, Family::V6], &[64, 1460]).unwrap_err();
+        assert!(err.contains("1460 B") && err.contains("IPv6"), "{err}");
+        assert_eq!((Family::V4.number(), Family::V6.number()), (4, 6));
+        assert!(Family::V4 < Family::V6);
+    }
+
+    #[test]
+    fn ipv6_destinations_pass_the_delivery_check() {
+        let dests: Vec<SocketAddr> = vec![
+            "[fd77::2:1]:7000".parse().unwrap(),
+            "[fd77::3:1]:7000".parse().unwrap(),
+        ];
+        let run = report(LINE);
+        let counted = |counts: Vec<u64>| CountReport {
+            dests: dests.clone(),
+            counts,
+            mismatches: vec![0, 0],
+        };
+        assert!(check_delivery(&run, "kernel", &counted(vec![5, 5]), 5).is_ok());
+        let lost = check_delivery(&run, "kernel", &counted(vec![5, 3]), 5).unwrap_err();
+        assert!(lost.contains("[fd77::3:1]:7000 got 3"), "{lost}");
+        // The sender's address as --bind takes it.
+        assert_eq!(
+            SocketAddr::new(SENDER_ADDR6.into(), SENDER_PORT).to_string(),
+            "[fd77::1]:5000"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::bench::{side_by_side, Bench};
+use crate::bench::{side_by_side, Bench, Family};
 use crate::spread::{cell, Spread};
 use crate::CompareArgs;
 
@@ -16,6 +16,7 @@ pub fn run(args: &CompareArgs) -> Result<(), String> {
     if !args.baseline.exists() {
         return Err(format!("{} does not exist", args.baseline.display()));
     }
+    Family::check_sizes(&[args.common.family()], &args.sizes)?;
     let bench = Bench::new(&args.common)?;
     let mut table = String::new();
     let _ = writeln!(

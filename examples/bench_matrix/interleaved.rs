@@ -148,6 +148,7 @@ fn one_run(
 }
 
 pub fn run(args: &InterleavedArgs) -> Result<(), String> {
+    args.common.ipv4_only("interleaved")?;
     let bench = Bench::new(&args.common)?;
     let mut table = String::new();
     let _ = writeln!(

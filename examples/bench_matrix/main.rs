@@ -1,9 +1,10 @@
 //! The sender-CPU matrix behind `docs/benchmarks.md`: kernel fan-out against
 //! one `sendmmsg` and a `sendto` loop, for N in {4, ..., 256} destinations and
-//! 64 B and 1200 B payloads, measured side by side and repeated.
+//! 64 B and 1200 B payloads, measured side by side and repeated, over IPv4,
+//! IPv6 or both.
 //!
 //! ```text
-//! bench_matrix matrix   [--repeats 5] [--ns 4,8,...] [--sizes 64,1200] [--out-dir docs/benchmarks]
+//! bench_matrix matrix   [--repeats 5] [--ns 4,8,...] [--sizes 64,1200] [--families 4,6] [--out-dir docs/benchmarks]
 //! bench_matrix syscalls [--n 16] [--size 64]        # system calls per broadcast, with strace
 //! bench_matrix profile  [--n 64] [--mode kernel]    # perf record -a -g while one mode sends
 //! bench_matrix batch    [--ns 4,16] [--ks 8]         # broadcast_batch against single broadcasts
@@ -29,6 +30,21 @@
 //! in an order rotated from repeat to repeat, so the ratios kernel/sendto and
 //! kernel/sendmmsg compare runs made under the same machine load. Medians and
 //! min-max ranges over the repeats are reported.
+//!
+//! IPv6: `--ipv6` (any subcommand but `overhead` and `interleaved`, whose
+//! bare program is IPv4 only) binds the sender's socket to `[fd77::1]:5000`
+//! and sends to the receivers' IPv6 addresses, the twins of the IPv4 ones
+//! (same receivers, same ports; the testbed then has IPv6 on its links).
+//! `matrix --families 4,6` measures both families in one run: per (N, size)
+//! and repeat, the three modes in one family, then in the other, the
+//! families in an order rotated like the modes, so that IPv4 and IPv6 come
+//! from the same run under the same load (the pacing-only CPU is measured
+//! once per (N, size) and repeat, for both). Payloads are at most 1472 B
+//! over IPv4 and 1452 B over IPv6 (the 1500-byte MTU less 28 or 48 bytes of
+//! headers). The table then has a family column, results.json a `family`
+//! (4 or 6) in every row, and IPv6 gets its own figures,
+//! sender-cpu-ipv6.svg and ratio-ipv6.svg; with the default `--families 4`
+//! the output is as it was before IPv6.
 //!
 //! Needs root (network namespaces, eBPF) and the `broadcast` example built
 //! in the same profile: `scripts/bench.sh` does both.
@@ -58,6 +74,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::bench::Family;
 
 #[derive(Parser)]
 #[command(about = "Sender CPU per broadcast: kernel fan-out vs sendmmsg vs sendto")]
@@ -123,6 +141,33 @@ struct Common {
     /// The `broadcast` example (default: next to this program).
     #[arg(long)]
     broadcast: Option<PathBuf>,
+    /// Send over IPv6: bind [fd77::1]:5000 and send to the receivers' IPv6
+    /// addresses (the twins of the IPv4 ones) instead. Not for `overhead`
+    /// and `interleaved`, whose bare program is IPv4 only; `matrix` can run
+    /// both families side by side (--families 4,6).
+    #[arg(long)]
+    ipv6: bool,
+}
+
+impl Common {
+    /// The family of the runs (`--ipv6`).
+    fn family(&self) -> Family {
+        if self.ipv6 {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+
+    /// Refuses `--ipv6` for subcommands that run the IPv4-only bare program.
+    fn ipv4_only(&self, what: &str) -> Result<(), String> {
+        if self.ipv6 {
+            return Err(format!(
+                "{what}: --ipv6 is not supported (the bare fan-out program is IPv4 only)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(clap::Args)]
@@ -135,9 +180,15 @@ struct MatrixArgs {
     /// Destination counts.
     #[arg(long, value_delimiter = ',', default_value = "4,8,16,32,64,128,256")]
     ns: Vec<usize>,
-    /// Payload sizes in bytes.
+    /// Payload sizes in bytes (at most 1472 over IPv4, 1452 over IPv6).
     #[arg(long, value_delimiter = ',', default_value = "64,1200")]
     sizes: Vec<usize>,
+    /// Address families measured side by side, 4 and/or 6: within a repeat,
+    /// every (N, size) point runs the three modes in each family back to
+    /// back, the families in an order rotated like the modes (default: 4,
+    /// or 6 with --ipv6).
+    #[arg(long, value_delimiter = ',', value_parser = Family::parse, conflicts_with = "ipv6")]
+    families: Option<Vec<Family>>,
     /// Broadcasts per run (at least; see --min-run-ms).
     #[arg(long, default_value_t = 2000)]
     count: u64,
@@ -148,9 +199,27 @@ struct MatrixArgs {
     /// Attempts after a rejected (lossy) run before the point is given up.
     #[arg(long, default_value_t = 3)]
     retries: u32,
-    /// Where results.json, results.md, sender-cpu.svg and ratio.svg go.
+    /// Where results.json, results.md, sender-cpu.svg and ratio.svg (and,
+    /// for IPv6, sender-cpu-ipv6.svg and ratio-ipv6.svg) go.
     #[arg(long, default_value = "docs/benchmarks")]
     out_dir: PathBuf,
+}
+
+impl MatrixArgs {
+    /// The families measured, each once, in the order given.
+    fn families(&self) -> Vec<Family> {
+        let mut families = self
+            .families
+            .clone()
+            .unwrap_or_else(|| vec![self.common.family()]);
+        let mut seen = Vec::new();
+        families.retain(|f| {
+            let new = !seen.contains(f);
+            seen.push(*f);
+            new
+        });
+        families
+    }
 }
 
 #[derive(clap::Args)]
@@ -313,5 +382,49 @@ fn main() -> ExitCode {
             eprintln!("bench_matrix: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(args: &[&str]) -> Result<MatrixArgs, clap::Error> {
+        let argv = ["bench_matrix", "matrix"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Task::Matrix(m) => Ok(m),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn families_default_to_ipv4_or_to_ipv6_with_the_flag() {
+        assert_eq!(matrix(&[]).unwrap().families(), [Family::V4]);
+        let v6 = matrix(&["--ipv6"]).unwrap();
+        assert_eq!(v6.families(), [Family::V6]);
+        assert_eq!(v6.common.family(), Family::V6);
+        let both = matrix(&["--families", "6,4,6"]).unwrap();
+        assert_eq!(both.families(), [Family::V6, Family::V4]);
+        assert_eq!(
+            matrix(&["--families", "ipv4,v6"]).unwrap().families(),
+            [Family::V4, Family::V6]
+        );
+        assert!(matrix(&["--families", "5"]).is_err());
+        assert!(matrix(&["--families", "4,6", "--ipv6"]).is_err());
+    }
+
+    #[test]
+    fn only_subcommands_with_ipv6_runs_take_the_flag() {
+        let common = |ipv6| Common {
+            sender_cpu: 0,
+            receiver_cpu: 1,
+            pace_us: None,
+            burst_copies: 256,
+            broadcast: None,
+            ipv6,
+        };
+        assert!(common(false).ipv4_only("overhead").is_ok());
+        let err = common(true).ipv4_only("overhead").unwrap_err();
+        assert!(err.contains("IPv4 only"), "{err}");
     }
 }

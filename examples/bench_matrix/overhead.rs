@@ -10,6 +10,7 @@ use crate::spread::{cell, Spread};
 use crate::OverheadArgs;
 
 pub fn run(args: &OverheadArgs) -> Result<(), String> {
+    args.common.ipv4_only("overhead")?;
     let bench = Bench::new(&args.common)?;
     let mut table = String::new();
     let _ = writeln!(

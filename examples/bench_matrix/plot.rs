@@ -1,9 +1,11 @@
 //! The SVG figures of `matrix`, written by hand: sender-cpu.svg (CPU per
 //! broadcast against N, one line per mode, one panel per payload size) and
-//! ratio.svg (kernel over each user-space mode against N, with the target).
+//! ratio.svg (kernel over each user-space mode against N, with the target),
+//! each for one address family (its title says so, unless IPv4).
 
 use std::fmt::Write as _;
 
+use crate::bench::Family;
 use crate::matrix::{PointSummary, TARGET_MIN_N, TARGET_RATIO};
 use crate::spread::Spread;
 use crate::MatrixArgs;
@@ -185,9 +187,18 @@ fn x_range(args: &MatrixArgs) -> (f64, f64) {
     }
 }
 
+/// What the titles add for `family`: nothing for IPv4 (the figures it had
+/// before there was IPv6).
+fn family_note(family: Family) -> String {
+    match family {
+        Family::V4 => String::new(),
+        Family::V6 => format!(", {family}"),
+    }
+}
+
 /// sender-cpu.svg: CPU per broadcast against N, one line per mode, one panel
-/// per payload size.
-pub fn sender_cpu(summary: &[PointSummary], args: &MatrixArgs) -> String {
+/// per payload size, for the points of one `family`.
+pub fn sender_cpu(summary: &[&PointSummary], args: &MatrixArgs, family: Family) -> String {
     let all: Vec<f64> = summary
         .iter()
         .flat_map(|p| p.cpu.iter().flatten().flat_map(|s| [s.min, s.max]))
@@ -224,7 +235,7 @@ pub fn sender_cpu(summary: &[PointSummary], args: &MatrixArgs) -> String {
             &mut svg,
             &args.ns,
             &log_ticks(y_min, y_max),
-            &format!("{size} B payload"),
+            &format!("{size} B payload{}", family_note(family)),
             "sender CPU per broadcast (µs, log scale)",
         );
         for (m, color) in COLORS.iter().enumerate() {
@@ -261,8 +272,9 @@ pub fn sender_cpu(summary: &[PointSummary], args: &MatrixArgs) -> String {
 }
 
 /// ratio.svg: kernel over each user-space mode against N, solid for the
-/// first payload size, dashed for the second, and the 0.40 target.
-pub fn ratio(summary: &[PointSummary], args: &MatrixArgs) -> String {
+/// first payload size, dashed for the second, and the 0.40 target, for the
+/// points of one `family`.
+pub fn ratio(summary: &[&PointSummary], args: &MatrixArgs, family: Family) -> String {
     let hi = summary
         .iter()
         .flat_map(|p| [p.kernel_over_sendto, p.kernel_over_sendmmsg])
@@ -292,7 +304,10 @@ pub fn ratio(summary: &[PointSummary], args: &MatrixArgs) -> String {
         &mut svg,
         &args.ns,
         &ticks,
-        "kernel fan-out CPU relative to user space",
+        &format!(
+            "kernel fan-out CPU relative to user space{}",
+            family_note(family)
+        ),
         "ratio of sender CPU per broadcast",
     );
     let y = frame.y(TARGET_RATIO);
@@ -317,7 +332,7 @@ pub fn ratio(summary: &[PointSummary], args: &MatrixArgs) -> String {
         .collect();
     for (k, &size) in args.sizes.iter().enumerate() {
         let dashed = k % 2 == 1;
-        let of = |f: fn(&PointSummary) -> Option<Spread>| -> Vec<(usize, Spread)> {
+        let of = |f: fn(&&PointSummary) -> Option<Spread>| -> Vec<(usize, Spread)> {
             summary
                 .iter()
                 .filter(|p| p.size == size)

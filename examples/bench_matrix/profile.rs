@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
-use crate::bench::{command_output, Bench, MAX_PAYLOAD, MODES};
+use crate::bench::{command_output, Bench, MODES};
 use crate::ProfileArgs;
 
 pub fn run(args: &ProfileArgs) -> Result<(), String> {
@@ -15,9 +15,11 @@ pub fn run(args: &ProfileArgs) -> Result<(), String> {
             args.mode
         ));
     }
-    if args.n == 0 || args.size > MAX_PAYLOAD || args.count == 0 {
+    if args.n == 0 || args.size > args.common.family().max_payload() || args.count == 0 {
         return Err(format!(
-            "--n and --count must be at least 1 and --size at most {MAX_PAYLOAD}"
+            "--n and --count must be at least 1 and --size at most {} over {}",
+            args.common.family().max_payload(),
+            args.common.family()
         ));
     }
     if command_output("perf", &["--version"]).is_none() {

@@ -1,6 +1,6 @@
 //! results.json, the machine-readable output of `matrix`: the machine and
 //! commit measured, the configuration, the summary per point, every accepted
-//! run and every rejected one. Written with serde in a layout of one summary
+//! run and every rejected one, each with its address family (4 or 6). Written with serde in a layout of one summary
 //! row or run per line, so that diffs of the committed file stay readable.
 
 use std::io;
@@ -41,6 +41,7 @@ struct Config {
     min_run_ms: u64,
     sender_cpu: usize,
     receiver_cpu: usize,
+    families: Vec<u8>,
     receivers: usize,
     addrs_per_receiver: usize,
     pacing: String,
@@ -52,6 +53,7 @@ struct Config {
 /// Sender CPU per broadcast (µs) per mode and the ratios, rounded.
 #[derive(Serialize)]
 struct SummaryRow {
+    family: u8,
     n: usize,
     size: usize,
     kernel_us: Option<Spread>,
@@ -65,6 +67,7 @@ struct SummaryRow {
 #[derive(Serialize)]
 struct RunRow<'a> {
     repeat: usize,
+    family: u8,
     n: usize,
     size: usize,
     mode: &'a str,
@@ -83,6 +86,7 @@ struct RunRow<'a> {
 #[derive(Serialize)]
 struct RejectedRow<'a> {
     repeat: usize,
+    family: u8,
     n: usize,
     size: usize,
     mode: &'a str,
@@ -166,6 +170,7 @@ pub fn to_json(
         min_run_ms: args.min_run_ms,
         sender_cpu: args.common.sender_cpu,
         receiver_cpu: args.common.receiver_cpu,
+        families: args.families().iter().map(|f| f.number()).collect(),
         receivers: RECEIVERS,
         addrs_per_receiver: ADDRS_PER_RECEIVER,
         pacing: match args.common.pace_us {
@@ -179,6 +184,7 @@ pub fn to_json(
     let summary = summary
         .iter()
         .map(|p| SummaryRow {
+            family: p.family.number(),
             n: p.n,
             size: p.size,
             kernel_us: round_spread(p.cpu[0]),
@@ -190,11 +196,12 @@ pub fn to_json(
         })
         .collect();
     let mut runs = Vec::new();
-    for (&(n, size), repeats) in &results.runs {
+    for (&(n, size, family), repeats) in &results.runs {
         for (repeat, modes) in repeats.iter().enumerate() {
             for (mode, r) in modes {
                 runs.push(RunRow {
                     repeat,
+                    family: family.number(),
                     n,
                     size,
                     mode,
@@ -217,6 +224,7 @@ pub fn to_json(
         .iter()
         .map(|r| RejectedRow {
             repeat: r.repeat,
+            family: r.family.number(),
             n: r.n,
             size: r.size,
             mode: r.mode,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::bench::{command_output, Bench, MAX_PAYLOAD, MODES};
+use crate::bench::{command_output, Bench, MODES};
 use crate::SyscallArgs;
 
 /// Parses `strace -c` output: calls per system call.
@@ -34,9 +34,11 @@ pub fn run(args: &SyscallArgs) -> Result<(), String> {
     if k2 <= k1 || k1 == 0 {
         return Err("--counts: the second count must be larger than the first (> 0)".into());
     }
-    if args.n == 0 || args.size > MAX_PAYLOAD {
+    if args.n == 0 || args.size > args.common.family().max_payload() {
         return Err(format!(
-            "--n must be at least 1 and --size at most {MAX_PAYLOAD}"
+            "--n must be at least 1 and --size at most {} over {}",
+            args.common.family().max_payload(),
+            args.common.family()
         ));
     }
     if command_output("strace", &["-V"]).is_none() {
