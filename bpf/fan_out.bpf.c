@@ -139,6 +139,7 @@ struct fan_out {
 		struct frame orig;
 		struct frame6 orig6;
 	};
+	__u32 ipv6;         /* an IPv6 datagram (else IPv4) */
 	__u32 partial;      /* the UDP checksum field is a CHECKSUM_PARTIAL seed */
 	__u32 copies;       /* clones the interface accepted */
 	__u32 failures;     /* clones it did not */
@@ -294,7 +295,20 @@ static __always_inline void clone_out(struct fan_out *f, __u32 i)
 	}
 }
 
-/* Loop body, IPv4: copy i goes to dests[i]. Returns 1 to stop the loop. */
+/* Readdresses the packet as the copy for dests[i] (i > 0). */
+static __always_inline int readdress_to(struct fan_out *f, struct eb_dest *to)
+{
+	if (f->ipv6)
+		return f->partial ? readdress_partial6(f->skb, &f->orig6, to)
+				  : readdress6(f->skb, &f->cur, to);
+	return f->partial ? readdress_partial(f->skb, &f->orig, to) : readdress(f->skb, &f->cur, to);
+}
+
+/* Loop body: copy i goes to dests[i]. Returns 1 to stop the loop. One
+ * body for both families (a branch on f->ipv6): the verifier inlines a
+ * bpf_loop() whose call always has the same callback, and saves an
+ * indirect call per copy; two calls with two callbacks were merged by
+ * clang into one call of either, which it does not inline. */
 static long clone_to(__u32 i, void *data)
 {
 	struct fan_out *f = data;
@@ -303,33 +317,13 @@ static long clone_to(__u32 i, void *data)
 	if (i >= EB_MAX_DESTS) /* bounds dests[i] for the verifier */
 		return 1;
 	/* Copy 0 goes out as sent; the others are readdressed first. */
-	if (i > 0 && (f->partial ? readdress_partial(f->skb, &f->orig, &slot->dests[i])
-				 : readdress(f->skb, &f->cur, &slot->dests[i]))) {
+	if (i > 0 && readdress_to(f, &slot->dests[i])) {
 		/* The header may be half-written: no later copy can be trusted. */
 		f->lost_from = i;
 		return 1;
 	}
 	/* The field-by-field rewrite of the next copy starts from this one's
 	 * addressing; the single write does not need it. */
-	if (!f->partial)
-		f->cur = slot->dests[i];
-	clone_out(f, i);
-	return 0;
-}
-
-/* Loop body, IPv6: as clone_to. */
-static long clone_to6(__u32 i, void *data)
-{
-	struct fan_out *f = data;
-	struct eb_slot *slot = f->slot;
-
-	if (i >= EB_MAX_DESTS)
-		return 1;
-	if (i > 0 && (f->partial ? readdress_partial6(f->skb, &f->orig6, &slot->dests[i])
-				 : readdress6(f->skb, &f->cur, &slot->dests[i]))) {
-		f->lost_from = i;
-		return 1;
-	}
 	if (!f->partial)
 		f->cur = slot->dests[i];
 	clone_out(f, i);
@@ -440,6 +434,7 @@ int fan_out(struct __sk_buff *skb)
 	f.skb = skb;
 	f.slot = slot;
 	f.arm = arm;
+	f.ipv6 = ipv6;
 	/* The datagram must have the shape the fixed offsets above assume. If
 	 * not (IP options, IPv6 extension headers, say), it goes to dests[0]
 	 * as sent, and the result says so: user space sends the other copies
@@ -468,7 +463,7 @@ int fan_out(struct __sk_buff *skb)
 	 * result comes back to us, the original's would go to UDP, which drops
 	 * it unless the socket sets IP_RECVERR. */
 	*busy = 1;
-	if ((ipv6 ? bpf_loop(count, clone_to6, &f, 0) : bpf_loop(count, clone_to, &f, 0)) < 0)
+	if (bpf_loop(count, clone_to, &f, 0) < 0)
 		f.lost_from = 0;
 	*busy = 0;
 	if (f.lost_from < count)

@@ -32,7 +32,7 @@ case "${1:-}" in
         shift
         exec cargo bench --bench fan_out -- "$@"
         ;;
-    syscalls | profile | matrix | batch | compare | overhead)
+    syscalls | profile | matrix | batch | compare | overhead | interleaved)
         command="$1"
         shift
         ;;

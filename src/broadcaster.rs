@@ -932,6 +932,12 @@ impl Broadcaster {
         self.primary.kernel.as_ref().map(|p| p.uses_tcx())
     }
 
+    /// The kernel's id of the fan-out program on the primary interface
+    /// (None in user-space mode).
+    pub fn program_id(&self) -> Option<std::io::Result<u32>> {
+        self.primary.kernel.as_ref().map(|p| p.id())
+    }
+
     /// Times the change notifications overflowed and the tables were read
     /// afresh.
     pub fn notification_overflows(&self) -> u64 {

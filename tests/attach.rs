@@ -279,3 +279,35 @@ fn two_broadcasters_on_one_interface_coexist() {
     assert!(our_program_ids(&tb).is_empty());
     assert!(!qdiscs(&tb).contains("clsact"));
 }
+
+/// The verifier inlines a `bpf_loop()` whose call always has the same
+/// callback (a direct call per copy instead of the helper's indirect one).
+/// Two calls with two callbacks, which clang merged into one call of either,
+/// were not inlined: about 30 ns more per copy, found in a profile.
+#[test]
+fn the_fan_outs_loop_is_inlined_by_the_verifier() {
+    elec_testbed::require_root!();
+    let tb = small_testbed(1, 1);
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let id = broadcaster
+        .program_id()
+        .expect("kernel mode")
+        .expect("the program's id");
+    let xlated = run(
+        &tb,
+        "bpftool",
+        &["prog", "dump", "xlated", "id", &id.to_string()],
+    );
+    assert!(
+        xlated.contains("_clone_to"),
+        "the loop body is called directly:\n{xlated}"
+    );
+    let helper_calls: Vec<&str> = xlated
+        .lines()
+        .filter(|line| line.contains("call bpf_loop"))
+        .collect();
+    assert!(
+        helper_calls.is_empty(),
+        "bpf_loop is not inlined: {helper_calls:?}"
+    );
+}

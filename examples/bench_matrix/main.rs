@@ -340,7 +340,7 @@ struct ProfileArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// kernel, sendmmsg or sendto.
+    /// kernel, sendmmsg, sendto, or bare (the bare fan-out program).
     #[arg(long, default_value = "kernel")]
     mode: String,
     /// Broadcasts.

@@ -9,11 +9,16 @@ use crate::bench::{command_output, Bench, MODES};
 use crate::ProfileArgs;
 
 pub fn run(args: &ProfileArgs) -> Result<(), String> {
-    if !MODES.contains(&args.mode.as_str()) {
+    // `bare`: the bare fan-out program (IPv4 only), to set the crate's
+    // profile beside.
+    if !MODES.contains(&args.mode.as_str()) && args.mode != "bare" {
         return Err(format!(
-            "--mode {}: one of kernel, sendmmsg, sendto",
+            "--mode {}: one of kernel, sendmmsg, sendto, bare",
             args.mode
         ));
+    }
+    if args.mode == "bare" {
+        args.common.ipv4_only("profile --mode bare")?;
     }
     if args.n == 0 || args.size > args.common.family().max_payload() || args.count == 0 {
         return Err(format!(

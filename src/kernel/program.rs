@@ -164,6 +164,14 @@ impl Program {
         self.attached_with_tcx
     }
 
+    /// The kernel's id of the loaded program.
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn id(&self) -> io::Result<u32> {
+        libbpf_rs::ProgramHandle::try_from(&self.skel.progs.fan_out)
+            .map(|handle| handle.id())
+            .map_err(to_io)
+    }
+
     /// Lets the program fan out the datagrams of the socket with `cookie`,
     /// using slot `index`.
     pub(crate) fn register(&self, cookie: u64, index: u32) -> io::Result<()> {
