@@ -10,7 +10,9 @@
 #   scripts/bench.sh syscalls             # system calls per broadcast (strace)
 #   scripts/bench.sh batch                # broadcast_batch against single broadcasts and sendmmsg
 #   scripts/bench.sh overhead             # kernel mode against the bare fan-out program
-#   scripts/bench.sh profile --n 64       # perf record -a -g, kernel mode
+#   scripts/bench.sh interleaved          # the same, call by call in one thread
+#   scripts/bench.sh profile --n 64       # perf record -a -g, kernel mode (--mode bare: the bare program)
+#   scripts/bench.sh --families 4,6       # the matrix over IPv4 and IPv6 side by side
 #   scripts/bench.sh criterion            # cargo bench (criterion, ~8 min)
 #
 # Arguments other than a leading subcommand go to `bench_matrix matrix`
