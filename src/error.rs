@@ -38,8 +38,9 @@ pub enum Error {
     NoPayloads,
 
     /// A destination the socket cannot send to: an IPv6 destination on an
-    /// IPv4 socket, or an IPv4 one (or an IPv4-mapped IPv6 one) on an IPv6
-    /// socket with `IPV6_V6ONLY` on.
+    /// IPv4 socket (or on an IPv6 socket bound to an IPv4-mapped address),
+    /// or an IPv4 one (or an IPv4-mapped IPv6 one) on an IPv6 socket with
+    /// `IPV6_V6ONLY` on.
     #[error(
         "{destination} cannot be sent to through an {socket} socket: use a socket of its \
          family, or an IPv6 socket with IPV6_V6ONLY off (dual stack) for both families"
@@ -47,7 +48,8 @@ pub enum Error {
     FamilyMismatch {
         /// The offending destination.
         destination: SocketAddr,
-        /// The socket's kind: `"IPv4"` or `"IPv6-only"`.
+        /// The socket's kind: `"IPv4"`, `"IPv6-only"` or `"IPv4-mapped"`
+        /// (an IPv6 socket bound to an IPv4-mapped address).
         socket: &'static str,
     },
 

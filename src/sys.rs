@@ -330,24 +330,32 @@ pub(crate) fn send_segmented_carrier(
     Ok(())
 }
 
+/// `UDP_NO_CHECK6_TX` (<linux/udp.h>), which `libc` does not export: an
+/// IPv6 socket's "send without checksums".
+const UDP_NO_CHECK6_TX: libc::c_int = 101;
+
 /// Whether the socket sends UDP datagrams without checksums (`SO_NO_CHECK`,
-/// which neither nix nor socket2 has), which makes the kernel refuse
-/// `UDP_SEGMENT`.
+/// or `UDP_NO_CHECK6_TX` on an IPv6 socket; neither nix nor socket2 has
+/// them), which makes the kernel refuse `UDP_SEGMENT`.
 pub(crate) fn checksums_off(socket: BorrowedFd<'_>) -> bool {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are writable and outlive the call; `len`
-    // says how large `value` is.
-    let done = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NO_CHECK,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
+    let option = |level, name| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are writable and outlive the call; `len`
+        // says how large `value` is.
+        let done = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        done == 0 && value != 0
     };
-    done == 0 && value != 0
+    // The second is 0 on an IPv4 socket, which never uses it.
+    option(libc::SOL_SOCKET, libc::SO_NO_CHECK) || option(libc::IPPROTO_UDP, UDP_NO_CHECK6_TX)
 }
 
 /// Lets the socket's sends carry a transmit time (`SCM_TXTIME`), which

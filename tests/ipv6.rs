@@ -791,3 +791,179 @@ fn an_ipv6_routes_own_mtu_refuses_what_does_not_fit_before_anything_is_sent() {
         .check_exactly_once(&dests, &[message])
         .unwrap();
 }
+
+#[test]
+fn on_a_socket_bound_to_no_address_each_copy_carries_its_own_routes_source() {
+    elec_testbed::require_root!();
+    let tb = testbed6(3, 1);
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let scope = tb.sender_ifindex().unwrap();
+    // Bound to [::]: the kernel gives a link-local destination the sender's
+    // link-local source and a unique-local one fd77::1, so the two kinds
+    // cannot share a fan-out (a copy keeps its carrier's source).
+    let socket = bound(&tb, "[::]:5450".parse().unwrap(), true);
+    let link_local: Vec<SocketAddrV6> = (0..tb.num_receivers())
+        .map(|i| SocketAddrV6::new(tb.receiver_link_local(i), 6350, 0, scope))
+        .collect();
+    let unique_local = tb.destinations6(3, 6350);
+    // Interleaved, a link-local destination first (the first carrier's).
+    let mut list = Vec::new();
+    for (l, u) in link_local.iter().zip(&unique_local) {
+        list.push(SocketAddr::V6(*l));
+        list.push(SocketAddr::V6(*u));
+    }
+    let mut all = link_local.clone();
+    all.extend(&unique_local);
+    let rx = tb.receivers(&all).unwrap();
+    let mut sent = Vec::new();
+    for seq in 0..4 {
+        let message = pattern(seq, 300);
+        let before = broadcaster.stats().fan_outs;
+        let report = broadcaster.broadcast(&socket, &message, &list).unwrap();
+        assert_complete(&report, list.len());
+        assert_eq!(report.kernel_copies, list.len(), "{report:?}");
+        assert_eq!(
+            broadcaster.stats().fan_outs - before,
+            2,
+            "one fan-out per source"
+        );
+        sent.push(message);
+        rx.wait_for_total(list.len() * sent.len(), WAIT);
+    }
+    let got = rx.finish(SETTLE);
+    got.check_exactly_once(&all, &sent).unwrap();
+    for d in &link_local {
+        for s in got.sources(d) {
+            assert_eq!(s.ip(), IpAddr::V6(tb.sender_link_local()), "{d}");
+        }
+    }
+    for d in &unique_local {
+        for s in got.sources(d) {
+            assert_eq!(s.ip(), IpAddr::V6(SENDER_ADDR6), "{d}");
+        }
+    }
+    assert_no_checksum_errors6(&tb);
+}
+
+/// `UDP_NO_CHECK6_TX` (<linux/udp.h>).
+const UDP_NO_CHECK6_TX: libc::c_int = 101;
+
+#[test]
+fn a_socket_sending_ipv6_without_checksums_still_broadcasts() {
+    elec_testbed::require_root!();
+    let tb = testbed6(2, 2);
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let socket = sender6(&tb, 5460);
+    let on: libc::c_int = 1;
+    // SAFETY: `on` outlives the call and its size is passed.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_UDP,
+            UDP_NO_CHECK6_TX,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        set,
+        0,
+        "UDP_NO_CHECK6_TX: {}",
+        std::io::Error::last_os_error()
+    );
+    // The kernel refuses UDP_SEGMENT on such a socket (EINVAL, as for a
+    // datagram too large): plain sends, every copy sent, nothing refused
+    // as too large. (Receivers drop IPv6 datagrams without a checksum
+    // unless they set UDP_NO_CHECK6_RX; the sends are what is checked.)
+    let dests = tb.destinations6(4, 6450);
+    for seq in 0..3 {
+        let report = broadcaster
+            .broadcast(&socket, &pattern(seq, 10 + seq as usize), &v6(&dests))
+            .expect("a broadcast without checksums");
+        assert_complete(&report, dests.len());
+    }
+}
+
+#[test]
+fn an_ipv6_socket_bound_to_an_ipv4_mapped_address_sends_ipv4_only() {
+    elec_testbed::require_root!();
+    let tb = testbed6(2, 1);
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let mapped = SocketAddrV6::new(tb.sender_addr().to_ipv6_mapped(), 5470, 0, 0);
+    let socket = bound(&tb, SocketAddr::V6(mapped), false);
+    let dests4 = tb.destinations(2, 6470);
+    let d6 = SocketAddr::V6(tb.destinations6(1, 6470)[0]);
+    let rx = tb.receivers(&dests4).unwrap();
+    match broadcaster.broadcast(&socket, b"x", &[SocketAddr::V4(dests4[0]), d6]) {
+        Err(Error::FamilyMismatch {
+            destination,
+            socket,
+        }) => assert_eq!((destination, socket), (d6, "IPv4-mapped")),
+        other => panic!("expected FamilyMismatch, got {other:?}"),
+    }
+    let message = pattern(3, 99);
+    let report = broadcaster
+        .broadcast(&socket, &message, &addrs(&dests4))
+        .unwrap();
+    assert_complete(&report, 2);
+    assert_eq!(report.kernel_copies, 2);
+    rx.wait_for_total(2, WAIT);
+    rx.finish(SETTLE)
+        .check_exactly_once(&dests4, &[message])
+        .unwrap();
+}
+
+#[test]
+fn each_family_is_held_to_its_own_routes_mtu_in_a_mixed_list() {
+    elec_testbed::require_root!();
+    let tb = testbed6(2, 1);
+    // An IPv4 route of MTU 1400; the IPv6 destinations take the link's 1500.
+    let narrow = tb.receiver_addrs(1)[0];
+    ip(
+        tb.sender_ns(),
+        &format!("route add {narrow}/32 dev eth0 mtu 1400"),
+    );
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let socket = bound(&tb, "[::]:5480".parse().unwrap(), false);
+    let mut list = addrs(&tb.destinations(2, 6480));
+    list.extend(v6(&tb.destinations6(2, 6480)));
+    // 1372 + 28 = 1400 and 1372 + 48 <= 1500: it fits every destination.
+    let report = broadcaster.broadcast(&socket, &[5; 1372], &list).unwrap();
+    assert_complete(&report, 4);
+    match broadcaster.broadcast(&socket, &[5; 1373], &list) {
+        Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1372, 1400)),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_ipv6_mtu_below_the_links_is_the_ipv6_limit() {
+    elec_testbed::require_root!();
+    let tb = testbed6(2, 1);
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let socket = sender6(&tb, 5490);
+    let dests = tb.destinations6(2, 6490);
+    let rx = tb.receivers(&dests).unwrap();
+    // The interface's IPv6 MTU set below its MTU after the broadcaster
+    // started (no notification says so): the kernel refuses the carrier, and
+    // the error gives the IPv6 MTU and what fits it.
+    sysctl(tb.sender_ns(), "/proc/sys/net/ipv6/conf/eth0/mtu", "1400");
+    for _ in 0..2 {
+        match broadcaster.broadcast(&socket, &[1; 1353], &v6(&dests)) {
+            Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1352, 1400)),
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+    }
+    // IPv4 keeps the link's 1500.
+    assert_eq!(broadcaster.max_payload(), 1472);
+    let message = pattern(9, 1352);
+    let report = broadcaster
+        .broadcast(&socket, &message, &v6(&dests))
+        .unwrap();
+    assert_complete(&report, 2);
+    assert_eq!(report.kernel_copies, 2);
+    rx.wait_for_total(2, WAIT);
+    rx.finish(SETTLE)
+        .check_exactly_once(&dests, &[message])
+        .unwrap();
+}

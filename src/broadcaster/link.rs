@@ -13,7 +13,7 @@ use crate::kernel::{Program, Tags};
 use crate::send::call::{Call, Resume};
 use crate::send::plan::Plan;
 use crate::send::sockets::{lock, Sockets};
-use crate::send::{fan_out, user_space, HEADERS, HEADERS6};
+use crate::send::{fan_out, headers, user_space, HEADERS, HEADERS6};
 use crate::tables::Target;
 use crate::tables::{ChangeSocket, Resolver, RouteSocket, Watcher};
 use crate::Error;
@@ -77,6 +77,7 @@ impl Link {
             Err(reason) => (None, reason),
         };
         let resolver = Arc::new(Resolver::new(netlink, link.index, link.mtu));
+        resolver.keep_mtus(&link);
         let watcher = Watcher::start(Arc::clone(&resolver), changes).map_err(Error::io(
             "starting the thread that follows routing changes",
         ))?;
@@ -144,17 +145,25 @@ impl Link {
                 check_family(state.family, destinations)?;
                 state.slot_holds = None;
                 let fan_out = state.slot.is_some();
-                Plan::make(&self.resolver, &self.interface, destinations, fan_out)?
+                let any_source = state.any_source;
+                Plan::make(
+                    &self.resolver,
+                    &self.interface,
+                    destinations,
+                    fan_out,
+                    any_source,
+                )?
             }
         };
         let longest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
-        if let Some(mtu) = plan
-            .mtu
-            .filter(|&mtu| longest + plan.headers > mtu as usize)
-        {
-            let headers = plan.headers;
+        if let Some((max, mtu)) = plan.limit.filter(|&(max, _)| longest > max) {
             state.plan = Some(plan);
-            return Err(self.payload_too_large(longest, Some(mtu), headers));
+            return Err(Error::PayloadTooLarge {
+                len: longest,
+                max,
+                mtu,
+                interface: self.interface.clone(),
+            });
         }
 
         let skipped = from.map_or(0, |from| {
@@ -207,7 +216,15 @@ impl Link {
             let failed_at = call.failed_indices();
             let error = || match too_large {
                 Some((mtu, headers)) => self.payload_too_large(len, Some(mtu), headers),
-                None => self.payload_too_large(len, None, list_headers(destinations)),
+                None => {
+                    let (max, mtu) = self.limit(destinations);
+                    Error::PayloadTooLarge {
+                        len,
+                        max,
+                        mtu,
+                        interface: self.interface.clone(),
+                    }
+                }
             };
             match call.finish(error) {
                 Ok(report) => parts.push(Part {
@@ -234,22 +251,46 @@ impl Link {
         payload: &[u8],
         destinations: &[SocketAddr],
     ) -> Result<(), Error> {
-        // Fits with the larger headers: no need to look at the list.
-        if payload.len() > max_payload(self.resolver.mtu(), HEADERS6) {
-            let headers = list_headers(destinations);
-            if payload.len() > max_payload(self.resolver.mtu(), headers) {
-                // The MTU may have grown since its notification was applied:
-                // refuse only what the MTU refuses now.
-                let mtu = self
-                    .resolver
-                    .reread_mtu()
-                    .map_err(Error::io("reading the interface's MTU"))?;
-                if payload.len() > max_payload(mtu, headers) {
-                    return Err(self.payload_too_large(payload.len(), Some(mtu), headers));
-                }
+        // Fits with the larger headers and the smaller MTU: no need to look
+        // at the list.
+        if payload.len() > max_payload(self.resolver.mtu6(), HEADERS6)
+            && payload.len() > self.limit(destinations).0
+        {
+            // The MTU may have grown since its notification was applied:
+            // refuse only what the MTU refuses now.
+            self.resolver
+                .reread_mtu()
+                .map_err(Error::io("reading the interface's MTU"))?;
+            let (max, mtu) = self.limit(destinations);
+            if payload.len() > max {
+                return Err(Error::PayloadTooLarge {
+                    len: payload.len(),
+                    max,
+                    mtu,
+                    interface: self.interface.clone(),
+                });
             }
         }
         Ok(())
+    }
+
+    /// The largest payload this interface takes to every one of
+    /// `destinations` (IPv4 ones: its MTU minus 28 bytes; IPv6 ones: its
+    /// IPv6 MTU minus 48), and the MTU that sets it.
+    fn limit(&self, destinations: &[SocketAddr]) -> (usize, u32) {
+        let v4 = (
+            max_payload(self.resolver.mtu(), HEADERS),
+            self.resolver.mtu(),
+        );
+        let v6 = (
+            max_payload(self.resolver.mtu6(), HEADERS6),
+            self.resolver.mtu6(),
+        );
+        match list_headers(destinations) {
+            HEADERS => v4,
+            _ if destinations.iter().all(|d| headers(d) == HEADERS6) => v6,
+            _ => v4.min(v6),
+        }
     }
 
     /// The error for a payload of `len` bytes that does not fit `mtu` (by

@@ -45,6 +45,9 @@ pub(crate) enum Family {
     V6 {
         only: bool,
     },
+    /// An IPv6 socket bound to an IPv4-mapped address: it reaches IPv4
+    /// destinations only, named as IPv4-mapped ones.
+    Mapped,
 }
 
 impl Family {
@@ -55,10 +58,10 @@ impl Family {
         let target = Target::of(to);
         match (self, target.ip) {
             (Family::V4, ip) => SocketAddr::new(ip, to.port()),
-            (Family::V6 { .. }, std::net::IpAddr::V4(ip)) => {
+            (Family::V6 { .. } | Family::Mapped, std::net::IpAddr::V4(ip)) => {
                 SocketAddr::V6(SocketAddrV6::new(ip.to_ipv6_mapped(), to.port(), 0, 0))
             }
-            (Family::V6 { .. }, std::net::IpAddr::V6(_)) => *to,
+            (Family::V6 { .. } | Family::Mapped, std::net::IpAddr::V6(_)) => *to,
         }
     }
 
@@ -67,6 +70,7 @@ impl Family {
     pub(crate) fn reaches(self, to: &SocketAddr) -> Result<(), &'static str> {
         match (self, Target::of(to).ip.is_ipv4()) {
             (Family::V4, false) => Err("IPv4"),
+            (Family::Mapped, false) => Err("IPv4-mapped"),
             (Family::V6 { only: true }, true) => Err("IPv6-only"),
             _ => Ok(()),
         }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -26,6 +27,9 @@ pub(crate) struct SocketState {
     cookie: u64,
     /// The socket's address family.
     pub(crate) family: Family,
+    /// Bound to no address (0.0.0.0, ::): the kernel picks each datagram's
+    /// source address by its route.
+    pub(crate) any_source: bool,
     /// The socket's slot in the kernel maps; None: user-space sends only.
     pub(crate) slot: Option<u32>,
     /// The plan for the last destination list, reused while it is current.
@@ -88,7 +92,7 @@ impl Sockets {
             entry.last_used = tick;
             return Ok(Arc::clone(&entry.state));
         }
-        let (cookie, family) = inspect(socket)?;
+        let (cookie, family, any_source) = inspect(socket)?;
         let slot = program.and_then(|program| {
             let slot = table.take_slot(program)?;
             match register(program, socket, cookie, slot) {
@@ -104,6 +108,7 @@ impl Sockets {
         let state = Arc::new(Mutex::new(SocketState {
             cookie,
             family,
+            any_source,
             slot,
             plan: None,
             slot_holds: None,
@@ -134,7 +139,7 @@ impl Sockets {
         if cookie == state.cookie {
             return Ok(());
         }
-        state.family = inspect(socket)?.1;
+        (_, state.family, state.any_source) = inspect(socket)?;
         state.plan = None;
         if let Some(program) = program {
             program.unregister(state.cookie);
@@ -201,8 +206,8 @@ pub(crate) fn family(socket: BorrowedFd<'_>) -> Result<Family, Error> {
 }
 
 /// Checks that `socket` is a bound UDP socket (IPv4 or IPv6); returns its
-/// cookie and family.
-fn inspect(socket: BorrowedFd<'_>) -> Result<(u64, Family), Error> {
+/// cookie, family, and whether it is bound to no address.
+fn inspect(socket: BorrowedFd<'_>) -> Result<(u64, Family, bool), Error> {
     let sock = SockRef::from(&socket);
     let not_udp = |found: &str| Error::NotUdp {
         found: found.to_string(),
@@ -214,7 +219,7 @@ fn inspect(socket: BorrowedFd<'_>) -> Result<(u64, Family), Error> {
             source: err,
         },
     })?;
-    let family = if domain == Domain::IPV4 {
+    let mut family = if domain == Domain::IPV4 {
         Family::V4
     } else if domain == Domain::IPV6 {
         let only = sock.only_v6().map_err(Error::io("inspecting the socket"))?;
@@ -237,11 +242,22 @@ fn inspect(socket: BorrowedFd<'_>) -> Result<(u64, Family), Error> {
     let local = sock
         .local_addr()
         .map_err(Error::io("inspecting the socket"))?;
-    if local.as_socket().is_none_or(|addr| addr.port() == 0) {
+    let Some(local) = local.as_socket().filter(|addr| addr.port() != 0) else {
         return Err(Error::Unbound);
+    };
+    // An IPv6 socket bound to an IPv4-mapped address sends IPv4 only
+    // (the kernel refuses IPv6 destinations), IPV6_V6ONLY off or not.
+    if let SocketAddr::V6(v6) = local {
+        if v6.ip().to_ipv4_mapped().is_some() {
+            family = Family::Mapped;
+        }
     }
+    let any_source = match local {
+        SocketAddr::V4(v4) => v4.ip().is_unspecified(),
+        SocketAddr::V6(v6) => v6.ip().is_unspecified(),
+    };
     let cookie = sock
         .cookie()
         .map_err(Error::io("reading the socket cookie"))?;
-    Ok((cookie, family))
+    Ok((cookie, family, any_source))
 }

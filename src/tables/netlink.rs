@@ -47,6 +47,12 @@ const NLA_TYPE_MASK: u16 = libc::NLA_TYPE_MASK as u16;
 const IFF_UP: u32 = libc::IFF_UP as u32;
 /// `RTAX_MTU` (<linux/rtnetlink.h>), inside `RTA_METRICS`.
 const RTAX_MTU: u16 = 2;
+/// `IFLA_AF_SPEC` (<linux/if_link.h>), `IFLA_INET6_CONF` inside its
+/// `AF_INET6` attribute, and the index of `DEVCONF_MTU6` in that array
+/// (<linux/ipv6.h>).
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INET6_CONF: u16 = 2;
+const DEVCONF_MTU6: usize = 2;
 
 /// `struct nlmsghdr`: len u32, type u16, flags u16, seq u32, pid u32.
 const NLMSG_HEADER_LEN: usize = std::mem::size_of::<libc::nlmsghdr>();
@@ -165,6 +171,10 @@ impl Neighbour {
 pub(crate) struct Link {
     pub(crate) index: u32,
     pub(crate) mtu: u32,
+    /// The interface's IPv6 MTU (`DEVCONF_MTU6` of `IFLA_AF_SPEC`'s
+    /// `IFLA_INET6_CONF`: the `net.ipv6.conf.IF.mtu` sysctl, or what a
+    /// router advertised), where the interface has IPv6.
+    pub(crate) mtu6: Option<u32>,
     /// Hardware address (`IFLA_ADDRESS`) when it is 6 bytes long.
     pub(crate) mac: Option<[u8; 6]>,
     /// Administratively up (`IFF_UP`).
@@ -902,24 +912,45 @@ fn parse_link(payload: &[u8]) -> io::Result<Link> {
     let index = read_u32(payload, IFINFOMSG_INDEX_OFFSET)?;
     let flags = read_u32(payload, IFINFOMSG_FLAGS_OFFSET)?;
     let mut mtu = None;
+    let mut mtu6 = None;
     let mut mac = None;
     for attribute in Attributes::after_header(payload, IFINFOMSG_LEN)? {
         let attribute = attribute?;
         match attribute.kind {
             IFLA_MTU => mtu = Some(u32::from_ne_bytes(exact(&attribute, "IFLA_MTU")?)),
             IFLA_ADDRESS => mac = <[u8; 6]>::try_from(attribute.payload).ok(),
+            IFLA_AF_SPEC => mtu6 = parse_mtu6(attribute.payload)?,
             _ => {}
         }
     }
     Ok(Link {
         index,
         mtu: mtu.ok_or_else(|| malformed("link without IFLA_MTU"))?,
+        mtu6,
         mac,
         is_up: flags & IFF_UP != 0,
     })
 }
 
-/// The attribute's payload, which must be exactly `N` bytes long.
+/// The IPv6 MTU in an `IFLA_AF_SPEC` attribute's payload: its `AF_INET6`
+/// attribute's `IFLA_INET6_CONF`, an array of `DEVCONF_*` values.
+fn parse_mtu6(af_spec: &[u8]) -> io::Result<Option<u32>> {
+    for family in Attributes::after_header(af_spec, 0)? {
+        let family = family?;
+        if family.kind != u16::from(AF_INET6) {
+            continue;
+        }
+        for attribute in Attributes::after_header(family.payload, 0)? {
+            let attribute = attribute?;
+            if attribute.kind == IFLA_INET6_CONF {
+                let mtu6 = read_u32(attribute.payload, 4 * DEVCONF_MTU6)?;
+                return Ok((mtu6 > 0).then_some(mtu6));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Whether `family` is IPv4 or IPv6.
 fn is_ip(family: u8) -> bool {
     family == AF_INET || family == AF_INET6
@@ -933,6 +964,7 @@ fn address(family: u8, attribute: &Attribute<'_>, name: &str) -> io::Result<IpAd
     })
 }
 
+/// The attribute's payload, which must be exactly `N` bytes long.
 fn exact<const N: usize>(attribute: &Attribute<'_>, name: &str) -> io::Result<[u8; N]> {
     <[u8; N]>::try_from(attribute.payload)
         .map_err(|_| malformed(&format!("{name} payload is not {N} bytes long")))
@@ -1181,10 +1213,15 @@ mod tests {
                 Link {
                     index: nl0_index,
                     mtu: 1400,
+                    // The IPv6 MTU follows the MTU.
+                    mtu6: Some(1400),
                     mac: Some([2, 0, 0, 0, 0, 1]),
                     is_up: false,
                 }
             );
+            // ... unless it is set apart.
+            std::fs::write("/proc/sys/net/ipv6/conf/nl0/mtu", "1280").unwrap();
+            assert_eq!(socket.link("nl0").expect("link nl0").mtu6, Some(1280));
             assert_eq!(
                 socket.link("lo").expect("link lo").index,
                 if_nametoindex("lo")

@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::netlink::{Change, RouteKind, RouteSocket};
+use super::netlink::{Change, Link, RouteKind, RouteSocket};
 
 /// How one destination is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,9 @@ struct Route {
     to: RouteTo,
     /// The route's own MTU, if it has one below the interface's.
     mtu: Option<u32>,
+    /// The source address the kernel picks for it on a socket bound to no
+    /// address (`RTA_PREFSRC`).
+    source: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +62,12 @@ enum RouteTo {
 pub(crate) struct Paths {
     pub(crate) generation: u64,
     pub(crate) to: Vec<PathTo>,
-    /// The smallest MTU of their routes, where a route has its own (set on
-    /// the route, or learned from the path): larger datagrams are refused.
-    pub(crate) mtu: Option<u32>,
+    /// Each destination's route's own MTU, where it has one (set on the
+    /// route, or learned from the path): larger datagrams are refused.
+    pub(crate) mtus: Vec<Option<u32>>,
+    /// The source address the kernel picks for each destination on a
+    /// socket bound to no address.
+    pub(crate) sources: Vec<Option<IpAddr>>,
 }
 
 /// The routing and neighbour tables of one interface, as far as broadcasts
@@ -75,6 +81,8 @@ pub(crate) struct Resolver {
     watched: AtomicBool,
     /// The interface's MTU, as the last notification or read said.
     mtu: AtomicU32,
+    /// The interface's IPv6 MTU, where it has one below its MTU (0: none).
+    mtu6: AtomicU32,
     /// Times notifications were lost (the socket's buffer overflowed).
     overflows: AtomicU64,
     /// [`super::watch::forks`] when made: a forked child has no watching
@@ -142,6 +150,7 @@ impl Resolver {
             generation: AtomicU64::new(1),
             watched: AtomicBool::new(true),
             mtu: AtomicU32::new(mtu),
+            mtu6: AtomicU32::new(0),
             overflows: AtomicU64::new(0),
             forks: super::watch::forks(),
             tables: Mutex::new(Tables {
@@ -162,6 +171,23 @@ impl Resolver {
     /// The interface's MTU as last reported.
     pub(crate) fn mtu(&self) -> u32 {
         self.mtu.load(Ordering::Relaxed)
+    }
+
+    /// The interface's MTU for IPv6 datagrams: its IPv6 MTU where that is
+    /// lower (the `net.ipv6.conf.IF.mtu` sysctl, or what a router
+    /// advertised), else its MTU.
+    pub(crate) fn mtu6(&self) -> u32 {
+        let mtu = self.mtu();
+        match self.mtu6.load(Ordering::Relaxed) {
+            0 => mtu,
+            mtu6 => mtu6.min(mtu),
+        }
+    }
+
+    /// Keeps what `link` (our interface, read afresh) says of its MTUs.
+    pub(crate) fn keep_mtus(&self, link: &Link) {
+        self.mtu.store(link.mtu, Ordering::Relaxed);
+        self.mtu6.store(link.mtu6.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Times notifications were lost and the tables read afresh.
@@ -189,7 +215,8 @@ impl Resolver {
         let mut paths = Paths {
             generation,
             to: Vec::with_capacity(destinations.len()),
-            mtu: None,
+            mtus: Vec::with_capacity(destinations.len()),
+            sources: Vec::with_capacity(destinations.len()),
         };
         for &dst in destinations {
             let route = match tables.routes.get(&dst) {
@@ -200,9 +227,8 @@ impl Resolver {
                     route
                 }
             };
-            if let Some(mtu) = route.mtu {
-                paths.mtu = Some(paths.mtu.map_or(mtu, |m| m.min(mtu)));
-            }
+            paths.mtus.push(route.mtu);
+            paths.sources.push(route.source);
             paths.to.push(match route.to {
                 RouteTo::Kernel => PathTo::UserSpace,
                 RouteTo::Elsewhere(ifindex) => PathTo::Elsewhere(ifindex),
@@ -219,22 +245,30 @@ impl Resolver {
 
     fn look_up(&self, netlink: &RouteSocket, dst: Target) -> io::Result<Route> {
         let oif = (dst.scope != 0).then_some(dst.scope);
-        let (to, mtu) = match netlink.route_on(dst.ip, oif) {
-            Ok(route) if route.kind == RouteKind::Unicast && route.oif == self.ifindex => (
-                RouteTo::Here {
-                    next_hop: route.next_hop(dst.ip),
-                },
-                route.mtu,
-            ),
-            Ok(route) if route.kind == RouteKind::Unicast && route.oif != 0 => {
-                (RouteTo::Elsewhere(route.oif), route.mtu)
-            }
-            Ok(route) => (RouteTo::Kernel, route.mtu),
+        let route = match netlink.route_on(dst.ip, oif) {
+            Ok(route) => route,
             // No route: the send reports it to the caller.
-            Err(err) if is_unroutable(&err) => (RouteTo::Kernel, None),
+            Err(err) if is_unroutable(&err) => {
+                return Ok(Route {
+                    to: RouteTo::Kernel,
+                    mtu: None,
+                    source: None,
+                })
+            }
             Err(err) => return Err(err),
         };
-        Ok(Route { to, mtu })
+        let to = match route.kind {
+            RouteKind::Unicast if route.oif == self.ifindex => RouteTo::Here {
+                next_hop: route.next_hop(dst.ip),
+            },
+            RouteKind::Unicast if route.oif != 0 => RouteTo::Elsewhere(route.oif),
+            _ => RouteTo::Kernel,
+        };
+        Ok(Route {
+            to,
+            mtu: route.mtu,
+            source: route.prefsrc,
+        })
     }
 
     /// The MTU of the path to `dst` now: its route's, read afresh, or the
@@ -242,7 +276,11 @@ impl Resolver {
     /// large: every route lookup is dropped too, since the kernel may have
     /// learned a smaller MTU for a path without saying so.
     pub(crate) fn path_mtu(&self, dst: Target) -> io::Result<u32> {
-        let interface = self.reread_mtu()?;
+        self.reread_mtu()?;
+        let interface = match dst.ip {
+            IpAddr::V4(_) => self.mtu(),
+            IpAddr::V6(_) => self.mtu6(),
+        };
         let mut tables = lock(&self.tables);
         tables.routes.clear();
         self.generation.fetch_add(1, Ordering::Release);
@@ -255,13 +293,14 @@ impl Resolver {
         Ok(route.map_or(interface, |mtu| mtu.min(interface)))
     }
 
-    /// Reads the interface's MTU now (after a send said the payload is too
-    /// large, in case a notification is still on its way).
+    /// Reads the interface's MTUs now (after a send said the payload is
+    /// too large, in case a notification is still on its way; a change of
+    /// the IPv6 MTU alone sends none). Returns the MTU.
     pub(crate) fn reread_mtu(&self) -> io::Result<u32> {
         let tables = lock(&self.tables);
-        let mtu = tables.netlink.link_by_index(self.ifindex)?.mtu;
-        self.mtu.store(mtu, Ordering::Relaxed);
-        Ok(mtu)
+        let link = tables.netlink.link_by_index(self.ifindex)?;
+        self.keep_mtus(&link);
+        Ok(link.mtu)
     }
 
     /// The name of interface `ifindex`, for messages.
@@ -328,6 +367,11 @@ impl Resolver {
                     if let Some(mtu) = mtu {
                         self.mtu.store(mtu, Ordering::Relaxed);
                     }
+                    // The notification does not say the IPv6 MTU, which
+                    // follows the MTU: read it.
+                    if let Ok(link) = tables.netlink.link_by_index(self.ifindex) {
+                        self.mtu6.store(link.mtu6.unwrap_or(0), Ordering::Relaxed);
+                    }
                     // Going down flushes the neighbours: read them afresh.
                     tables.neighbours = None;
                 }
@@ -345,7 +389,7 @@ impl Resolver {
         tables.neighbours = None;
         tables.routes.clear();
         match tables.netlink.link_by_index(self.ifindex) {
-            Ok(link) => self.mtu.store(link.mtu, Ordering::Relaxed),
+            Ok(link) => self.keep_mtus(&link),
             Err(err) => log::warn!("elec-broadcast: re-reading the interface failed: {err}"),
         }
         self.generation.fetch_add(1, Ordering::Release);
@@ -380,7 +424,14 @@ fn in_prefix(addr: IpAddr, prefix: IpAddr, len: u8) -> bool {
 fn is_unroutable(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
-        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EINVAL | libc::EACCES | libc::EPERM)
+        Some(
+            libc::ENETUNREACH
+                | libc::EHOSTUNREACH
+                | libc::EINVAL
+                | libc::EACCES
+                | libc::EPERM
+                | libc::ENODEV
+        )
     )
 }
 
@@ -474,6 +525,7 @@ mod tests {
         let here = Route {
             to: RouteTo::Here { next_hop: A.into() },
             mtu: None,
+            source: None,
         };
         let r = resolver(&[], &[(inside, here), (outside, here)]);
         let g = generation(&r);
@@ -496,6 +548,7 @@ mod tests {
         let here = Route {
             to: RouteTo::Here { next_hop: A.into() },
             mtu: None,
+            source: None,
         };
         let r = resolver(&[], &[(A, here), (Ipv4Addr::new(192, 0, 2, 1), here)]);
         r.apply(&[Change::Route {
@@ -518,6 +571,7 @@ mod tests {
             let kernel = Route {
                 to: RouteTo::Kernel,
                 mtu: None,
+                source: None,
             };
             let r = resolver(&[], &[(A, kernel)]);
             let g = generation(&r);
@@ -563,6 +617,7 @@ mod tests {
         let here = Route {
             to: RouteTo::Here { next_hop: A.into() },
             mtu: None,
+            source: None,
         };
         let inside = v6("fd77::2:1");
         let r = resolver(&[], &[(A, here)]);
