@@ -348,24 +348,8 @@ fn a_dual_stack_socket_sends_a_mixed_list_one_send_per_family() {
     }
     let mut all: Vec<SocketAddr> = addrs(&dests4);
     all.extend(v6(&dests6));
-    let rx = tb.receivers(&all).unwrap();
-    let mut sent = Vec::new();
-    for seq in 0..6 {
-        let message = pattern(seq, 500);
-        let before = broadcaster.stats().fan_outs;
-        let report = broadcaster.broadcast(&socket, &message, &list).unwrap();
-        assert_complete(&report, list.len());
-        assert_eq!(report.kernel_copies, list.len(), "{report:?}");
-        assert_eq!(
-            broadcaster.stats().fan_outs - before,
-            2,
-            "one fan-out per family"
-        );
-        sent.push(message);
-        rx.wait_for_total(list.len() * sent.len(), WAIT);
-    }
-    let got = rx.finish(SETTLE);
-    got.check_exactly_once(&all, &sent).unwrap();
+    // One fan-out per family.
+    let got = in_the_kernel(&tb, &broadcaster, &socket, &list, &all, 6, 500, 2);
     for d in &dests4 {
         let want = SocketAddr::V4(SocketAddrV4::new(tb.sender_addr(), 5500));
         assert!(got.sources(d).iter().all(|s| *s == want), "{d}");
@@ -814,24 +798,8 @@ fn on_a_socket_bound_to_no_address_each_copy_carries_its_own_routes_source() {
     }
     let mut all = link_local.clone();
     all.extend(&unique_local);
-    let rx = tb.receivers(&all).unwrap();
-    let mut sent = Vec::new();
-    for seq in 0..4 {
-        let message = pattern(seq, 300);
-        let before = broadcaster.stats().fan_outs;
-        let report = broadcaster.broadcast(&socket, &message, &list).unwrap();
-        assert_complete(&report, list.len());
-        assert_eq!(report.kernel_copies, list.len(), "{report:?}");
-        assert_eq!(
-            broadcaster.stats().fan_outs - before,
-            2,
-            "one fan-out per source"
-        );
-        sent.push(message);
-        rx.wait_for_total(list.len() * sent.len(), WAIT);
-    }
-    let got = rx.finish(SETTLE);
-    got.check_exactly_once(&all, &sent).unwrap();
+    // One fan-out per source.
+    let got = in_the_kernel(&tb, &broadcaster, &socket, &list, &all, 4, 300, 2);
     for d in &link_local {
         for s in got.sources(d) {
             assert_eq!(s.ip(), IpAddr::V6(tb.sender_link_local()), "{d}");
@@ -966,4 +934,36 @@ fn an_ipv6_mtu_below_the_links_is_the_ipv6_limit() {
     rx.finish(SETTLE)
         .check_exactly_once(&dests, &[message])
         .unwrap();
+}
+
+/// Broadcasts `rounds` messages of `size` bytes to `list` through `socket`,
+/// one at a time, each with every copy made in the kernel in `fan_outs`
+/// fan-outs; returns what the receivers of `all` (the same destinations)
+/// got, each message exactly once at each.
+#[allow(clippy::too_many_arguments)]
+fn in_the_kernel<A: Into<SocketAddr> + Copy>(
+    tb: &Testbed,
+    broadcaster: &elec_broadcast::Broadcaster,
+    socket: &UdpSocket,
+    list: &[SocketAddr],
+    all: &[A],
+    rounds: u64,
+    size: usize,
+    fan_outs: u64,
+) -> elec_testbed::Received {
+    let rx = tb.receivers(all).unwrap();
+    let mut sent = Vec::new();
+    for seq in 0..rounds {
+        let message = pattern(seq, size);
+        let before = broadcaster.stats().fan_outs;
+        let report = broadcaster.broadcast(socket, &message, list).unwrap();
+        assert_complete(&report, list.len());
+        assert_eq!(report.kernel_copies, list.len(), "{report:?}");
+        assert_eq!(broadcaster.stats().fan_outs - before, fan_outs, "fan-outs");
+        sent.push(message);
+        rx.wait_for_total(list.len() * sent.len(), WAIT);
+    }
+    let got = rx.finish(SETTLE);
+    got.check_exactly_once(all, &sent).unwrap();
+    got
 }
