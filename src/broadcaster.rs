@@ -15,7 +15,7 @@ use crate::kernel::{Tags, MAX_BATCH};
 use crate::report::{Counters, KernelCounters, Report, Stats};
 use crate::send::call::Resume;
 use crate::send::sockets::lock;
-use crate::send::{headers, Family, HEADERS, HEADERS6};
+use crate::send::{Family, HEADERS, HEADERS6};
 use crate::tables::{PathTo, Target};
 use crate::{Error, Failure, FailureReason};
 
@@ -30,11 +30,6 @@ use link::Link;
 /// at most 65535 bytes long.
 fn max_payload(mtu: u32, headers: usize) -> usize {
     (mtu as usize).min(65_535).saturating_sub(headers)
-}
-
-/// The most header bytes a datagram to one of `destinations` takes.
-fn list_headers(destinations: &[SocketAddr]) -> usize {
-    destinations.iter().map(headers).max().unwrap_or(HEADERS)
 }
 
 /// The calling thread's network namespace.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use super::{check_destinations, check_family, list_headers, max_payload, Mode, Part};
+use super::{check_destinations, check_family, max_payload, Mode, Part};
 use crate::kernel::{Program, Tags};
 use crate::send::call::{Call, Resume};
 use crate::send::plan::Plan;
@@ -156,14 +156,9 @@ impl Link {
             }
         };
         let longest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
-        if let Some((max, mtu)) = plan.limit.filter(|&(max, _)| longest > max) {
+        if let Some(limit) = plan.limit.filter(|&(max, _)| longest > max) {
             state.plan = Some(plan);
-            return Err(Error::PayloadTooLarge {
-                len: longest,
-                max,
-                mtu,
-                interface: self.interface.clone(),
-            });
+            return Err(self.payload_too_large(longest, limit));
         }
 
         let skipped = from.map_or(0, |from| {
@@ -207,26 +202,15 @@ impl Link {
                     .resolver
                     .path_mtu(Target::of(&to))
                     .unwrap_or_else(|_| self.resolver.mtu());
-                (mtu, crate::send::headers(&to))
+                (max_payload(mtu, headers(&to)), mtu)
             });
             let fan_outs = call.fan_outs;
             // Resumable only in the plan kept for the next call.
             let stopped = call.stopped.filter(|_| kept && state.plan.is_some());
             let len = call.payload.len();
             let failed_at = call.failed_indices();
-            let error = || match too_large {
-                Some((mtu, headers)) => self.payload_too_large(len, Some(mtu), headers),
-                None => {
-                    let (max, mtu) = self.limit(destinations);
-                    Error::PayloadTooLarge {
-                        len,
-                        max,
-                        mtu,
-                        interface: self.interface.clone(),
-                    }
-                }
-            };
-            match call.finish(error) {
+            let limit = || too_large.unwrap_or_else(|| self.limit(destinations));
+            match call.finish(|| self.payload_too_large(len, limit())) {
                 Ok(report) => parts.push(Part {
                     report,
                     failed_at,
@@ -261,14 +245,9 @@ impl Link {
             self.resolver
                 .reread_mtu()
                 .map_err(Error::io("reading the interface's MTU"))?;
-            let (max, mtu) = self.limit(destinations);
-            if payload.len() > max {
-                return Err(Error::PayloadTooLarge {
-                    len: payload.len(),
-                    max,
-                    mtu,
-                    interface: self.interface.clone(),
-                });
+            let limit = self.limit(destinations);
+            if payload.len() > limit.0 {
+                return Err(self.payload_too_large(payload.len(), limit));
             }
         }
         Ok(())
@@ -278,28 +257,23 @@ impl Link {
     /// `destinations` (IPv4 ones: its MTU minus 28 bytes; IPv6 ones: its
     /// IPv6 MTU minus 48), and the MTU that sets it.
     fn limit(&self, destinations: &[SocketAddr]) -> (usize, u32) {
-        let v4 = (
-            max_payload(self.resolver.mtu(), HEADERS),
-            self.resolver.mtu(),
-        );
-        let v6 = (
-            max_payload(self.resolver.mtu6(), HEADERS6),
-            self.resolver.mtu6(),
-        );
-        match list_headers(destinations) {
-            HEADERS => v4,
-            _ if destinations.iter().all(|d| headers(d) == HEADERS6) => v6,
-            _ => v4.min(v6),
-        }
+        let (mtu, mtu6) = (self.resolver.mtu(), self.resolver.mtu6());
+        destinations
+            .iter()
+            .map(|to| match headers(to) {
+                HEADERS => (max_payload(mtu, HEADERS), mtu),
+                _ => (max_payload(mtu6, HEADERS6), mtu6),
+            })
+            .min()
+            .unwrap_or((max_payload(mtu, HEADERS), mtu))
     }
 
-    /// The error for a payload of `len` bytes that does not fit `mtu` (by
-    /// default the interface's) with `headers` bytes of IP and UDP headers.
-    pub(super) fn payload_too_large(&self, len: usize, mtu: Option<u32>, headers: usize) -> Error {
-        let mtu = mtu.unwrap_or_else(|| self.resolver.mtu());
+    /// The error for a payload of `len` bytes over `limit`: the largest
+    /// payload that fits, and the MTU that sets it.
+    fn payload_too_large(&self, len: usize, (max, mtu): (usize, u32)) -> Error {
         Error::PayloadTooLarge {
             len,
-            max: max_payload(mtu, headers),
+            max,
             mtu,
             interface: self.interface.clone(),
         }

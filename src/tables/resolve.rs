@@ -111,6 +111,12 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// The interface a route lookup must leave through: a link-local
+    /// address's scope, else none.
+    fn oif(self) -> Option<u32> {
+        (self.scope != 0).then_some(self.scope)
+    }
+
     /// The target of destination `to` (an IPv4-mapped IPv6 address is
     /// taken for the IPv4 address it maps).
     pub(crate) fn of(to: &SocketAddr) -> Target {
@@ -244,8 +250,7 @@ impl Resolver {
     }
 
     fn look_up(&self, netlink: &RouteSocket, dst: Target) -> io::Result<Route> {
-        let oif = (dst.scope != 0).then_some(dst.scope);
-        let route = match netlink.route_on(dst.ip, oif) {
+        let route = match netlink.route_on(dst.ip, dst.oif()) {
             Ok(route) => route,
             // No route: the send reports it to the caller.
             Err(err) if is_unroutable(&err) => {
@@ -284,10 +289,9 @@ impl Resolver {
         let mut tables = lock(&self.tables);
         tables.routes.clear();
         self.generation.fetch_add(1, Ordering::Release);
-        let oif = (dst.scope != 0).then_some(dst.scope);
         let route = tables
             .netlink
-            .route_on(dst.ip, oif)
+            .route_on(dst.ip, dst.oif())
             .ok()
             .and_then(|r| r.mtu);
         Ok(route.map_or(interface, |mtu| mtu.min(interface)))
