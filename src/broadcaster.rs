@@ -15,7 +15,7 @@ use crate::kernel::{Tags, MAX_BATCH};
 use crate::report::{Counters, KernelCounters, Report, Stats};
 use crate::send::call::Resume;
 use crate::send::sockets::lock;
-use crate::send::{Family, HEADERS, HEADERS6};
+use crate::send::Family;
 use crate::tables::{PathTo, Target};
 use crate::{Error, Failure, FailureReason};
 
@@ -671,11 +671,11 @@ impl Broadcaster {
         }
         // Every payload is checked before anything is sent.
         check_destinations(destinations)?;
+        // (check_payload looks at the list only for payloads that do not fit
+        // the smallest limit, the IPv6 MTU's.)
         for payload in payloads {
-            if payload.len() > self.max_payload().saturating_sub(HEADERS6 - HEADERS) {
-                for link in std::iter::once(&self.primary).chain(read(&self.others).iter()) {
-                    link.check_payload(payload, destinations)?;
-                }
+            for link in std::iter::once(&self.primary).chain(read(&self.others).iter()) {
+                link.check_payload(payload, destinations)?;
             }
         }
         let mut reports = Vec::with_capacity(payloads.len());

@@ -967,3 +967,24 @@ fn in_the_kernel<A: Into<SocketAddr> + Copy>(
     got.check_exactly_once(all, &sent).unwrap();
     got
 }
+
+#[test]
+fn a_batch_is_checked_against_the_ipv6_mtu_before_anything_is_sent() {
+    elec_testbed::require_root!();
+    let tb = testbed6(2, 1);
+    sysctl(tb.sender_ns(), "/proc/sys/net/ipv6/conf/eth0/mtu", "1400");
+    let broadcaster = broadcaster(&tb, Mode::Kernel);
+    let socket = sender6(&tb, 5495);
+    let dests = tb.destinations6(2, 6495);
+    let rx = tb.receivers(&dests).unwrap();
+    // 17 payloads: two batches of carriers; the last one, in the second,
+    // fits the link's MTU but not the IPv6 MTU.
+    let mut payloads: Vec<Vec<u8>> = (0..16).map(|s| pattern(s, 100)).collect();
+    payloads.push(pattern(16, 1353));
+    let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    match broadcaster.broadcast_batch(&socket, &payloads, &v6(&dests)) {
+        Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1352, 1400)),
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    rx.finish(SETTLE).check_silent(&dests).unwrap();
+}
