@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread;
 
 use common::*;
-use elec_broadcast::{Broadcaster, Mode, MAX_DESTINATIONS_PER_FAN_OUT};
+use elec_broadcast::{Broadcaster, Mode};
 use elec_testbed::{in_namespace, pattern, TestbedConfig};
 
 const COUNTS: [usize; 8] = [1, 2, 8, 9, 16, 64, 256, 300];
@@ -30,45 +30,10 @@ fn every_destination_receives_exactly_one_intact_copy() {
     let max = broadcaster.max_payload();
     assert_eq!(max, 1500 - 28);
 
-    let mut seq = 0;
-    for n in COUNTS {
-        let dests = tb.destinations(n, 7000);
-        let targets = addrs(&dests);
-        for size in [0, 1, 64, 1200, max] {
-            eprintln!("round n={n} size={size}");
-            let rx = tb.receivers(&dests).expect("starting receivers");
-            let fan_outs_before = broadcaster.stats().fan_outs;
-            let mut sent = Vec::new();
-            for _ in 0..3 {
-                let message = pattern(seq, size);
-                seq += 1;
-                let report = broadcaster
-                    .broadcast(&socket, &message, &targets)
-                    .expect("broadcast");
-                assert_complete(&report, n);
-                assert_eq!(report.kernel_copies, n, "n={n} size={size}: {report:?}");
-                sent.push(message);
-                // One message at a time, so bursts never overflow a backlog.
-                rx.wait_for_total(n * sent.len(), WAIT);
-            }
-            let got = rx.finish(SETTLE);
-            if let Err(err) = got.check_exactly_once(&dests, &sent) {
-                panic!("n={n} size={size}: {err}");
-            }
-            for dest in &dests {
-                let sources = got.sources(dest);
-                assert!(
-                    sources
-                        .iter()
-                        .all(|s| *s == SocketAddrV4::new(tb.sender_addr(), 5000).into()),
-                    "{dest} saw sources {sources:?}"
-                );
-            }
-            let fan_outs = broadcaster.stats().fan_outs - fan_outs_before;
-            let per_message = n.div_ceil(MAX_DESTINATIONS_PER_FAN_OUT) as u64;
-            assert_eq!(fan_outs, 3 * per_message, "n={n}: fan-outs per broadcast");
-        }
-    }
+    let sizes = [0, 1, 64, 1200, max];
+    every_count_and_size(&tb, &broadcaster, &socket, &COUNTS, &sizes, |n| {
+        tb.destinations(n, 7000)
+    });
     assert_no_checksum_errors(&tb);
 
     let stats = broadcaster.stats();

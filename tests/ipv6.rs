@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use elec_broadcast::{Error, Mode, MAX_DESTINATIONS_PER_FAN_OUT};
+use elec_broadcast::{Error, Mode};
 use elec_testbed::{in_namespace, pattern, Testbed, TestbedConfig, SENDER_ADDR6};
 
 const COUNTS: [usize; 8] = [1, 2, 8, 9, 16, 64, 256, 300];
@@ -65,53 +65,21 @@ fn every_ipv6_destination_receives_exactly_one_intact_copy() {
     let tb = testbed6(8, 4);
     let broadcaster = broadcaster(&tb, Mode::Kernel);
     let socket = sender6(&tb, 5000);
-    let source = socket.local_addr().unwrap();
     // The interface's MTU minus 48 bytes of IPv6 and UDP headers.
     let max = broadcaster.max_payload() - 20;
     assert_eq!(max, 1500 - 48);
 
-    let mut seq = 0;
-    for n in COUNTS {
-        let dests = tb.destinations6(n, 7000);
-        let targets = v6(&dests);
-        for size in [0, 1, 64, 1200, max] {
-            eprintln!("round n={n} size={size}");
-            let rx = tb.receivers(&dests).expect("starting receivers");
-            let fan_outs_before = broadcaster.stats().fan_outs;
-            let mut sent = Vec::new();
-            for _ in 0..3 {
-                let message = pattern(seq, size);
-                seq += 1;
-                let report = broadcaster
-                    .broadcast(&socket, &message, &targets)
-                    .expect("broadcast");
-                assert_complete(&report, n);
-                assert_eq!(report.kernel_copies, n, "n={n} size={size}: {report:?}");
-                sent.push(message);
-                rx.wait_for_total(n * sent.len(), WAIT);
-            }
-            let got = rx.finish(SETTLE);
-            if let Err(err) = got.check_exactly_once(&dests, &sent) {
-                panic!("n={n} size={size}: {err}");
-            }
-            for dest in &dests {
-                let sources = got.sources(dest);
-                assert!(
-                    sources.iter().all(|s| *s == source),
-                    "{dest} saw sources {sources:?}"
-                );
-            }
-            let fan_outs = broadcaster.stats().fan_outs - fan_outs_before;
-            let per_message = n.div_ceil(MAX_DESTINATIONS_PER_FAN_OUT) as u64;
-            assert_eq!(fan_outs, 3 * per_message, "n={n}: fan-outs per broadcast");
-        }
-    }
+    let sizes = [0, 1, 64, 1200, max];
+    every_count_and_size(&tb, &broadcaster, &socket, &COUNTS, &sizes, |n| {
+        tb.destinations6(n, 7000)
+    });
     // One byte more does not fit, and nothing is sent.
     let dests = tb.destinations6(4, 7000);
-    match broadcaster.broadcast(&socket, &vec![0; max + 1], &v6(&dests)) {
-        Err(Error::PayloadTooLarge { max: m, mtu, .. }) => assert_eq!((m, mtu), (max, 1500)),
-        other => panic!("expected PayloadTooLarge, got {other:?}"),
-    }
+    assert_too_large(
+        broadcaster.broadcast(&socket, &vec![0; max + 1], &v6(&dests)),
+        max,
+        1500,
+    );
     assert_no_checksum_errors6(&tb);
 
     let stats = broadcaster.stats();
@@ -147,7 +115,7 @@ fn ipv6_checksums_are_right_when_the_sender_computes_them_in_software() {
         sent.push(message);
         rx.wait_for_total(dests.len() * sent.len(), WAIT);
     }
-    rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
+    expect_exactly_once(rx, &dests, &sent);
     assert_no_checksum_errors6(&tb);
 }
 
@@ -279,7 +247,7 @@ fn unresolved_ipv6_neighbours_are_resolved_by_a_send_never_dropped() {
         last.kernel_copies > 0,
         "NDP never resolved the neighbours: {last:?}"
     );
-    rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
+    expect_exactly_once(rx, &dests, &sent);
     assert_no_checksum_errors6(&tb);
 }
 
@@ -474,11 +442,12 @@ fn ipv6_user_space_mode_sends_every_copy_exactly_once() {
         sent.push(message);
         rx.wait_for_total(dests.len() * sent.len(), WAIT);
     }
-    rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
-    match broadcaster.broadcast(&socket, &[0; 1453], &v6(&dests)) {
-        Err(Error::PayloadTooLarge { max, .. }) => assert_eq!(max, 1452),
-        other => panic!("expected PayloadTooLarge, got {other:?}"),
-    }
+    expect_exactly_once(rx, &dests, &sent);
+    assert_too_large(
+        broadcaster.broadcast(&socket, &[0; 1453], &v6(&dests)),
+        1452,
+        1500,
+    );
 }
 
 /// `IPV6_DSTOPTS` (<linux/in6.h>): a sticky destination options header on
@@ -518,7 +487,7 @@ fn datagrams_with_extension_headers_pass_and_their_copies_go_from_user_space() {
         sent.push(message);
         rx.wait_for_total(dests.len() * sent.len(), WAIT);
     }
-    rx.finish(SETTLE).check_exactly_once(&dests, &sent).unwrap();
+    expect_exactly_once(rx, &dests, &sent);
     let kernel = broadcaster.kernel_counters().unwrap();
     assert_eq!((kernel.fan_outs, kernel.mismatches), (0, 4), "{kernel:?}");
     assert_no_checksum_errors6(&tb);
@@ -759,10 +728,11 @@ fn an_ipv6_routes_own_mtu_refuses_what_does_not_fit_before_anything_is_sent() {
     let socket = sender6(&tb, 6100);
     let dests = tb.destinations6(2, 7300);
     let rx = tb.receivers(&dests).unwrap();
-    match broadcaster.broadcast(&socket, &[7; 1233], &v6(&dests)) {
-        Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1232, 1280)),
-        other => panic!("expected PayloadTooLarge, got {other:?}"),
-    }
+    assert_too_large(
+        broadcaster.broadcast(&socket, &[7; 1233], &v6(&dests)),
+        1232,
+        1280,
+    );
     // What fits the narrow route goes to both, in the kernel.
     let message = pattern(1, 1232);
     let report = broadcaster
@@ -770,10 +740,7 @@ fn an_ipv6_routes_own_mtu_refuses_what_does_not_fit_before_anything_is_sent() {
         .unwrap();
     assert_complete(&report, 2);
     assert_eq!(report.kernel_copies, 2);
-    rx.wait_for_total(2, WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&dests, &[message])
-        .unwrap();
+    expect_exactly_once(rx, &dests, &[message]);
 }
 
 #[test]
@@ -875,10 +842,7 @@ fn an_ipv6_socket_bound_to_an_ipv4_mapped_address_sends_ipv4_only() {
         .unwrap();
     assert_complete(&report, 2);
     assert_eq!(report.kernel_copies, 2);
-    rx.wait_for_total(2, WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&dests4, &[message])
-        .unwrap();
+    expect_exactly_once(rx, &dests4, &[message]);
 }
 
 #[test]
@@ -898,10 +862,11 @@ fn each_family_is_held_to_its_own_routes_mtu_in_a_mixed_list() {
     // 1372 + 28 = 1400 and 1372 + 48 <= 1500: it fits every destination.
     let report = broadcaster.broadcast(&socket, &[5; 1372], &list).unwrap();
     assert_complete(&report, 4);
-    match broadcaster.broadcast(&socket, &[5; 1373], &list) {
-        Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1372, 1400)),
-        other => panic!("expected PayloadTooLarge, got {other:?}"),
-    }
+    assert_too_large(
+        broadcaster.broadcast(&socket, &[5; 1373], &list),
+        1372,
+        1400,
+    );
 }
 
 #[test]
@@ -917,10 +882,11 @@ fn an_ipv6_mtu_below_the_links_is_the_ipv6_limit() {
     // the error gives the IPv6 MTU and what fits it.
     sysctl(tb.sender_ns(), "/proc/sys/net/ipv6/conf/eth0/mtu", "1400");
     for _ in 0..2 {
-        match broadcaster.broadcast(&socket, &[1; 1353], &v6(&dests)) {
-            Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1352, 1400)),
-            other => panic!("expected PayloadTooLarge, got {other:?}"),
-        }
+        assert_too_large(
+            broadcaster.broadcast(&socket, &[1; 1353], &v6(&dests)),
+            1352,
+            1400,
+        );
     }
     // IPv4 keeps the link's 1500.
     assert_eq!(broadcaster.max_payload(), 1472);
@@ -930,10 +896,7 @@ fn an_ipv6_mtu_below_the_links_is_the_ipv6_limit() {
         .unwrap();
     assert_complete(&report, 2);
     assert_eq!(report.kernel_copies, 2);
-    rx.wait_for_total(2, WAIT);
-    rx.finish(SETTLE)
-        .check_exactly_once(&dests, &[message])
-        .unwrap();
+    expect_exactly_once(rx, &dests, &[message]);
 }
 
 /// Broadcasts `rounds` messages of `size` bytes to `list` through `socket`,
@@ -982,9 +945,10 @@ fn a_batch_is_checked_against_the_ipv6_mtu_before_anything_is_sent() {
     let mut payloads: Vec<Vec<u8>> = (0..16).map(|s| pattern(s, 100)).collect();
     payloads.push(pattern(16, 1353));
     let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-    match broadcaster.broadcast_batch(&socket, &payloads, &v6(&dests)) {
-        Err(Error::PayloadTooLarge { max, mtu, .. }) => assert_eq!((max, mtu), (1352, 1400)),
-        other => panic!("expected PayloadTooLarge, got {other:?}"),
-    }
+    assert_too_large(
+        broadcaster.broadcast_batch(&socket, &payloads, &v6(&dests)),
+        1352,
+        1400,
+    );
     rx.finish(SETTLE).check_silent(&dests).unwrap();
 }

@@ -10,7 +10,7 @@
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-use elec_broadcast::{Broadcaster, Mode, Report};
+use elec_broadcast::{Broadcaster, Error, Mode, Report};
 use elec_testbed::{in_namespace, Receivers, Testbed, TestbedConfig};
 
 pub fn testbed(cfg: TestbedConfig) -> Testbed {
@@ -60,10 +60,23 @@ pub fn assert_complete(report: &Report, n: usize) {
 /// Waits (at most [`WAIT`]) for a copy of every message of `sent` at every
 /// destination, then checks that each destination got each message exactly
 /// once and intact, and nothing else.
-pub fn expect_exactly_once(rx: Receivers, dests: &[SocketAddrV4], sent: &[Vec<u8>]) {
+pub fn expect_exactly_once<A: Into<SocketAddr> + Copy>(
+    rx: Receivers,
+    dests: &[A],
+    sent: &[Vec<u8>],
+) {
     rx.wait_for_total(dests.len() * sent.len(), WAIT);
     if let Err(err) = rx.finish(SETTLE).check_exactly_once(dests, sent) {
         panic!("{err}");
+    }
+}
+
+/// Asserts that `result` is a refusal as too large, giving `max` as the
+/// largest payload that fits and `mtu` as the MTU that sets it.
+pub fn assert_too_large<T: std::fmt::Debug>(result: Result<T, Error>, max: usize, mtu: u32) {
+    match result {
+        Err(Error::PayloadTooLarge { max: m, mtu: u, .. }) => assert_eq!((m, u), (max, mtu)),
+        other => panic!("expected PayloadTooLarge (max {max}, MTU {mtu}), got {other:?}"),
     }
 }
 
@@ -123,4 +136,58 @@ pub fn sysctl(ns: &str, path: &str, value: &str) {
     in_namespace(ns, || std::fs::write(path, value))
         .unwrap()
         .unwrap_or_else(|e| panic!("{path} in {ns}: {e}"));
+}
+
+/// For every N of `counts` and every size of `sizes`: three broadcasts
+/// through `socket` to `dests_for(N)`, one at a time (so that bursts never
+/// overflow a backlog), each with every copy made in the kernel in one
+/// fan-out per 256 destinations; every destination gets each message
+/// exactly once, intact, from the socket's address.
+pub fn every_count_and_size<A>(
+    tb: &Testbed,
+    broadcaster: &Broadcaster,
+    socket: &UdpSocket,
+    counts: &[usize],
+    sizes: &[usize],
+    dests_for: impl Fn(usize) -> Vec<A>,
+) where
+    A: Into<SocketAddr> + Copy + std::fmt::Display,
+{
+    let source = socket.local_addr().expect("the socket's address");
+    let mut seq = 0;
+    for &n in counts {
+        let dests = dests_for(n);
+        let targets: Vec<SocketAddr> = dests.iter().map(|&d| d.into()).collect();
+        for &size in sizes {
+            eprintln!("round n={n} size={size}");
+            let rx = tb.receivers(&dests).expect("starting receivers");
+            let fan_outs_before = broadcaster.stats().fan_outs;
+            let mut sent = Vec::new();
+            for _ in 0..3 {
+                let message = elec_testbed::pattern(seq, size);
+                seq += 1;
+                let report = broadcaster
+                    .broadcast(socket, &message, &targets)
+                    .expect("broadcast");
+                assert_complete(&report, n);
+                assert_eq!(report.kernel_copies, n, "n={n} size={size}: {report:?}");
+                sent.push(message);
+                rx.wait_for_total(n * sent.len(), WAIT);
+            }
+            let got = rx.finish(SETTLE);
+            if let Err(err) = got.check_exactly_once(&dests, &sent) {
+                panic!("n={n} size={size}: {err}");
+            }
+            for dest in &dests {
+                let sources = got.sources(dest);
+                assert!(
+                    sources.iter().all(|s| *s == source),
+                    "{dest} saw sources {sources:?}"
+                );
+            }
+            let fan_outs = broadcaster.stats().fan_outs - fan_outs_before;
+            let per_message = n.div_ceil(elec_broadcast::MAX_DESTINATIONS_PER_FAN_OUT) as u64;
+            assert_eq!(fan_outs, 3 * per_message, "n={n}: fan-outs per broadcast");
+        }
+    }
 }
