@@ -747,7 +747,9 @@ impl Broadcaster {
         }
         // The socket reaches every destination, and every payload fits
         // every interface concerned, before anything is sent.
-        check_family(crate::send::sockets::family(socket)?, destinations)?;
+        if let Some((link, _)) = split.first() {
+            check_family(link.socket_family(socket)?, destinations)?;
+        }
         for (link, indices) in &split {
             let some: Vec<SocketAddr> = indices.iter().map(|&i| destinations[i]).collect();
             for payload in payloads {

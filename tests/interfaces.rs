@@ -200,3 +200,40 @@ fn lists_behind_one_interface_and_repeated_destinations() {
         assert_eq!(got.datagrams(dest), want.as_slice(), "{dest}");
     }
 }
+
+#[test]
+fn a_list_split_over_interfaces_is_refused_whole_when_the_socket_cannot_reach_one() {
+    elec_testbed::require_root!();
+    let tb = testbed(TestbedConfig {
+        receivers: 2,
+        second_link: true,
+        ipv6: true,
+        ..Default::default()
+    });
+    let broadcaster = on(&tb, &[IFACE, SECOND_IFACE], Mode::Kernel).unwrap();
+    let socket = in_namespace(tb.sender_ns(), || {
+        std::net::UdpSocket::bind(SocketAddrV4::new(
+            std::net::Ipv4Addr::UNSPECIFIED,
+            SENDER_PORT,
+        ))
+    })
+    .unwrap()
+    .unwrap();
+    let second = SocketAddrV4::new(tb.second_receiver_addrs(0)[0], PORT);
+    let first = SocketAddrV4::new(tb.receiver_addrs(1)[0], PORT);
+    let v6 = SocketAddr::V6(tb.destinations6(1, PORT)[0]);
+    let rx = tb.receivers(&[second, first]).unwrap();
+    // eth1's destination first: a split list, refused before anything is
+    // sent because the IPv4 socket cannot reach the IPv6 destination.
+    let list = [SocketAddr::V4(second), SocketAddr::V4(first), v6];
+    match broadcaster.broadcast(&socket, b"split", &list) {
+        Err(Error::FamilyMismatch {
+            destination,
+            socket,
+        }) => {
+            assert_eq!((destination, socket), (v6, "IPv4"))
+        }
+        other => panic!("expected FamilyMismatch, got {other:?}"),
+    }
+    rx.finish(SETTLE).check_silent(&[second, first]).unwrap();
+}

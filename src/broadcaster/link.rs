@@ -228,6 +228,18 @@ impl Link {
         }
     }
 
+    /// The family of `socket`, from its entry (made, and the socket
+    /// inspected, on its first use here; a call through this link makes it
+    /// anyway).
+    pub(super) fn socket_family(
+        &self,
+        socket: BorrowedFd<'_>,
+    ) -> Result<crate::send::Family, Error> {
+        let entry = self.sockets.entry(self.kernel.as_ref(), socket)?;
+        let family = lock(&entry).family;
+        Ok(family)
+    }
+
     /// Refuses a payload this interface's MTU does not take in a datagram
     /// to each of `destinations`.
     pub(super) fn check_payload(

@@ -200,11 +200,6 @@ fn register(program: &Program, socket: BorrowedFd<'_>, cookie: u64, slot: u32) -
     program.register(cookie, slot)
 }
 
-/// The family of `socket`, once it is checked to be a bound UDP socket.
-pub(crate) fn family(socket: BorrowedFd<'_>) -> Result<Family, Error> {
-    Ok(inspect(socket)?.1)
-}
-
 /// Checks that `socket` is a bound UDP socket (IPv4 or IPv6); returns its
 /// cookie, family, and whether it is bound to no address.
 fn inspect(socket: BorrowedFd<'_>) -> Result<(u64, Family, bool), Error> {
