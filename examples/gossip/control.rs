@@ -2,17 +2,35 @@
 //! bound to 127.0.0.1 only: HTTP/1.0, one request per connection.
 //!
 //! ```text
-//! GET  /members    live members, JSON
-//! GET  /metadata   the metadata as the body; its version in X-Version
-//! GET  /stats      counters, mode, version, JSON
-//! POST /publish    publishes the request body as the new metadata
-//! POST /set        adds peers, one IP:PORT per line (pekonode Set)
-//! POST /stop       pauses heartbeats (pekonode Stop)
-//! POST /start      resumes them, or joins (pekonode Start / Join)
+//! GET    /members       alive and suspect members, JSON
+//! GET    /states        every member with its state and incarnation, JSON
+//! GET    /metadata      the cluster-wide metadata as the body; its version
+//!                       in X-Version
+//! GET    /stats         counters, mode, version, JSON
+//! GET    /kv            every node's keys and values as this node knows
+//!                       them, JSON (see below)
+//! GET    /keys          the keyring: primary key id and installed ids, JSON
+//! POST   /publish       publishes the body as the cluster-wide metadata
+//! POST   /kv/<key>      sets this node's <key> to the body
+//! DELETE /kv/<key>      deletes this node's <key>
+//! POST   /set           adds seeds, one IP:PORT per line (pekonode Set)
+//! POST   /stop          pauses sending (pekonode Stop)
+//! POST   /start         resumes, or joins (pekonode Start / Join)
+//! POST   /leave         leaves the cluster gracefully; keep the process
+//!                       running a few gossip intervals, then stop it
+//! POST   /keys/install  body `ID SECRET`: adds key ID (0-255) to the keyring
+//! POST   /keys/use      body `ID`: makes key ID the one that seals
+//! POST   /keys/remove   body `ID`: removes key ID
 //! ```
 //!
-//! Anyone on this host can use it (as with eGossip's); it never listens on
-//! another address.
+//! Keys and values are bytes. In a path, `<key>` is percent-decoded
+//! (`/kv/a%2Fb` is the key `a/b`; any byte can be written `%XX`). In
+//! `GET /kv`, a key or value that is valid UTF-8 is given as a string
+//! (`"key"`, `"value"`), any other as lower-case hex (`"key_hex"`,
+//! `"value_hex"`): never both, so the two cannot be confused.
+//!
+//! Anyone on this host can use it (as with eGossip's): it has no
+//! authentication, and never listens on another address.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -23,11 +41,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol;
+use crate::codec::{KeyId, State};
+use crate::protocol::{self, ValueError};
 use crate::shell::Handle;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HEAD: usize = 8 * 1024;
+/// Largest request body: far above any value the core accepts (a datagram
+/// holds it), so that too large a value gets the core's own refusal, which
+/// says what fits.
+const MAX_BODY: usize = 64 * 1024;
 
 /// The control server; stops when dropped.
 pub struct Control {
@@ -85,11 +108,18 @@ impl Control {
 impl Drop for Control {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::Relaxed);
-        crate::shell::wake_accept(&self.listener);
+        wake_accept(&self.listener);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
+}
+
+/// Makes a thread blocked in `accept` on `listener` return (with an error),
+/// from any thread: shutting a listening socket down wakes its waiters on
+/// Linux.
+fn wake_accept(listener: &TcpListener) {
+    let _ = socket2::SockRef::from(listener).shutdown(std::net::Shutdown::Both);
 }
 
 /// A parsed request.
@@ -135,7 +165,7 @@ fn serve(stream: TcpStream, node: &Handle) -> io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut reader = BufReader::new(stream);
-    let response = match read_request(&mut reader, node.max_metadata()) {
+    let response = match read_request(&mut reader, MAX_BODY) {
         Ok(request) => route(&request, node),
         Err(err) => Response::text("400 Bad Request", err.to_string()),
     };
@@ -191,18 +221,46 @@ fn read_request(reader: &mut impl BufRead, max_body: usize) -> io::Result<Reques
         }
     }
     if content_length > max_body {
-        return Err(bad("body larger than the largest metadata"));
+        return Err(bad("body too large"));
     }
     let mut body = vec![0u8; content_length];
     reader.read_exact(&mut body)?;
     Ok(Request { method, path, body })
 }
 
+/// The paths of the routes without a parameter, for 405s.
+const FIXED_PATHS: [&str; 14] = [
+    "/members",
+    "/states",
+    "/metadata",
+    "/stats",
+    "/kv",
+    "/keys",
+    "/publish",
+    "/set",
+    "/stop",
+    "/start",
+    "/leave",
+    "/keys/install",
+    "/keys/use",
+    "/keys/remove",
+];
+
+const ROUTES: &str = "GET /members /states /metadata /stats /kv /keys; POST /publish /set /stop \
+                      /start /leave /kv/<key> /keys/install /keys/use /keys/remove; \
+                      DELETE /kv/<key>";
+
 fn route(request: &Request, node: &Handle) -> Response {
-    match (request.method.as_str(), request.path.as_str()) {
+    let method = request.method.as_str();
+    let path = request.path.as_str();
+    if let Some(key) = path.strip_prefix("/kv/") {
+        return route_key(method, key, &request.body, node);
+    }
+    match (method, path) {
         ("GET", "/members") => Response::json(&MembersJson {
             members: node.members().iter().map(ToString::to_string).collect(),
         }),
+        ("GET", "/states") => Response::json(&StatesJson::of(node)),
         ("GET", "/metadata") => {
             let metadata = node.read();
             let mut response = Response::new("200 OK", "application/octet-stream", metadata.data);
@@ -212,16 +270,21 @@ fn route(request: &Request, node: &Handle) -> Response {
             response
         }
         ("GET", "/stats") => Response::json(&StatsJson::of(node)),
+        ("GET", "/kv") => Response::json(&KvJson::of(&node.all_entries())),
+        ("GET", "/keys") => {
+            let (primary, ids) = node.keys();
+            Response::json(&KeysJson { primary, ids })
+        }
         ("POST", "/publish") => match node.publish(request.body.clone()) {
             Ok(version) => Response::text("200 OK", version.to_string()),
-            Err(err) => Response::text("413 Payload Too Large", err.to_string()),
+            Err(err) => value_error(&err),
         },
         ("POST", "/set") => match parse_peers(&request.body) {
             Ok(peers) => {
-                node.set(&peers);
-                Response::text("200 OK", format!("{} peers added", peers.len()))
+                node.add_seeds(&peers);
+                Response::text("200 OK", format!("{} seeds added", peers.len()))
             }
-            Err(err) => Response::text("400 Bad Request", err),
+            Err(err) => Response::text("400 Bad Request", err.to_string()),
         },
         ("POST", "/stop") => {
             node.stop();
@@ -231,57 +294,341 @@ fn route(request: &Request, node: &Handle) -> Response {
             node.start();
             Response::text("200 OK", "started")
         }
-        (_, "/members" | "/metadata" | "/stats" | "/publish" | "/set" | "/stop" | "/start") => {
+        ("POST", "/leave") => {
+            node.leave();
+            Response::text(
+                "200 OK",
+                format!(
+                    "left: keep the process running for {:?} so that the leave spreads, then \
+                     stop it",
+                    node.leave_grace()
+                ),
+            )
+        }
+        ("POST", "/keys/install") => match parse_install(&request.body) {
+            Ok((id, secret)) => {
+                node.install_key(id, &secret);
+                Response::text("200 OK", format!("key {id} installed"))
+            }
+            Err(err) => Response::text("400 Bad Request", err.to_string()),
+        },
+        ("POST", "/keys/use") => match parse_key_id(&request.body) {
+            Ok(id) => match node.use_key(id) {
+                Ok(()) => Response::text("200 OK", format!("key {id} now seals")),
+                Err(err) => Response::text("409 Conflict", err.to_string()),
+            },
+            Err(err) => Response::text("400 Bad Request", err.to_string()),
+        },
+        ("POST", "/keys/remove") => match parse_key_id(&request.body) {
+            Ok(id) => match node.remove_key(id) {
+                Ok(()) => Response::text("200 OK", format!("key {id} removed")),
+                Err(err) => Response::text("409 Conflict", err.to_string()),
+            },
+            Err(err) => Response::text("400 Bad Request", err.to_string()),
+        },
+        (_, path) if FIXED_PATHS.contains(&path) => {
             Response::text("405 Method Not Allowed", "wrong method")
         }
-        _ => Response::text(
-            "404 Not Found",
-            "GET /members /metadata /stats, POST /publish /set /stop /start",
-        ),
+        _ => Response::text("404 Not Found", ROUTES),
     }
 }
 
+/// `POST /kv/<key>` and `DELETE /kv/<key>`; `raw` is the key as in the path.
+fn route_key(method: &str, raw: &str, body: &[u8], node: &Handle) -> Response {
+    let key = match percent_decode(raw) {
+        Ok(key) => key,
+        Err(err) => return Response::text("400 Bad Request", err.to_string()),
+    };
+    match method {
+        "POST" | "PUT" => match node.set_key(&key, body.to_vec()) {
+            Ok(version) => Response::text("200 OK", format!("set, version {version}")),
+            Err(err) => value_error(&err),
+        },
+        "DELETE" => match node.delete_key(&key) {
+            Ok(Some(version)) => Response::text("200 OK", format!("deleted, version {version}")),
+            Ok(None) => Response::text("404 Not Found", "the key is not set"),
+            Err(err) => value_error(&err),
+        },
+        _ => Response::text("405 Method Not Allowed", "POST or DELETE /kv/<key>"),
+    }
+}
+
+/// The status that fits a refused write.
+fn value_error(err: &ValueError) -> Response {
+    let status = match err {
+        ValueError::TooLarge { .. } => "413 Payload Too Large",
+        ValueError::BadKey => "400 Bad Request",
+        ValueError::Left => "409 Conflict",
+    };
+    Response::text(status, err.to_string())
+}
+
+/// Why a request's path or body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadRequest {
+    /// The body is not UTF-8 text.
+    NotText,
+    /// Not an IPv4 address and port.
+    BadPeer(String),
+    /// Not a key id (0-255).
+    BadKeyId(String),
+    /// `POST /keys/install` without a secret after the id.
+    NoSecret,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+}
+
+impl std::fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadRequest::NotText => write!(f, "the body must be UTF-8 text"),
+            BadRequest::BadPeer(s) => write!(f, "{s:?} is not an IPv4 address and port"),
+            BadRequest::BadKeyId(s) => write!(f, "{s:?} is not a key id (0 to 255)"),
+            BadRequest::NoSecret => write!(f, "expected `ID SECRET`: the secret is missing"),
+            BadRequest::BadEscape => {
+                write!(f, "a % in the path must be followed by two hex digits")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BadRequest {}
+
+fn text(body: &[u8]) -> Result<&str, BadRequest> {
+    std::str::from_utf8(body).map_err(|_| BadRequest::NotText)
+}
+
 /// One IP:PORT per line (or separated by spaces or commas).
-fn parse_peers(body: &[u8]) -> Result<Vec<SocketAddrV4>, String> {
-    let text = std::str::from_utf8(body).map_err(|_| "peers must be text".to_string())?;
-    text.split(|c: char| c.is_whitespace() || c == ',')
+fn parse_peers(body: &[u8]) -> Result<Vec<SocketAddrV4>, BadRequest> {
+    text(body)?
+        .split(|c: char| c.is_whitespace() || c == ',')
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| format!("{s:?} is not an IPv4 address and port"))
-        })
+        .map(|s| s.parse().map_err(|_| BadRequest::BadPeer(s.to_string())))
         .collect()
+}
+
+/// A key id alone (white space around it ignored).
+fn parse_key_id(body: &[u8]) -> Result<KeyId, BadRequest> {
+    let id = text(body)?.trim();
+    id.parse().map_err(|_| BadRequest::BadKeyId(id.to_string()))
+}
+
+/// `ID SECRET`: the id, white space, then the secret, which is the rest of
+/// the body with the white space at its ends removed (it may hold spaces).
+fn parse_install(body: &[u8]) -> Result<(KeyId, Vec<u8>), BadRequest> {
+    let body = text(body)?.trim();
+    let (id, secret) = body.split_once(char::is_whitespace).unwrap_or((body, ""));
+    let id = id
+        .parse()
+        .map_err(|_| BadRequest::BadKeyId(id.to_string()))?;
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return Err(BadRequest::NoSecret);
+    }
+    Ok((id, secret.as_bytes().to_vec()))
+}
+
+/// A path segment with its `%XX` escapes decoded (nothing else changes: a
+/// `+` stays a `+`).
+fn percent_decode(raw: &str) -> Result<Vec<u8>, BadRequest> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(BadRequest::BadEscape)?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
 }
 
 /// The body of `GET /members`.
 #[derive(Debug, Serialize)]
 pub struct MembersJson {
-    /// Live members, `IP:PORT`.
+    /// Alive and suspect members, `IP:PORT`.
     pub members: Vec<String>,
 }
 
-/// The body of `GET /stats`: the node's counters, flat.
+/// The body of `GET /states`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatesJson {
+    /// Every member this node has a record of, itself included, sorted.
+    pub members: Vec<MemberJson>,
+}
+
+/// A member in `GET /states`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberJson {
+    /// `IP:PORT`.
+    pub node: String,
+    /// `alive`, `suspect`, `dead` or `left`.
+    pub state: String,
+    /// Its incarnation number.
+    pub incarnation: u64,
+}
+
+impl StatesJson {
+    fn of(node: &Handle) -> StatesJson {
+        StatesJson {
+            members: node
+                .member_states()
+                .into_iter()
+                .map(|m| MemberJson {
+                    node: m.node.to_string(),
+                    state: state_name(m.state).to_string(),
+                    incarnation: m.incarnation,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// How `GET /states` names a state.
+pub fn state_name(state: State) -> &'static str {
+    match state {
+        State::Alive => "alive",
+        State::Suspect => "suspect",
+        State::Dead => "dead",
+        State::Left => "left",
+    }
+}
+
+/// The body of `GET /kv`: one entry per node this node has a record of.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvJson {
+    /// The nodes, sorted, with their keys in key order.
+    pub nodes: Vec<NodeKvJson>,
+}
+
+/// One node's keys in `GET /kv`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeKvJson {
+    /// `IP:PORT`.
+    pub node: String,
+    /// Its keys that are set.
+    pub entries: Vec<EntryJson>,
+}
+
+/// One key and value in `GET /kv`: each as a string when it is UTF-8, else
+/// as hex under the `_hex` name (exactly one of the two is present).
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryJson {
+    /// The key, when UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key in hex, when not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hex: Option<String>,
+    /// The value, when UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value in hex, when not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_hex: Option<String>,
+}
+
+/// Bytes as (UTF-8 text, None) or (None, hex).
+fn text_or_hex(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text.to_string()), None),
+        Err(_) => (
+            None,
+            Some(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        ),
+    }
+}
+
+impl KvJson {
+    /// The JSON of [`Handle::all_entries`].
+    pub fn of(all: &[(crate::codec::NodeId, crate::shell::Entries)]) -> KvJson {
+        KvJson {
+            nodes: all
+                .iter()
+                .map(|(node, entries)| NodeKvJson {
+                    node: node.to_string(),
+                    entries: entries
+                        .iter()
+                        .map(|(key, value)| {
+                            let (key, key_hex) = text_or_hex(key);
+                            let (value, value_hex) = text_or_hex(value);
+                            EntryJson {
+                                key,
+                                key_hex,
+                                value,
+                                value_hex,
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The body of `GET /keys`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeysJson {
+    /// The key that seals what this node sends.
+    pub primary: KeyId,
+    /// Every installed key (each opens), sorted.
+    pub ids: Vec<KeyId>,
+}
+
+/// The body of `GET /stats`: the node's state and counters, flat.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatsJson {
+    /// This node, `IP:PORT`.
     pub id: String,
     /// `kernel` or `user`.
     pub mode: String,
+    /// Joined and not left.
     pub joined: bool,
+    /// Left the cluster.
+    pub left: bool,
+    /// Sending paused (`POST /stop`).
     pub paused: bool,
+    /// Alive and suspect members, this node included.
     pub members: u64,
+    /// This node's incarnation number.
+    pub incarnation: u64,
     /// The metadata's version, as `POST /publish` returns it.
     pub version: String,
+    /// Updates and deltas waiting to be gossiped.
+    pub queued: u64,
+    /// Largest key plus value `POST /kv/<key>` and `POST /publish` accept.
+    pub max_value: u64,
     /// The protocol core's counters, one field each.
     #[serde(flatten)]
     pub protocol: protocol::Stats,
+    /// All dropped packets, whatever the reason.
     pub dropped: u64,
+    /// `broadcast` calls.
     pub broadcasts: u64,
+    /// Broadcasts the kernel fanned out.
     pub kernel_fan_outs: u64,
+    /// Copies the kernel made.
     pub kernel_copies: u64,
+    /// Copies that were not sent.
     pub copies_failed: u64,
+    /// Copies sent from user space.
     pub user_space_copies: u64,
+    /// Copies too large for one frame, sent one `sendto` each.
     pub oversize_sends: u64,
+    /// Datagrams that could not be sent.
     pub send_failures: u64,
+    /// `recvmmsg` calls that returned datagrams.
+    pub recv_batches: u64,
+    /// Datagrams they returned.
+    pub recv_datagrams: u64,
 }
 
 impl StatsJson {
@@ -297,9 +644,13 @@ impl StatsJson {
             }
             .to_string(),
             joined: s.joined,
+            left: s.left,
             paused: s.paused,
             members: s.members as u64,
+            incarnation: s.incarnation,
             version: s.version.to_string(),
+            queued: s.queued as u64,
+            max_value: s.max_value as u64,
             protocol: p,
             dropped: p.dropped(),
             broadcasts: b.broadcasts,
@@ -309,6 +660,8 @@ impl StatsJson {
             user_space_copies: b.user_space_copies,
             oversize_sends: s.oversize_sends,
             send_failures: s.send_failures,
+            recv_batches: s.recv_batches,
+            recv_datagrams: s.recv_datagrams,
         }
     }
 }
@@ -389,8 +742,95 @@ mod tests {
                 .len(),
             3
         );
-        assert!(parse_peers(b"10.0.0.1").is_err());
-        assert!(parse_peers(b"\xff").is_err());
+        assert_eq!(
+            parse_peers(b"10.0.0.1"),
+            Err(BadRequest::BadPeer("10.0.0.1".into()))
+        );
+        assert_eq!(parse_peers(b"\xff"), Err(BadRequest::NotText));
+    }
+
+    #[test]
+    fn parses_key_ids_and_installs() {
+        assert_eq!(parse_key_id(b" 7\n"), Ok(7));
+        assert_eq!(parse_key_id(b"255"), Ok(255));
+        assert_eq!(
+            parse_key_id(b"256"),
+            Err(BadRequest::BadKeyId("256".into()))
+        );
+        assert!(parse_key_id(b"").is_err());
+        assert_eq!(parse_key_id(b"\xff"), Err(BadRequest::NotText));
+        assert_eq!(
+            parse_install(b"2 new secret\n"),
+            Ok((2, b"new secret".to_vec()))
+        );
+        assert_eq!(parse_install(b"2\tx"), Ok((2, b"x".to_vec())));
+        assert_eq!(parse_install(b"2"), Err(BadRequest::NoSecret));
+        assert_eq!(parse_install(b"2   \n"), Err(BadRequest::NoSecret));
+        assert_eq!(
+            parse_install(b"x secret"),
+            Err(BadRequest::BadKeyId("x".into()))
+        );
+        assert_eq!(
+            parse_install(b"-1 secret"),
+            Err(BadRequest::BadKeyId("-1".into()))
+        );
+    }
+
+    #[test]
+    fn keys_in_paths_are_percent_decoded() {
+        assert_eq!(percent_decode("role"), Ok(b"role".to_vec()));
+        assert_eq!(percent_decode("a%2Fb%20c+d"), Ok(b"a/b c+d".to_vec()));
+        assert_eq!(percent_decode("%ff%00"), Ok(vec![0xff, 0]));
+        assert_eq!(percent_decode(""), Ok(Vec::new()));
+        assert_eq!(percent_decode("a%2"), Err(BadRequest::BadEscape));
+        assert_eq!(percent_decode("a%zz"), Err(BadRequest::BadEscape));
+        assert_eq!(percent_decode("%"), Err(BadRequest::BadEscape));
+    }
+
+    #[test]
+    fn kv_json_gives_text_as_text_and_other_bytes_as_hex() {
+        let node = crate::codec::NodeId("10.0.0.1:7946".parse().unwrap());
+        let all = vec![(
+            node,
+            vec![
+                (b"role".to_vec(), b"db".to_vec()),
+                (vec![0xff, 0], b"x".to_vec()),
+                (b"blob".to_vec(), vec![0xc0, 0xff, 0xee]),
+            ],
+        )];
+        assert_eq!(
+            serde_json::to_string(&KvJson::of(&all)).unwrap(),
+            r#"{"nodes":[{"node":"10.0.0.1:7946","entries":[{"key":"role","value":"db"},{"key_hex":"ff00","value":"x"},{"key":"blob","value_hex":"c0ffee"}]}]}"#
+        );
+    }
+
+    #[test]
+    fn states_json_names_the_states() {
+        assert_eq!(state_name(State::Alive), "alive");
+        assert_eq!(state_name(State::Suspect), "suspect");
+        assert_eq!(state_name(State::Dead), "dead");
+        assert_eq!(state_name(State::Left), "left");
+        let states = StatesJson {
+            members: vec![MemberJson {
+                node: "10.0.0.1:7946".into(),
+                state: "left".into(),
+                incarnation: 3,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&states).unwrap(),
+            r#"{"members":[{"node":"10.0.0.1:7946","state":"left","incarnation":3}]}"#
+        );
+    }
+
+    #[test]
+    fn every_fixed_path_is_listed_in_the_404() {
+        let listed: Vec<&str> = ROUTES
+            .split(|c: char| c.is_whitespace() || c == ';')
+            .collect();
+        for path in FIXED_PATHS {
+            assert!(listed.contains(&path), "{path} is not in the 404's list");
+        }
     }
 
     #[test]

@@ -25,17 +25,20 @@ pub struct DemoArgs {
     /// Nodes, each in its own network namespace.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(3..=250).map(usize::from))]
     nodes: usize,
-    /// Heartbeat and anti-entropy period.
-    #[arg(long, default_value = "200ms", value_parser = crate::parse_duration)]
-    cycle: Duration,
-    /// Peers each rumour is passed to by each node.
+    /// Protocol period of the nodes (probes, anti-entropy; gossip rounds
+    /// every fifth of it).
+    #[arg(long, default_value = "200ms", value_parser = crate::parse_period)]
+    period: Duration,
+    /// Members each gossip round goes to, in one broadcast.
     #[arg(long, default_value_t = 3)]
     fan_out: usize,
     /// Quiet window over which CPU time and packets are measured.
     #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
     window: Duration,
-    /// Size of the large update, which travels over TCP.
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// Size of the large update: it must fit one datagram beside its
+    /// headers (the nodes' `max_value` in GET /stats, about 1300 bytes with
+    /// the default 1400-byte packets).
+    #[arg(long, default_value_t = 1024)]
     large: usize,
     /// Modes to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "kernel,user")]
@@ -103,8 +106,8 @@ pub fn run(args: DemoArgs) -> Result<(), BoxError> {
                 .into(),
         );
     }
-    if args.fan_out == 0 || args.cycle.is_zero() {
-        return Err("--fan-out and --cycle must be above zero".into());
+    if args.fan_out == 0 {
+        return Err("--fan-out must be above zero".into());
     }
     // Ours, installed before any testbed exists, so the testbed leaves the
     // signals to it: kill the nodes, delete the namespaces, exit 130.
@@ -118,21 +121,20 @@ pub fn run(args: DemoArgs) -> Result<(), BoxError> {
         std::process::exit(130);
     })?;
 
-    let timeout = crate::protocol::default_timeout(args.cycle);
     println!(
         "gossip demo: {} nodes, each in its own network namespace behind a bridge",
         args.nodes
     );
     println!(
-        "cycle {:?}, timeout {:?} (3 x cycle + 2 s), fan-out {}, quiet window {:?}\n",
-        args.cycle, timeout, args.fan_out, args.window
+        "period {:?}, fan-out {}, quiet window {:?}\n",
+        args.period, args.fan_out, args.window
     );
     let mut results = Vec::new();
     for &mode in &args.modes {
         println!("--- {} mode ---", name(mode));
         results.push(run_mode(&args, mode)?);
     }
-    print_table(&args, timeout, &results);
+    print_table(&args, &results);
     Ok(())
 }
 
@@ -171,7 +173,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
             .args(["--seed", &addrs[1].to_string()])
             .args(["--mode", &mode_arg(mode)])
             .args(["--iface", tb.sender_iface()])
-            .args(["--cycle", &format!("{}ms", args.cycle.as_millis())])
+            .args(["--period", &format!("{}ms", args.period.as_millis())])
             .args(["--fan-out", &args.fan_out.to_string()])
             .args(["--control-port", &CONTROL_PORT.to_string()])
             .args(["--key", "gossip demo cluster"])
@@ -191,6 +193,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
 
     // Wait until every node answers (kernel mode loads its eBPF program first).
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut max_value = u64::MAX;
     for node in &mut nodes {
         loop {
             if let Some(status) = node.child.try_wait()? {
@@ -205,6 +208,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
                 if mode != BroadcastMode::Auto && stats.mode != want {
                     return Err(format!("node {} runs in {} mode", node.addr, stats.mode).into());
                 }
+                max_value = max_value.min(stats.max_value);
                 break;
             }
             if Instant::now() > deadline {
@@ -214,6 +218,17 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
         }
     }
 
+    // The published data rides in a key/value delta with its Lamport
+    // counter (8 bytes) under the reserved publish key.
+    let overhead = crate::protocol::PUBLISH_KEY.len() as u64 + 8;
+    if args.large as u64 + overhead > max_value {
+        return Err(format!(
+            "--large {} does not fit one datagram: at most {} bytes",
+            args.large,
+            max_value.saturating_sub(overhead)
+        )
+        .into());
+    }
     let mut m = Measured {
         mode: name(mode),
         window: args.window,
@@ -265,7 +280,7 @@ fn run_mode(args: &DemoArgs, mode: BroadcastMode) -> Result<Measured, BoxError> 
         );
     }
 
-    // 3. The quiet window: heartbeats and anti-entropy only, nobody polls.
+    // 3. The quiet window: probes, gossip rounds and anti-entropy only, nobody polls.
     let before: Vec<StatsJson> = nodes.iter().map(stats).collect::<io::Result<_>>()?;
     let proc_before: Vec<ProcSample> = nodes.iter().map(sample).collect::<io::Result<_>>()?;
     std::thread::sleep(args.window);
@@ -422,7 +437,7 @@ fn sample(node: &NodeProcess) -> io::Result<ProcSample> {
 /// A line of the results table: its label, and its value for a mode.
 type Row = (String, Box<dyn Fn(&Measured) -> String>);
 
-fn print_table(args: &DemoArgs, timeout: Duration, results: &[Measured]) {
+fn print_table(args: &DemoArgs, results: &[Measured]) {
     let n = args.nodes;
     let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
     let per_s = |m: &Measured, v: f64| v / m.window.as_secs_f64();
@@ -438,10 +453,7 @@ fn print_table(args: &DemoArgs, timeout: Duration, results: &[Measured]) {
             Box::new(move |m| secs(m.small_update)),
         ),
         (
-            format!(
-                "{} KiB update (via TCP) reached every node",
-                args.large / 1024
-            ),
+            format!("{} B update reached every node", args.large),
             Box::new(move |m| secs(m.large_update)),
         ),
         (
@@ -496,7 +508,10 @@ fn print_table(args: &DemoArgs, timeout: Duration, results: &[Measured]) {
             }),
         ),
     ];
-    println!("=== results ({n} nodes, timeout {timeout:?}) ===");
+    println!(
+        "=== results ({n} nodes, period {:?}, fan-out {}) ===",
+        args.period, args.fan_out
+    );
     print!("{:<46}", "");
     for m in results {
         print!("{:>14}", m.mode);
@@ -515,7 +530,7 @@ fn print_table(args: &DemoArgs, timeout: Duration, results: &[Measured]) {
          (127.0.0.1 inside the node's namespace) every {POLL:?}; a time is from the \
          action (POST /start to all nodes, POST /publish, SIGKILL) until the last node \
          shows the result, so it is exact to about {POLL:?} plus one poll round.\n\
-         - CPU: over the quiet window (no polling; heartbeats and anti-entropy only), \
+         - CPU: over the quiet window (no polling; probes, gossip rounds and anti-entropy only), \
          the sum over all node processes of the time their threads spent on a CPU \
          (/proc/<pid>/task/*/schedstat, ns); the system/user split is /proc/<pid>/stat \
          stime/utime in {hz:.0} Hz ticks. Softirq work the kernel does for the sends \
@@ -537,26 +552,19 @@ mod tests {
             "id": "10.0.0.1:7946",
             "mode": "kernel",
             "joined": true,
+            "left": false,
             "paused": false,
             "members": 16,
             "version": "3@10.0.0.1:7946",
         });
-        for counter in [
-            "packets_in",
-            "datagrams_out",
-            "rumours_started",
-            "rumours_forwarded",
-            "duplicates",
-            "stale",
-            "syncs",
-            "fetches",
-            "fetch_failures",
-            "evictions",
-            "dropped_oversized",
-            "dropped_truncated",
-            "dropped_not_gossip",
-            "dropped_bad_mac",
-            "dropped_malformed",
+        // The core's counters (flattened), then the shell's.
+        let core = serde_json::to_value(crate::protocol::Stats::default()).unwrap();
+        let core: Vec<String> = core.as_object().unwrap().keys().cloned().collect();
+        assert!(core.iter().any(|c| c == "datagrams_out"));
+        let shell = [
+            "incarnation",
+            "queued",
+            "max_value",
             "dropped",
             "broadcasts",
             "kernel_fan_outs",
@@ -565,7 +573,10 @@ mod tests {
             "user_space_copies",
             "oversize_sends",
             "send_failures",
-        ] {
+            "recv_batches",
+            "recv_datagrams",
+        ];
+        for counter in core.iter().map(String::as_str).chain(shell) {
             json[counter] = 7.into();
         }
         let stats: StatsJson = serde_json::from_str(&json.to_string()).unwrap();
@@ -573,6 +584,8 @@ mod tests {
         assert_eq!(stats.mode, "kernel");
         assert_eq!(stats.version, "3@10.0.0.1:7946");
         assert_eq!(stats.user_space_copies, 7);
+        assert_eq!(stats.protocol.datagrams_out, 7);
+        assert_eq!(stats.recv_batches, 7);
         // And back, field for field.
         assert_eq!(serde_json::to_value(&stats).unwrap(), json);
         json.as_object_mut().unwrap().remove("members");

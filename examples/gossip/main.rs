@@ -1,5 +1,5 @@
-//! A gossip membership and metadata node on top of elec-broadcast, after
-//! pekonode / eGossip, and the local cluster demo.
+//! A gossip membership and key/value node on top of elec-broadcast, after
+//! SWIM, memberlist and pekonode / eGossip, and the local cluster demo.
 //!
 //! ```text
 //! gossip node --listen 10.0.0.1:7946 --seed 10.0.0.2:7946 --key-file KEY [--mode kernel]
@@ -7,20 +7,27 @@
 //! gossip probe --control-port 8946  # exit status 0 once the node has joined
 //! gossip probe --alive              # exit status 0 while the node answers
 //! gossip demo --nodes 16          # as root: a cluster in network namespaces
+//! gossip sim --nodes 100,1000      # the protocol's figures, simulated
 //! ```
 //!
-//! Layout: `codec.rs` is the wire format (HMAC-sealed binary packets),
-//! `protocol.rs` the protocol core that does no I/O, `sim.rs` its
-//! deterministic simulation tests, `shell.rs` the sockets and threads around
-//! the core, `control.rs` the local HTTP control interface, `demo.rs` the
-//! cluster demo.
+//! Layout: `codec.rs` is the wire format (packets sealed with
+//! XChaCha20-Poly1305 under a keyring), `queue.rs` what waits to be
+//! piggybacked, `protocol.rs` the protocol core that does no I/O (SWIM
+//! failure detection, dissemination, anti-entropy, per-node key/value
+//! state), `sim.rs` its deterministic simulation, `scenarios.rs` the
+//! figures measured in it (`gossip sim`), `shell.rs` the socket and thread
+//! around the core, `control.rs` the local HTTP control interface,
+//! `demo.rs` the cluster demo.
 
+// Some of the codec's API serves the fuzz target (fuzz/), not this binary.
+#[allow(dead_code)]
 mod codec;
 mod control;
 mod demo;
 mod protocol;
+mod queue;
+mod scenarios;
 mod shell;
-#[cfg(test)]
 mod sim;
 
 use std::net::SocketAddrV4;
@@ -59,6 +66,11 @@ enum Command {
     /// Asks the node on this host (its control interface) whether it has
     /// joined: exit status 0 if so, 1 if not (a readiness probe).
     Probe(ProbeArgs),
+    /// Measures the protocol in the seeded simulation (cost by cluster
+    /// size, update, crash and partition times, false removals, replays,
+    /// fan-outs) and prints tables of medians and ranges. Build with
+    /// --release: thousands of nodes run in one process.
+    Sim(scenarios::SimArgs),
 }
 
 #[derive(Args, Debug)]
@@ -99,7 +111,7 @@ impl BroadcastMode {
 
 #[derive(Args, Debug)]
 struct NodeArgs {
-    /// UDP and TCP address of this node, also its name in the cluster.
+    /// UDP address of this node, also its name in the cluster.
     #[arg(long, default_value = "127.0.0.1:7946")]
     listen: SocketAddrV4,
     /// A peer to contact first (repeatable): an address, or a name that
@@ -110,29 +122,34 @@ struct NodeArgs {
     /// Seconds to wait for seed names that do not resolve yet.
     #[arg(long, default_value_t = 0)]
     resolve_wait: u64,
-    /// Peers each rumour is passed to by each node.
-    #[arg(long, default_value_t = protocol::DEFAULT_FAN_OUT)]
+    /// Protocol period, e.g. 1s, 500ms: one probe per period, gossip rounds
+    /// every fifth of it, anti-entropy once per period.
+    #[arg(long, default_value = "1s", value_parser = parse_period)]
+    period: Duration,
+    /// Members each gossip round goes to, in one broadcast.
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::value_parser!(u16).range(1..=MAX_FAN_OUT).map(usize::from))]
     fan_out: usize,
-    /// Heartbeat and anti-entropy period, e.g. 6s, 500ms.
-    #[arg(long, default_value = "6s", value_parser = parse_duration)]
-    cycle: Duration,
-    /// Silence after which a member is removed [default: 3 x cycle + 2s].
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Largest datagram sent or accepted, in bytes.
+    /// Largest datagram sent or accepted, in bytes. Keep it within the path
+    /// MTU (1472 on a 1500-byte Ethernet, less on overlays): larger
+    /// datagrams are fragmented and skip the kernel fan-out.
     #[arg(long, default_value_t = codec::DEFAULT_MAX_PACKET,
           value_parser = clap::value_parser!(u32).range(256..=65507).map(|v| v as usize))]
     max_packet: usize,
-    /// Largest metadata, in bytes (metadata that does not fit a datagram
-    /// goes over TCP).
-    #[arg(long, default_value_t = protocol::DEFAULT_MAX_METADATA)]
-    max_metadata: usize,
-    /// Cluster key (visible in `ps`: prefer --key-file).
+    /// Cluster secret (visible in `ps`: prefer --key-file).
     #[arg(long, conflicts_with = "key_file")]
     key: Option<String>,
-    /// File holding the cluster key.
+    /// File holding the cluster secret (trailing white space ignored).
     #[arg(long)]
     key_file: Option<std::path::PathBuf>,
+    /// Id of that key in the keyring (0-255); every packet names the key
+    /// that sealed it, so keys can be rotated with the control interface.
+    #[arg(long, default_value_t = 1)]
+    key_id: codec::KeyId,
+    /// Encrypt packets (XChaCha20-Poly1305); else they are authenticated
+    /// only. Every node of a cluster accepts both.
+    #[arg(long)]
+    encrypt: bool,
     /// How broadcasts are sent.
     #[arg(long, value_enum, default_value_t = BroadcastMode::Auto)]
     mode: BroadcastMode,
@@ -149,6 +166,25 @@ struct NodeArgs {
     /// Exit when standard input closes (for nodes started by the demo).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
+}
+
+/// Largest --fan-out: a broadcast's destinations are limited anyway, and a
+/// gossip round to more members than this floods rather than gossips.
+const MAX_FAN_OUT: i64 = 64;
+
+/// Shortest --period: gossip rounds run every fifth of it, and a node
+/// polls at least every millisecond.
+const MIN_PERIOD: Duration = Duration::from_millis(10);
+
+/// Parses a --period: a duration of at least [`MIN_PERIOD`].
+fn parse_period(text: &str) -> Result<Duration, String> {
+    let period = parse_duration(text)?;
+    if period < MIN_PERIOD {
+        return Err(format!(
+            "{text:?}: the period must be at least {MIN_PERIOD:?}"
+        ));
+    }
+    Ok(period)
 }
 
 /// Parses "500ms", "6s", "1.5s", "2m".
@@ -221,6 +257,7 @@ fn main() -> ExitCode {
         Command::Node(args) => run_node(args),
         Command::Demo(args) => demo::run(args),
         Command::Probe(args) => probe(&args),
+        Command::Sim(args) => scenarios::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,7 +271,7 @@ fn main() -> ExitCode {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn run_node(args: NodeArgs) -> Result<(), BoxError> {
-    let key = match (&args.key, &args.key_file) {
+    let secret = match (&args.key, &args.key_file) {
         (Some(key), _) => key.as_bytes().to_vec(),
         (None, Some(path)) => {
             let key = std::fs::read(path)
@@ -246,22 +283,14 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
             DEMO_KEY.as_bytes().to_vec()
         }
     };
-    if key.is_empty() {
+    if secret.is_empty() {
         return Err("the cluster key is empty".into());
     }
-    if args.fan_out == 0 {
-        return Err("--fan-out must be at least 1".into());
-    }
-    if args.cycle.is_zero() {
-        return Err("--cycle must be longer than zero".into());
-    }
-    let mut protocol = protocol::Config::new(&key).with_cycle(args.cycle);
-    protocol.fan_out = args.fan_out;
+    let mut protocol =
+        protocol::Config::new(codec::Keyring::new(args.key_id, &secret)).with_period(args.period);
+    protocol.gossip_nodes = args.fan_out;
     protocol.max_packet = args.max_packet;
-    protocol.max_metadata = args.max_metadata;
-    if let Some(timeout) = args.timeout {
-        protocol.timeout = timeout;
-    }
+    protocol.encrypt = args.encrypt;
     log::debug!("{protocol:?}");
 
     let stopping = Arc::new(AtomicBool::new(false));
@@ -303,7 +332,7 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
         args.listen,
         Duration::from_secs(args.resolve_wait),
     );
-    gossip.handle().set(&seeds);
+    gossip.add_seeds(&seeds);
     if args.no_join {
         log::info!("waiting for POST /start before joining");
     } else {
@@ -312,9 +341,16 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
     while !stopping.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    log::info!("stopping");
+    // Leave gracefully, so that the others list the node as left, not
+    // failed; the control interface answers meanwhile.
+    if gossip.stats().joined {
+        log::info!("leaving");
+        gossip.leave_and_shutdown();
+    } else {
+        gossip.shutdown();
+    }
+    log::info!("stopped");
     drop(control);
-    gossip.shutdown();
     Ok(())
 }
 
@@ -431,16 +467,40 @@ mod tests {
     }
 
     #[test]
-    fn cli_defaults_are_pekonodes() {
+    fn cli_defaults_are_memberlists() {
         let cli = Cli::try_parse_from(["gossip", "node"]).unwrap();
         let Command::Node(args) = cli.command else {
             panic!("node")
         };
         assert_eq!(args.fan_out, 3);
-        assert_eq!(args.cycle, Duration::from_secs(6));
-        assert_eq!(args.max_packet, 16 * 1024);
+        assert_eq!(args.period, Duration::from_secs(1));
+        assert_eq!(args.max_packet, 1400);
+        assert_eq!(args.key_id, 1);
+        assert!(!args.encrypt);
         assert_eq!(args.mode, BroadcastMode::Auto);
+        assert_eq!(args.control_port, 8946);
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cli_refuses_out_of_range_values() {
+        let node = |extra: &[&str]| {
+            let mut argv = vec!["gossip", "node"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(drop)
+        };
+        assert!(node(&["--period", "500ms", "--fan-out", "5", "--encrypt"]).is_ok());
+        assert!(node(&["--max-packet", "65507", "--key-id", "255"]).is_ok());
+        assert!(node(&["--max-packet", "255"]).is_err());
+        assert!(node(&["--max-packet", "65508"]).is_err());
+        assert!(node(&["--fan-out", "0"]).is_err());
+        assert!(node(&["--period", "5ms"]).is_err());
+        assert!(node(&["--key-id", "256"]).is_err());
+        assert!(node(&["--key", "a", "--key-file", "b"]).is_err());
+        // Gone with the TCP fetch and the heartbeat protocol.
+        assert!(node(&["--cycle", "1s"]).is_err());
+        assert!(node(&["--timeout", "1s"]).is_err());
+        assert!(node(&["--max-metadata", "100"]).is_err());
     }
 
     use clap::CommandFactory;

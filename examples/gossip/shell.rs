@@ -1,43 +1,100 @@
 //! The thin shell around the protocol core: a UDP socket whose sends go
-//! through `elec_broadcast::Broadcaster` (one call per rumour, however many
-//! peers), a TCP listener and client for metadata too large for a datagram,
-//! and the threads that drive the core's timers.
+//! through `elec_broadcast::Broadcaster` (one call per message, however many
+//! destinations), a receive loop that takes datagrams in batches with
+//! `recvmmsg(2)`, and the thread that drives the core's timers.
 //!
-//! [`Gossip`] is the Rust face of pekonode's API: [`Gossip::new`] (`New`),
-//! [`Handle::set`] (`Set`), [`Handle::join`] (`Join`), [`Handle::members`]
-//! (`Get`), [`Handle::stop`] / [`Handle::start`] (`Stop` / `Start`),
-//! [`Handle::publish`] (`Publish`), [`Handle::read`] (`Read`).
+//! [`Gossip`] is the Rust face of pekonode's API and more:
+//! [`Gossip::new`] (`New`), [`Handle::add_seeds`] (`Set`), [`Handle::join`]
+//! (`Join`), [`Handle::members`] (`Get`), [`Handle::stop`] /
+//! [`Handle::start`] (`Stop` / `Start`), [`Handle::publish`] (`Publish`),
+//! [`Handle::read`] (`Read`); besides, per-node key/value state
+//! ([`Handle::set_key`], [`Handle::get`], ...), a graceful
+//! [`Handle::leave`], keyring rotation ([`Handle::install_key`], ...) and
+//! [`Handle::subscribe`] for the core's events.
+//!
+//! Leaving gracefully: [`Gossip::leave_and_shutdown`] does it all. By hand,
+//! call [`Handle::leave`], keep the node running for a few gossip intervals
+//! ([`Handle::leave_grace`]) so that the leave spreads, then shut it down.
 
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use elec_broadcast::{Broadcaster, Mode};
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn};
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
-use crate::codec::{NodeId, Version};
-use crate::protocol::{self, Action, Event, Metadata, Node, PublishError};
+use crate::codec::{KeyId, KeyringError, NodeId};
+use crate::protocol::{self, Action, Event, MemberInfo, Metadata, Node, ValueError, Version};
 
-/// Longest the UDP loop sleeps before looking at the timers and the stop flag.
+/// Longest the UDP loop waits for a datagram before it looks at the timers
+/// and the stop flag again.
 const POLL: Duration = Duration::from_millis(50);
-/// Connect, read and write timeout of TCP metadata transfers.
-const TCP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most TCP connections served or fetches run at once.
-const MAX_TCP_WORKERS: usize = 16;
+/// Most datagrams one `recvmmsg(2)` call takes: enough that a node under a
+/// burst (a join storm, an anti-entropy exchange) pays one system call and
+/// one lock for many datagrams, few enough that the buffers stay small
+/// (32 x 1401 bytes by default).
+pub const RECV_BATCH: usize = 32;
+/// Gossip intervals a leaving node keeps running: the core tells
+/// `2 * gossip_nodes` members at once and gossips the leave on its next
+/// rounds; three rounds give it time to spread before the node goes silent.
+pub const LEAVE_ROUNDS: u32 = 3;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShellError {
+    /// The listen address is a wildcard or has port 0: it names the node to
+    /// its peers, so it must be an address they can reach.
+    #[error(
+        "the listen address {0} names this node to its peers: give a specific IPv4 address \
+         and port"
+    )]
+    ListenAddress(SocketAddrV4),
+    /// No interface of this network namespace has the listen address.
+    #[error("no interface has the address {0}: give --iface")]
+    NoInterface(Ipv4Addr),
+    /// The interfaces could not be listed.
+    #[error("listing the interfaces: {0}")]
+    Interfaces(#[source] Errno),
+    /// The UDP socket could not be bound.
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        /// The listen address.
+        addr: SocketAddrV4,
+        /// What the kernel said.
+        #[source]
+        source: io::Error,
+    },
+    /// The broadcaster could not be set up.
+    #[error("setting up broadcasts on {interface}: {source}")]
+    Broadcaster {
+        /// The interface.
+        interface: String,
+        /// What the library said.
+        #[source]
+        source: elec_broadcast::Error,
+    },
+    /// The UDP thread could not be started.
+    #[error("starting the UDP thread: {0}")]
+    Thread(#[source] io::Error),
+}
 
 /// Everything a node needs to run.
 #[derive(Debug, Clone)]
 pub struct ShellConfig {
-    /// Address of the UDP socket and the TCP listener, and the node's name in
-    /// the cluster: a specific IPv4 address the peers can reach.
+    /// Address of the UDP socket, and the node's name in the cluster: a
+    /// specific IPv4 address the peers can reach.
     pub listen: SocketAddrV4,
-    /// Peers to contact first (pekonode `Set`).
+    /// Peers to contact when joining (pekonode `Set`).
     pub seeds: Vec<SocketAddrV4>,
-    /// Protocol settings.
+    /// Protocol settings (period, fan-out, keyring, ...).
     pub protocol: protocol::Config,
     /// Kernel fan-out, user-space `sendmmsg`, or kernel where possible.
     pub mode: Mode,
@@ -48,7 +105,10 @@ pub struct ShellConfig {
     pub rng_seed: Option<u64>,
 }
 
-/// Counters of a running node.
+/// A node's keys that are set, with their values, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Counters and state of a running node.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeStats {
     /// The protocol core's counters.
@@ -57,28 +117,43 @@ pub struct NodeStats {
     pub broadcast: elec_broadcast::Stats,
     /// The broadcaster's backend.
     pub mode: Mode,
-    /// Datagrams that could not be sent.
+    /// Datagrams that could not be sent (one per destination).
     pub send_failures: u64,
     /// Datagrams longer than the interface MTU allows for a broadcast, sent
-    /// one `sendto` at a time (IP fragments them).
+    /// one `sendto` per destination (IP fragments them).
     pub oversize_sends: u64,
-    /// The metadata's version.
+    /// `recvmmsg(2)` calls that returned datagrams.
+    pub recv_batches: u64,
+    /// Datagrams those calls returned: over `recv_batches`, the mean batch.
+    pub recv_datagrams: u64,
+    /// The cluster-wide metadata's version.
     pub version: Version,
-    /// Live members, this node included.
+    /// Alive and suspect members, this node included.
     pub members: usize,
-    /// Whether the node joined.
+    /// Updates and deltas waiting to be gossiped.
+    pub queued: usize,
+    /// Largest key plus value [`Handle::set_key`] and [`Handle::publish`]
+    /// accept.
+    pub max_value: usize,
+    /// This node's incarnation number.
+    pub incarnation: u64,
+    /// Whether the node joined (and has not left).
     pub joined: bool,
-    /// Whether heartbeats are paused.
+    /// Whether the node left the cluster.
+    pub left: bool,
+    /// Whether sending is paused ([`Handle::stop`]).
     pub paused: bool,
 }
 
-/// A running gossip node: its threads stop when it is dropped.
+/// A running gossip node: its thread stops when it is dropped (without
+/// leaving: see [`Gossip::leave_and_shutdown`]).
 pub struct Gossip {
     handle: Handle,
-    threads: Vec<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
 }
 
-/// A cheap, cloneable handle to a running node (for the control interface).
+/// A cheap, cloneable handle to a running node (for the control interface
+/// and other threads).
 #[derive(Clone)]
 pub struct Handle {
     shared: Arc<Shared>,
@@ -88,16 +163,18 @@ struct Shared {
     node: Mutex<Node>,
     socket: UdpSocket,
     broadcaster: Broadcaster,
-    listener: TcpListener,
+    subscribers: Mutex<Vec<Sender<Event>>>,
     stopping: AtomicBool,
     send_failures: AtomicU64,
     oversize_sends: AtomicU64,
-    tcp_workers: AtomicUsize,
+    recv_batches: AtomicU64,
+    recv_datagrams: AtomicU64,
 }
 
-fn lock(node: &Mutex<Node>) -> MutexGuard<'_, Node> {
-    // Every core method leaves the node consistent before it can panic.
-    node.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every core method leaves the node consistent before it can panic, and
+    // a subscriber list is consistent between two pushes.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::ops::Deref for Gossip {
@@ -109,30 +186,30 @@ impl std::ops::Deref for Gossip {
 }
 
 impl Gossip {
-    /// Binds the sockets, sets up the broadcaster and starts the threads
-    /// (pekonode `New` and `Set`); call [`Handle::join`] to start gossiping.
+    /// Binds the socket, sets up the broadcaster and starts the UDP thread
+    /// (pekonode `New` and `Set`); call [`Handle::join`] to start
+    /// gossiping.
     ///
     /// Must be called from a thread inside the network namespace of the
-    /// listen address (the threads it starts stay there).
-    pub fn new(config: ShellConfig) -> Result<Gossip, Box<dyn std::error::Error + Send + Sync>> {
+    /// listen address (the thread it starts stays there).
+    pub fn new(config: ShellConfig) -> Result<Gossip, ShellError> {
         if config.listen.ip().is_unspecified() || config.listen.port() == 0 {
-            return Err(format!(
-                "the listen address {} names this node to its peers: give a specific IPv4 \
-                 address and port",
-                config.listen
-            )
-            .into());
+            return Err(ShellError::ListenAddress(config.listen));
         }
         let interface = match config.interface.clone() {
             Some(name) => name,
             None => interface_of(*config.listen.ip())?,
         };
-        let socket = UdpSocket::bind(config.listen)
-            .map_err(|e| format!("binding UDP {}: {e}", config.listen))?;
-        let listener = TcpListener::bind(config.listen)
-            .map_err(|e| format!("binding TCP {}: {e}", config.listen))?;
-        let broadcaster = Broadcaster::with_mode(&interface, config.mode)
-            .map_err(|e| format!("setting up broadcasts on {interface}: {e}"))?;
+        let socket = UdpSocket::bind(config.listen).map_err(|source| ShellError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let broadcaster = Broadcaster::with_mode(&interface, config.mode).map_err(|source| {
+            ShellError::Broadcaster {
+                interface: interface.clone(),
+                source,
+            }
+        })?;
         log::info!(
             "node {} on {interface}: {:?} broadcasts{}",
             config.listen,
@@ -142,51 +219,54 @@ impl Gossip {
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         );
+        let max_payload = broadcaster.max_payload();
+        if config.protocol.max_packet > max_payload {
+            log::warn!(
+                "max packet {} B is over the {max_payload} B a datagram on {interface} can \
+                 carry unfragmented: larger datagrams skip the kernel fan-out (one sendto per \
+                 destination, fragmented by IP, lost whole if one fragment is)",
+                config.protocol.max_packet
+            );
+        }
         let rng = match config.rng_seed {
             Some(seed) => SmallRng::seed_from_u64(seed),
             None => SmallRng::from_entropy(),
         };
-        // A restarted node must start above the sequence numbers it used
-        // before: microseconds since the epoch are (the clock only needs to
-        // move forward across restarts of one node).
-        let first_seq = SystemTime::now()
+        // The core needs a boot value above that of every earlier run of
+        // this node, or its peers take the new run's packets for replays:
+        // microseconds since the epoch are (the clock only has to move
+        // forward across restarts of one node).
+        let boot = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(1, |d| d.as_micros() as u64);
+            .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let now = Instant::now();
         let mut node = Node::new(
             NodeId(config.listen),
             config.protocol.clone(),
             rng,
-            first_seq,
+            boot,
             now,
         );
-        node.set(config.seeds.iter().copied().map(NodeId), now);
+        node.add_seeds(config.seeds.iter().copied().map(NodeId));
         let shared = Arc::new(Shared {
             node: Mutex::new(node),
             socket,
             broadcaster,
-            listener,
+            subscribers: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             send_failures: AtomicU64::new(0),
             oversize_sends: AtomicU64::new(0),
-            tcp_workers: AtomicUsize::new(0),
+            recv_batches: AtomicU64::new(0),
+            recv_datagrams: AtomicU64::new(0),
         });
-        let mut threads = Vec::new();
         let udp = Arc::clone(&shared);
-        threads.push(
-            thread::Builder::new()
-                .name("gossip-udp".into())
-                .spawn(move || udp.udp_loop())?,
-        );
-        let tcp = Arc::clone(&shared);
-        threads.push(
-            thread::Builder::new()
-                .name("gossip-tcp".into())
-                .spawn(move || tcp.tcp_loop())?,
-        );
+        let thread = thread::Builder::new()
+            .name("gossip-udp".into())
+            .spawn(move || udp.udp_loop())
+            .map_err(ShellError::Thread)?;
         Ok(Gossip {
             handle: Handle { shared },
-            threads,
+            thread: Some(thread),
         })
     }
 
@@ -195,16 +275,25 @@ impl Gossip {
         self.handle.clone()
     }
 
-    /// Stops the threads and closes the sockets (also done on drop).
-    pub fn shutdown(mut self) {
-        self.stop_threads();
+    /// Leaves the cluster gracefully, keeps the node running for
+    /// [`Handle::leave_grace`] so that the leave spreads, then shuts it
+    /// down. The others then list this node as left, not failed.
+    pub fn leave_and_shutdown(self) {
+        self.handle.leave();
+        thread::sleep(self.handle.leave_grace());
+        self.shutdown();
     }
 
-    fn stop_threads(&mut self) {
-        let shared = &self.handle.shared;
-        shared.stopping.store(true, Ordering::SeqCst);
-        wake_accept(&shared.listener);
-        for thread in self.threads.drain(..) {
+    /// Stops the thread and closes the socket, without leaving (also done
+    /// on drop): the others find the node failed.
+    pub fn shutdown(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.handle.shared.stopping.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            // The loop looks at the flag at least every POLL.
             let _ = thread.join();
         }
     }
@@ -212,7 +301,7 @@ impl Gossip {
 
 impl Drop for Gossip {
     fn drop(&mut self) {
-        self.stop_threads();
+        self.stop_thread();
     }
 }
 
@@ -222,89 +311,230 @@ impl Handle {
         lock(&self.shared.node).id()
     }
 
-    /// Adds peers to contact (pekonode `Set`).
-    pub fn set(&self, peers: &[SocketAddrV4]) {
-        lock(&self.shared.node).set(peers.iter().copied().map(NodeId), Instant::now());
+    /// Adds seeds: contacted when joining, and announced to whenever they
+    /// are not in view (pekonode `Set`; seeds are never removed).
+    pub fn add_seeds(&self, seeds: &[SocketAddrV4]) {
+        lock(&self.shared.node).add_seeds(seeds.iter().copied().map(NodeId));
     }
 
-    /// Starts heartbeats and anti-entropy (pekonode `Join`).
+    /// Starts probing and gossiping, and asks the seeds for their state
+    /// (pekonode `Join`).
     pub fn join(&self) {
-        self.with_node(|node| node.join(Instant::now()));
+        self.with_node(|node, now| node.join(now));
     }
 
-    /// Live members, this node included (pekonode `Get`).
+    /// Leaves the cluster gracefully: tells members at once and gossips the
+    /// leave from then on, but probes and answers nothing any more. Keep
+    /// the node running for [`Handle::leave_grace`] before shutting it
+    /// down, or the leave may not reach everyone. Final: the node cannot
+    /// join again (start a new one).
+    pub fn leave(&self) {
+        self.with_node(|node, now| node.leave(now));
+    }
+
+    /// How long a leaving node should keep running: [`LEAVE_ROUNDS`]
+    /// gossip intervals.
+    pub fn leave_grace(&self) -> Duration {
+        lock(&self.shared.node).config().gossip_interval * LEAVE_ROUNDS
+    }
+
+    /// Alive and suspect members, this node included, sorted (pekonode
+    /// `Get`).
     pub fn members(&self) -> Vec<NodeId> {
         lock(&self.shared.node).members()
     }
 
-    /// Pauses heartbeats (pekonode `Stop`).
+    /// Every member this node has a record of, with its state and
+    /// incarnation, sorted.
+    pub fn member_states(&self) -> Vec<MemberInfo> {
+        lock(&self.shared.node).member_states()
+    }
+
+    /// Pauses sending (pekonode `Stop`): the node keeps listening, and the
+    /// others soon find it failed.
     pub fn stop(&self) {
         lock(&self.shared.node).stop();
     }
 
-    /// Resumes heartbeats, or joins (pekonode `Start`).
+    /// Resumes after [`Handle::stop`], or joins (pekonode `Start`).
     pub fn start(&self) {
-        self.with_node(|node| node.start(Instant::now()));
+        self.with_node(|node, now| node.start(now));
     }
 
-    /// Publishes new cluster metadata (pekonode `Publish`).
-    pub fn publish(&self, data: Vec<u8>) -> Result<Version, PublishError> {
-        self.with_node(|node| node.publish(data, Instant::now()))
+    /// Publishes cluster-wide metadata (pekonode `Publish`); the highest
+    /// version wins everywhere. At most [`NodeStats::max_value`] bytes.
+    pub fn publish(&self, data: Vec<u8>) -> Result<Version, ValueError> {
+        self.with_node(|node, now| node.publish(data, now))
     }
 
-    /// The current cluster metadata (pekonode `Read`).
+    /// The cluster-wide metadata as this node has it (pekonode `Read`).
     pub fn read(&self) -> Metadata {
         lock(&self.shared.node).read().clone()
     }
 
-    /// Counters.
+    /// Sets one of this node's keys (gossiped to every node); returns its
+    /// version.
+    pub fn set_key(&self, key: &[u8], value: Vec<u8>) -> Result<u64, ValueError> {
+        self.with_node(|node, now| node.set(key, value, now))
+    }
+
+    /// Deletes one of this node's keys; returns the deletion's version, or
+    /// None when the key was not set.
+    pub fn delete_key(&self, key: &[u8]) -> Result<Option<u64>, ValueError> {
+        self.with_node(|node, now| node.delete(key, now))
+    }
+
+    /// The entries of every member this node has a record of (itself
+    /// included), taken under one lock: one consistent view.
+    pub fn all_entries(&self) -> Vec<(NodeId, Entries)> {
+        let node = lock(&self.shared.node);
+        node.member_states()
+            .into_iter()
+            .map(|member| (member.node, owned(node.entries(member.node))))
+            .collect()
+    }
+
+    /// Adds key `id` to the keyring, or replaces its secret. Rotation:
+    /// install the new key on every node, [`Handle::use_key`] it on every
+    /// node, then [`Handle::remove_key`] the old one.
+    pub fn install_key(&self, id: KeyId, secret: &[u8]) {
+        lock(&self.shared.node).keyring_mut().install(id, secret);
+    }
+
+    /// Makes key `id` the primary, which seals what this node sends.
+    pub fn use_key(&self, id: KeyId) -> Result<(), KeyringError> {
+        lock(&self.shared.node).keyring_mut().use_key(id)
+    }
+
+    /// Removes key `id` (neither the primary nor the last one).
+    pub fn remove_key(&self, id: KeyId) -> Result<(), KeyringError> {
+        lock(&self.shared.node).keyring_mut().remove(id)
+    }
+
+    /// The primary key's id and every installed key's id, sorted.
+    pub fn keys(&self) -> (KeyId, Vec<KeyId>) {
+        let node = lock(&self.shared.node);
+        (node.keyring().primary(), node.keyring().ids())
+    }
+
+    /// Counters and state.
     pub fn stats(&self) -> NodeStats {
         let node = lock(&self.shared.node);
+        let shared = &self.shared;
+        let left = node
+            .member(node.id())
+            .is_some_and(|me| me.state == crate::codec::State::Left);
         NodeStats {
             protocol: node.stats(),
-            broadcast: self.shared.broadcaster.stats(),
-            mode: self.shared.broadcaster.mode(),
-            send_failures: self.shared.send_failures.load(Ordering::Relaxed),
-            oversize_sends: self.shared.oversize_sends.load(Ordering::Relaxed),
+            broadcast: shared.broadcaster.stats(),
+            mode: shared.broadcaster.mode(),
+            send_failures: shared.send_failures.load(Ordering::Relaxed),
+            oversize_sends: shared.oversize_sends.load(Ordering::Relaxed),
+            recv_batches: shared.recv_batches.load(Ordering::Relaxed),
+            recv_datagrams: shared.recv_datagrams.load(Ordering::Relaxed),
             version: node.read().version,
             members: node.members().len(),
+            queued: node.queued(),
+            max_value: node.max_value(),
+            incarnation: node.incarnation(),
             joined: node.is_joined(),
+            left,
             paused: node.is_paused(),
         }
     }
 
-    /// The largest metadata accepted.
-    pub fn max_metadata(&self) -> usize {
-        lock(&self.shared.node).config().max_metadata
-    }
-
     /// Runs `f` on the core, then carries out what it asked for.
-    fn with_node<R>(&self, f: impl FnOnce(&mut Node) -> R) -> R {
+    fn with_node<R>(&self, f: impl FnOnce(&mut Node, Instant) -> R) -> R {
         self.shared.with_node(f)
     }
 }
 
+/// The rest of the API for programs that embed a node: the binary itself
+/// reaches these through other calls, the cluster test uses them.
+#[allow(dead_code)]
+impl Handle {
+    /// What this node knows of `node` (None: no record).
+    pub fn member(&self, node: NodeId) -> Option<MemberInfo> {
+        lock(&self.shared.node).member(node)
+    }
+
+    /// A key of `node` as this node knows it (None: unset, deleted, or not
+    /// heard of yet).
+    pub fn get(&self, node: NodeId, key: &[u8]) -> Option<Vec<u8>> {
+        lock(&self.shared.node).get(node, key).map(<[u8]>::to_vec)
+    }
+
+    /// The keys of `node` that are set, with their values, in key order.
+    pub fn entries(&self, node: NodeId) -> Entries {
+        owned(lock(&self.shared.node).entries(node))
+    }
+
+    /// Largest key plus value [`Handle::set_key`] accepts.
+    pub fn max_value(&self) -> usize {
+        lock(&self.shared.node).max_value()
+    }
+
+    /// A new receiver of every event from now on ([`Event`]: members that
+    /// join, fail, leave, keys that change, ...), in the order the core
+    /// raised them. Any number of receivers; one that is dropped is
+    /// forgotten at the next event. Events queue up unbounded in a receiver
+    /// that is not read: drop those no longer wanted.
+    pub fn subscribe(&self) -> Receiver<Event> {
+        let (sender, receiver) = mpsc::channel();
+        lock(&self.shared.subscribers).push(sender);
+        receiver
+    }
+}
+
+/// Borrowed entries as owned ones, to give out of the lock.
+fn owned(entries: Vec<(&[u8], &[u8])>) -> Entries {
+    entries
+        .into_iter()
+        .map(|(key, value)| (key.to_vec(), value.to_vec()))
+        .collect()
+}
+
 impl Shared {
-    fn with_node<R>(self: &Arc<Self>, f: impl FnOnce(&mut Node) -> R) -> R {
+    /// Runs `f` on the core at the current time, hands its events to the
+    /// subscribers, then sends what it asked for (out of the lock).
+    fn with_node<R>(&self, f: impl FnOnce(&mut Node, Instant) -> R) -> R {
         let (result, actions, events) = {
             let mut node = lock(&self.node);
-            let result = f(&mut node);
-            (result, node.drain_actions(), node.drain_events())
+            let result = f(&mut node, Instant::now());
+            let events = node.drain_events();
+            // Under the node's lock, so that two threads draining one after
+            // the other deliver in the order the core raised the events
+            // (sending on a channel never blocks).
+            self.deliver(&events);
+            (result, node.drain_actions(), events)
         };
         log_events(&events);
         self.execute(actions);
         result
     }
 
+    fn deliver(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.retain(|subscriber| {
+            events
+                .iter()
+                .all(|event| subscriber.send(event.clone()).is_ok())
+        });
+    }
+
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Receives datagrams and runs the timers until the node stops.
-    fn udp_loop(self: Arc<Self>) {
+    /// Receives datagrams in batches and runs the timers until the node
+    /// stops.
+    fn udp_loop(&self) {
         let max_packet = lock(&self.node).config().max_packet;
-        // One byte more than allowed, so an oversized datagram shows as such.
-        let mut buf = vec![0u8; max_packet + 1];
+        let mut batch = Batch::new(max_packet);
+        let fd = self.socket.as_raw_fd();
         while !self.stopping() {
             let wait = lock(&self.node)
                 .next_deadline()
@@ -312,43 +542,46 @@ impl Shared {
                     deadline.saturating_duration_since(Instant::now())
                 })
                 .clamp(Duration::from_millis(1), POLL);
+            // recvmmsg's own timeout is checked only after a datagram
+            // arrives; the socket's receive timeout bounds the wait for the
+            // first one (MSG_WAITFORONE takes the rest without waiting).
             let _ = self.socket.set_read_timeout(Some(wait));
-            let received = self.socket.recv_from(&mut buf);
-            self.with_node(|node| {
-                let now = Instant::now();
-                if let Ok((len, _)) = received {
-                    node.handle_packet(&buf[..len], now);
+            let received = batch.receive(fd);
+            if let Ok(count) = received {
+                if count > 0 {
+                    self.recv_batches.fetch_add(1, Ordering::Relaxed);
+                    self.recv_datagrams
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                }
+            }
+            // One lock for the whole batch and the timers.
+            self.with_node(|node, now| {
+                for (from, datagram) in batch.datagrams() {
+                    node.handle_packet(from, datagram, now);
                 }
                 node.tick(now);
             });
-            if let Err(err) = received {
-                if !matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) {
+            match received {
+                Ok(_) | Err(Errno::EAGAIN | Errno::EINTR | Errno::ETIMEDOUT) => {}
+                Err(err) => {
                     log::debug!("receiving: {err}");
+                    // Not a timeout: do not spin on an error that stays.
+                    thread::sleep(Duration::from_millis(10));
                 }
             }
         }
     }
 
-    fn execute(self: &Arc<Self>, actions: Vec<Action>) {
+    fn execute(&self, actions: Vec<Action>) {
         for action in actions {
             match action {
                 Action::Send { to, packet } => self.send(&to, &packet),
-                Action::Fetch {
-                    from,
-                    version,
-                    request,
-                } => self.spawn_fetch(from, version, request),
             }
         }
     }
 
-    /// One broadcast: the kernel clones the datagram for every peer (or
-    /// `sendmmsg` sends them, in user-space mode).
+    /// One broadcast: the kernel clones the datagram for every destination
+    /// (or `sendmmsg` sends them, in user-space mode).
     fn send(&self, to: &[SocketAddr], packet: &[u8]) {
         if packet.len() > self.broadcaster.max_payload() {
             // Larger than one frame: the kernel fan-out cannot clone IP
@@ -377,81 +610,65 @@ impl Shared {
             }
         }
     }
+}
 
-    /// Takes a TCP worker slot, or returns false when all are busy.
-    fn take_worker(&self) -> bool {
-        self.tcp_workers
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_TCP_WORKERS).then_some(n + 1)
-            })
-            .is_ok()
-    }
+/// The receive buffers of one `recvmmsg(2)` call, reused across calls.
+struct Batch {
+    /// [`RECV_BATCH`] buffers of `max_packet + 1` bytes: one byte more than
+    /// allowed, so that an oversized datagram shows as such (the core
+    /// counts it) instead of being cut to a valid-looking length.
+    buffers: Vec<Vec<u8>>,
+    headers: MultiHeaders<SockaddrIn>,
+    /// Source, buffer index and length of each datagram of the last call.
+    received: Vec<(SocketAddr, usize, usize)>,
+}
 
-    fn spawn_fetch(self: &Arc<Self>, from: NodeId, version: Version, request: Vec<u8>) {
-        if !self.take_worker() {
-            lock(&self.node).fetch_failed(version);
-            return;
-        }
-        let shared = Arc::clone(self);
-        let spawned = thread::Builder::new()
-            .name("gossip-fetch".into())
-            .spawn(move || {
-                let max = lock(&shared.node).config().max_metadata + 4096;
-                match fetch(from.addr(), &request, max) {
-                    Ok(reply) => shared.with_node(|node| node.handle_fetched(&reply)),
-                    Err(err) => {
-                        log::debug!("fetching metadata {version} from {from}: {err}");
-                        lock(&shared.node).fetch_failed(version);
-                    }
-                }
-                shared.tcp_workers.fetch_sub(1, Ordering::AcqRel);
-            });
-        if spawned.is_err() {
-            self.tcp_workers.fetch_sub(1, Ordering::AcqRel);
-            lock(&self.node).fetch_failed(version);
+impl Batch {
+    fn new(max_packet: usize) -> Batch {
+        Batch {
+            buffers: vec![vec![0; max_packet + 1]; RECV_BATCH],
+            headers: MultiHeaders::preallocate(RECV_BATCH, None),
+            received: Vec::with_capacity(RECV_BATCH),
         }
     }
 
-    /// Serves metadata fetches until the node stops.
-    fn tcp_loop(self: Arc<Self>) {
-        for stream in self.listener.incoming() {
-            if self.stopping() {
-                break;
-            }
-            let Ok(stream) = stream else {
-                // Not only EMFILE and the like: after wake_accept, every
-                // accept fails at once; do not spin while the flag is read.
-                thread::sleep(Duration::from_millis(10));
+    /// Waits (up to the socket's receive timeout) for a datagram, then takes
+    /// it and whatever else is queued, up to [`RECV_BATCH`]; returns how
+    /// many. After an error, the batch is empty.
+    fn receive(&mut self, fd: RawFd) -> Result<usize, Errno> {
+        self.received.clear();
+        // The I/O slices borrow the buffers for as long as the results
+        // live, so they are made anew for each call: 32 pointers, no copy.
+        let mut slices: Vec<[io::IoSliceMut<'_>; 1]> = self
+            .buffers
+            .iter_mut()
+            .map(|buffer| [io::IoSliceMut::new(buffer)])
+            .collect();
+        let results = recvmmsg(
+            fd,
+            &mut self.headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )?;
+        for (index, message) in results.enumerate() {
+            // Always set on an unconnected IPv4 socket; a datagram without
+            // one could not be checked against its sealed sender anyway.
+            let Some(from) = message.address else {
                 continue;
             };
-            if !self.take_worker() {
-                continue; // dropped: the peer retries with someone else
-            }
-            let shared = Arc::clone(&self);
-            let spawned = thread::Builder::new()
-                .name("gossip-serve".into())
-                .spawn(move || {
-                    if let Err(err) = shared.serve_fetch(stream) {
-                        log::debug!("serving a metadata fetch: {err}");
-                    }
-                    shared.tcp_workers.fetch_sub(1, Ordering::AcqRel);
-                });
-            if spawned.is_err() {
-                self.tcp_workers.fetch_sub(1, Ordering::AcqRel);
-            }
+            let from = SocketAddr::V4(SocketAddrV4::from(from));
+            self.received.push((from, index, message.bytes));
         }
+        Ok(self.received.len())
     }
 
-    fn serve_fetch(&self, mut stream: TcpStream) -> io::Result<()> {
-        stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-        stream.set_write_timeout(Some(TCP_TIMEOUT))?;
-        let max = lock(&self.node).config().max_packet;
-        let request = read_frame(&mut stream, max)?;
-        let reply = lock(&self.node).answer_fetch(&request);
-        if let Some(reply) = reply {
-            write_frame(&mut stream, &reply)?;
-        }
-        stream.shutdown(Shutdown::Both)
+    /// The datagrams of the last call: source and bytes.
+    fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.received.iter().map(|&(from, index, len)| {
+            let buffer = &self.buffers[index];
+            (from, &buffer[..len.min(buffer.len())])
+        })
     }
 }
 
@@ -459,58 +676,25 @@ fn log_events(events: &[Event]) {
     for event in events {
         match event {
             Event::Joined(node) => log::info!("member {node} joined"),
-            Event::Evicted(node) => log::info!("member {node} removed: silent past the timeout"),
-            Event::Metadata(version) => log::info!("metadata now at version {version}"),
+            Event::Suspected(node) => log::info!("member {node} suspected"),
+            Event::Refuted(node) => log::info!("member {node} proved alive"),
+            Event::Failed(node) => log::info!("member {node} failed"),
+            Event::Left(node) => log::info!("member {node} left"),
+            Event::Restarted(node) => log::info!("member {node} restarted"),
+            Event::Changed { node, key } => {
+                log::debug!("key {} of {node} changed", String::from_utf8_lossy(key));
+            }
+            Event::Published(version) => log::info!("metadata now at version {version}"),
         }
     }
 }
 
-/// Makes a thread blocked in `accept` on `listener` return (with an error),
-/// from any thread and any network namespace: shutting a listening socket
-/// down wakes its waiters on Linux.
-pub fn wake_accept(listener: &TcpListener) {
-    let _ = socket2::SockRef::from(listener).shutdown(Shutdown::Both);
-}
-
-/// One request frame out, one reply frame back.
-fn fetch(peer: SocketAddr, request: &[u8], max_reply: usize) -> io::Result<Vec<u8>> {
-    let mut stream = TcpStream::connect_timeout(&peer, TCP_TIMEOUT)?;
-    stream.set_read_timeout(Some(TCP_TIMEOUT))?;
-    stream.set_write_timeout(Some(TCP_TIMEOUT))?;
-    write_frame(&mut stream, request)?;
-    read_frame(&mut stream, max_reply)
-}
-
-/// TCP frames: a 4-byte big-endian length, then that many bytes.
-fn write_frame(stream: &mut impl Write, frame: &[u8]) -> io::Result<()> {
-    let len = u32::try_from(frame.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
-    stream.write_all(&len.to_be_bytes())?;
-    stream.write_all(frame)?;
-    stream.flush()
-}
-
-fn read_frame(stream: &mut impl Read, max: usize) -> io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes, at most {max} expected"),
-        ));
-    }
-    let mut frame = vec![0u8; len];
-    stream.read_exact(&mut frame)?;
-    Ok(frame)
-}
-
 /// The interface that owns `ip` (`lo` for loopback addresses).
-pub fn interface_of(ip: Ipv4Addr) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+pub fn interface_of(ip: Ipv4Addr) -> Result<String, ShellError> {
     if ip.is_loopback() {
         return Ok("lo".into());
     }
-    for ifaddr in nix::ifaddrs::getifaddrs()? {
+    for ifaddr in nix::ifaddrs::getifaddrs().map_err(ShellError::Interfaces)? {
         let owns = ifaddr
             .address
             .as_ref()
@@ -520,20 +704,152 @@ pub fn interface_of(ip: Ipv4Addr) -> Result<String, Box<dyn std::error::Error + 
             return Ok(ifaddr.interface_name);
         }
     }
-    Err(format!("no interface has the address {ip}: give --iface").into())
+    Err(ShellError::NoInterface(ip))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The batch receive on a plain loopback socket pair: several queued
+    /// datagrams come back from one call, each with its source, and an
+    /// oversized one shows its excess byte.
     #[test]
-    fn frames_round_trip_and_long_ones_are_refused() {
-        let mut wire = Vec::new();
-        write_frame(&mut wire, b"hello").unwrap();
-        assert_eq!(wire, b"\0\0\0\x05hello");
-        assert_eq!(read_frame(&mut &wire[..], 5).unwrap(), b"hello");
-        assert!(read_frame(&mut &wire[..], 4).is_err());
-        assert!(read_frame(&mut &wire[..7], 5).is_err());
+    fn receives_queued_datagrams_in_one_batch() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        for i in 0..5u8 {
+            sender.send_to(&[i; 10], to).unwrap();
+        }
+        sender.send_to(&[9; 40], to).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut batch = Batch::new(32);
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let count = batch.receive(receiver.as_raw_fd()).unwrap();
+            assert!(count > 0);
+            got.extend(
+                batch
+                    .datagrams()
+                    .map(|(from, bytes)| (from, bytes.to_vec())),
+            );
+        }
+        let from = sender.local_addr().unwrap();
+        for (i, (source, bytes)) in got.iter().take(5).enumerate() {
+            assert_eq!(*source, from);
+            assert_eq!(bytes, &vec![i as u8; 10]);
+        }
+        // 40 bytes into a 33-byte buffer: cut to 33, one over max_packet.
+        assert_eq!(got[5].1.len(), 33);
+    }
+
+    /// A free port on 127.0.0.1 (free when asked: good enough for a test).
+    fn free_port() -> SocketAddrV4 {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        match socket.local_addr().unwrap() {
+            SocketAddr::V4(addr) => addr,
+            SocketAddr::V6(_) => unreachable!("bound to an IPv4 address"),
+        }
+    }
+
+    fn loopback_node(listen: SocketAddrV4, seeds: Vec<SocketAddrV4>) -> Gossip {
+        let keyring = crate::codec::Keyring::new(1, b"loopback test key");
+        Gossip::new(ShellConfig {
+            listen,
+            seeds,
+            protocol: protocol::Config::new(keyring).with_period(Duration::from_millis(50)),
+            mode: Mode::UserSpace,
+            interface: None,
+            rng_seed: Some(u64::from(listen.port())),
+        })
+        .unwrap()
+    }
+
+    fn wait(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Two nodes over loopback, user-space sends (no root needed): they
+    /// find each other, a key and the metadata spread, subscribers get the
+    /// events, the keyring rotates, a leave shows as such.
+    #[test]
+    fn two_nodes_over_loopback() {
+        let (a_addr, b_addr) = (free_port(), free_port());
+        let a = loopback_node(a_addr, Vec::new());
+        let b = loopback_node(b_addr, vec![a_addr]);
+        let events = a.subscribe();
+        let dropped = a.subscribe();
+        drop(dropped);
+        a.join();
+        b.join();
+        wait("membership", || {
+            a.members().len() == 2 && b.members().len() == 2
+        });
+        b.set_key(b"role", b"cache".to_vec()).unwrap();
+        let version = b.publish(b"hello".to_vec()).unwrap();
+        wait("key and metadata", || {
+            a.get(NodeId(b_addr), b"role").as_deref() == Some(&b"cache"[..])
+                && a.read().version == version
+        });
+        assert_eq!(a.read().data, b"hello");
+        let mut expected = vec![
+            (NodeId(a_addr), Vec::new()),
+            (NodeId(b_addr), vec![(b"role".to_vec(), b"cache".to_vec())]),
+        ];
+        expected.sort();
+        assert_eq!(a.all_entries(), expected);
+        let got: Vec<Event> = events.try_iter().collect();
+        assert!(got.contains(&Event::Joined(NodeId(b_addr))), "{got:?}");
+        assert!(got.contains(&Event::Published(version)), "{got:?}");
+        assert_eq!(lock(&a.shared.subscribers).len(), 1);
+
+        // Rotation: the new key on both, then primary on both, then the
+        // old one removed; the nodes go on talking throughout.
+        for node in [&a, &b] {
+            node.install_key(2, b"next key");
+        }
+        for node in [&a, &b] {
+            node.use_key(2).unwrap();
+        }
+        for node in [&a, &b] {
+            assert_eq!(node.remove_key(2), Err(KeyringError::RemovePrimary(2)));
+            node.remove_key(1).unwrap();
+            assert_eq!(node.keys(), (2, vec![2]));
+        }
+        b.set_key(b"role", b"db".to_vec()).unwrap();
+        wait("key after the rotation", || {
+            a.get(NodeId(b_addr), b"role").as_deref() == Some(&b"db"[..])
+        });
+        let stats = a.stats();
+        assert!(stats.recv_batches > 0 && stats.recv_datagrams >= stats.recv_batches);
+
+        b.leave_and_shutdown();
+        wait("leave", || {
+            a.member(NodeId(b_addr)).map(|m| m.state) == Some(crate::codec::State::Left)
+        });
+        assert_eq!(a.members(), [NodeId(a_addr)]);
+    }
+
+    #[test]
+    fn a_wildcard_listen_address_is_refused() {
+        let config = ShellConfig {
+            listen: "0.0.0.0:7946".parse().unwrap(),
+            seeds: Vec::new(),
+            protocol: protocol::Config::new(crate::codec::Keyring::new(1, b"k")),
+            mode: Mode::UserSpace,
+            interface: None,
+            rng_seed: Some(1),
+        };
+        assert!(matches!(
+            Gossip::new(config),
+            Err(ShellError::ListenAddress(_))
+        ));
     }
 }
