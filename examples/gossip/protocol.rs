@@ -10,7 +10,8 @@
 //! - **Failure detection.** Each probe period a node pings the next member
 //!   of a shuffled round-robin list. Without an ack within the probe timeout
 //!   it asks `indirect_checks` other members to ping it (one broadcast: the
-//!   same datagram to each). Without an ack by the end of the period the
+//!   same datagram to each) and pings it once more itself. Without an ack
+//!   by the end of the period the
 //!   member is *suspect*. A suspect that hears of it refutes by raising its
 //!   incarnation number; one that does not is declared dead when the
 //!   suspicion times out. The suspecting node tells the suspect directly,
@@ -73,7 +74,9 @@ pub struct Config {
     pub probe_interval: Duration,
     /// How long a direct ping waits for its ack before indirect probes.
     pub probe_timeout: Duration,
-    /// Members asked to probe a member that did not answer.
+    /// Members asked to probe a member that did not answer (memberlist
+    /// asks 3; the request is one broadcast, so more cost the prober
+    /// little, and each makes a false suspicion rarer).
     pub indirect_checks: usize,
     /// How often queued updates are gossiped.
     pub gossip_interval: Duration,
@@ -107,12 +110,12 @@ pub struct Config {
 
 impl Config {
     /// Defaults with the given keyring: a 1 s period, 500 ms probe
-    /// timeout, 3 indirect probes, gossip to 3 members every 200 ms.
+    /// timeout, 5 indirect probes, gossip to 3 members every 200 ms.
     pub fn new(keyring: Keyring) -> Config {
         Config {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
-            indirect_checks: 3,
+            indirect_checks: 5,
             gossip_interval: Duration::from_millis(200),
             gossip_nodes: 3,
             retransmit_mult: 4,
@@ -511,8 +514,9 @@ struct Probe {
     target: NodeId,
     /// Sequence number of the ping (acks name it).
     ping: u64,
-    /// Sequence number of the indirect request, once sent.
-    indirect: Option<u64>,
+    /// Sequence numbers of the indirect request and of the second direct
+    /// ping sent with it, once sent.
+    indirect: Option<(u64, u64)>,
     indirect_at: Instant,
     acked: bool,
 }
@@ -1351,17 +1355,19 @@ impl Node {
                 let helpers =
                     self.live
                         .sample(&mut self.rng, self.config.indirect_checks, &[target]);
-                if helpers.is_empty() {
-                    // Nobody to ask: count it as asked.
-                    if let Some(probe) = &mut self.probe {
-                        probe.indirect = Some(0);
-                    }
+                // Ask the helpers (one broadcast: with the kernel fan-out
+                // more helpers cost the prober little) and ping once more
+                // directly: a live member is then suspected only when both
+                // pings and every helper's path fail.
+                let request = if helpers.is_empty() {
+                    0
                 } else {
                     self.stats.indirect_probes += 1;
-                    let seq = self.send(helpers, Message::new(Kind::PingReq { target }), true);
-                    if let Some(probe) = &mut self.probe {
-                        probe.indirect = Some(seq);
-                    }
+                    self.send(helpers, Message::new(Kind::PingReq { target }), true)
+                };
+                let again = self.send(vec![target], Message::new(Kind::Ping), true);
+                if let Some(probe) = &mut self.probe {
+                    probe.indirect = Some((request, again));
                 }
             }
         }
@@ -1416,7 +1422,10 @@ impl Node {
 
     fn on_ack(&mut self, probe_seq: u64) {
         if let Some(probe) = &mut self.probe {
-            if probe.ping == probe_seq || probe.indirect == Some(probe_seq) {
+            let indirect = probe
+                .indirect
+                .is_some_and(|(request, again)| request == probe_seq || again == probe_seq);
+            if probe.ping == probe_seq || indirect {
                 probe.acked = true;
                 return;
             }
