@@ -62,6 +62,10 @@ use crate::codec::{
 };
 use crate::queue::{Item, Queue};
 
+/// Queued items beyond what one datagram carries (1400 bytes hold about
+/// 85 membership updates): a gossip round then sends more than one.
+const BACKLOG: usize = 85;
+
 /// The key under which [`Node::publish`] stores cluster-wide metadata in the
 /// publishing node's state (refused by [`Node::set`]).
 pub const PUBLISH_KEY: &[u8] = b"\0publish";
@@ -82,6 +86,9 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// Members each gossip round goes to, in one broadcast (the fan-out).
     pub gossip_nodes: usize,
+    /// Most datagrams one gossip round sends while more is queued than one
+    /// datagram holds (each to its own `gossip_nodes` members).
+    pub max_burst: usize,
     /// Each update is sent `retransmit_mult * ceil(log10(N + 1))` times.
     pub retransmit_mult: u32,
     /// A suspect has `suspicion_mult * log10(max(N, 10))` periods to
@@ -118,6 +125,7 @@ impl Config {
             indirect_checks: 5,
             gossip_interval: Duration::from_millis(200),
             gossip_nodes: 3,
+            max_burst: 4,
             retransmit_mult: 4,
             suspicion_mult: 1.0,
             max_awareness: 8,
@@ -151,6 +159,7 @@ impl fmt::Debug for Config {
             .field("indirect_checks", &self.indirect_checks)
             .field("gossip_interval", &self.gossip_interval)
             .field("gossip_nodes", &self.gossip_nodes)
+            .field("max_burst", &self.max_burst)
             .field("retransmit_mult", &self.retransmit_mult)
             .field("suspicion_mult", &self.suspicion_mult)
             .field("sync_interval", &self.sync_interval)
@@ -532,6 +541,8 @@ struct Relay {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Suspicion(NodeId),
+    /// Gossip our own suspicion of a member at an incarnation, if it stands.
+    Publish(NodeId, u64),
     Forget(NodeId),
 }
 
@@ -1026,7 +1037,15 @@ impl Node {
                 self.about_me(*update);
             }
             if self.incarnation != incarnation_before && !self.left && !self.paused {
-                self.send(vec![sender], Message::new(Kind::Gossip), true);
+                // Both of us held the other dead: a partition is ending.
+                // The refutation goes back to the sender and, in the same
+                // broadcast, to other members we hold dead, so that it
+                // starts spreading on the other side at once.
+                let others = self.config.gossip_nodes.saturating_sub(1);
+                let mut to = self.dead.sample(&mut self.rng, others, &[sender]);
+                to.retain(|n| self.members.get(n).is_some_and(|m| m.state == State::Dead));
+                to.insert(0, sender);
+                self.send(to, Message::new(Kind::Gossip), true);
             }
             self.certify(sender);
             return;
@@ -1141,11 +1160,32 @@ impl Node {
         };
         if !overrides(update, member.incarnation, member.state) {
             self.stats.stale += 1;
+            if member.state == State::Alive
+                && matches!(update.state, State::Suspect | State::Dead)
+                && member.incarnation > update.incarnation
+            {
+                // A suspicion the member has refuted is still going round:
+                // gossip the refutation against it.
+                let correction = Update {
+                    node: update.node,
+                    incarnation: member.incarnation,
+                    state: State::Alive,
+                };
+                self.queue.push(Item::Update(correction));
+            }
             return;
         }
         self.stats.updates += 1;
+        // A higher incarnation of a member already alive here changes no
+        // view: take it, but leave the gossiping to the nodes whose view it
+        // corrects (those that held it suspect or dead). After a partition
+        // each side then spreads only the other side's refutations, and a
+        // refuted false suspicion costs the few nodes that had heard of it.
+        let news = !(member.state == State::Alive && update.state == State::Alive);
         self.transition(update, now);
-        self.queue.push(Item::Update(update));
+        if news {
+            self.queue.push(Item::Update(update));
+        }
     }
 
     /// A report of a node we never had a record of, or forgot: a dead one
@@ -1231,6 +1271,13 @@ impl Node {
             State::Alive => update.incarnation > self.incarnation,
             State::Suspect | State::Dead | State::Left => update.incarnation >= self.incarnation,
         };
+        if !refute && update.state != State::Alive {
+            // Suspected or declared dead at an incarnation we are already
+            // past: the nodes saying so never heard it (higher incarnations
+            // of live members are not gossiped), so announce it again.
+            self.queue.push(Item::Update(self.self_update()));
+            return;
+        }
         if refute && update.state == State::Alive {
             // Someone revived us on our behalf, or remembers an earlier run:
             // take that incarnation, nothing to refute.
@@ -1278,6 +1325,20 @@ impl Node {
                     self.stats.failures += 1;
                     self.transition(update, now);
                     self.queue.push(Item::Update(update));
+                }
+            }
+            Timer::Publish(node, incarnation) => {
+                let stands = self
+                    .members
+                    .get(&node)
+                    .is_some_and(|m| m.state == State::Suspect && m.incarnation == incarnation);
+                if stands {
+                    self.queue.push(Item::Update(Update {
+                        node,
+                        incarnation,
+                        state: State::Suspect,
+                    }));
+                    self.certify(node);
                 }
             }
             Timer::Forget(node) => {
@@ -1451,8 +1512,17 @@ impl Node {
         };
         self.stats.suspicions += 1;
         self.transition(update, now);
-        self.queue.push(Item::Update(update));
+        // Told privately first: a live member refutes within a round trip
+        // and the suspicion never goes round the cluster. Gossiped only if
+        // no refutation came back within two gossip intervals. (The
+        // suspicion timer runs from now either way, so a crash is removed
+        // no later.)
         self.certify(node);
+        let publish_at = now + self.config.gossip_interval * 2;
+        self.timers.push(Reverse((
+            publish_at,
+            Timer::Publish(node, update.incarnation),
+        )));
     }
 
     // ---- gossip ------------------------------------------------------------
@@ -1500,6 +1570,21 @@ impl Node {
             return;
         }
         self.send(targets, Message::new(Kind::Gossip), true);
+        // A backlog (a partition just healed, a burst of writes): up to
+        // `max_burst - 1` more datagrams this round, each to other members,
+        // until what is left fits one.
+        for _ in 1..self.config.max_burst {
+            if self.queue.len() <= BACKLOG {
+                break;
+            }
+            let more = self
+                .live
+                .sample(&mut self.rng, self.config.gossip_nodes, &[]);
+            if more.is_empty() {
+                break;
+            }
+            self.send(more, Message::new(Kind::Gossip), true);
+        }
     }
 
     // ---- key/value state ---------------------------------------------------
@@ -1922,7 +2007,7 @@ impl Node {
             let max = self.config.max_packet;
             let (mut updates, mut deltas) = (message.updates.len(), message.deltas.len());
             let limit = self.retransmit_limit();
-            let items = self.queue.take(limit, 64, |item| {
+            let items = self.queue.take(limit, 2 * codec::MAX_ITEMS, |item| {
                 let (item_len, count) = match item {
                     Item::Update(_) => (codec::UPDATE_LEN, &mut updates),
                     Item::Delta(delta) => (delta.encoded_len(), &mut deltas),
