@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The demos, as root. Installs what is missing, builds, then runs:
-#  1. the gossip cluster: 16 gossip nodes, each in its own network namespace
-#     behind a bridge, with the kernel fan-out and then with user-space sends:
-#     membership, update and eviction times, CPU and packets side by side;
+#  1. the gossip cluster: 64 gossip nodes, each in its own network namespace
+#     behind a bridge, with the kernel fan-out and with user-space sends, at
+#     fan-outs 3 and 8, 5 trials each (about 5 minutes): convergence, update
+#     and failure-detection times, per-node CPU and packets, medians and
+#     ranges side by side (scripts/gossip-demo.sh says more);
 #  2. the fan-out itself: a sender and 8 receiver namespaces, the same
 #     broadcasts in kernel, sendmmsg and sendto modes, every copy counted and
 #     checked at the receivers, sender CPU side by side.

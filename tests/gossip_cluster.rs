@@ -158,11 +158,18 @@ fn kernel_mode_cluster_converges_spreads_state_and_detects_failures() {
     }));
 
     // Once the neighbours are resolved (the first sends go from user space
-    // and make the kernel resolve them), everything goes through the kernel
-    // fan-out, nothing is refused and nothing fails.
+    // and make the kernel resolve them), every message to several members
+    // goes through the kernel fan-out (messages to one member are plain
+    // sends), nothing is refused and nothing fails. A write per node and
+    // period keeps the gossip rounds going.
     std::thread::sleep(3 * PERIOD);
     let before: Vec<_> = nodes.iter().map(|n| n.stats()).collect();
-    std::thread::sleep(5 * PERIOD);
+    for round in 0..5u8 {
+        for node in &nodes {
+            node.set_key(b"tick", vec![round]).unwrap();
+        }
+        std::thread::sleep(PERIOD);
+    }
     for (node, before) in nodes.iter().zip(&before) {
         let stats = node.stats();
         let kernel = stats.broadcast.kernel_copies - before.broadcast.kernel_copies;

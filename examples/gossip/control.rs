@@ -9,6 +9,13 @@
 //! GET    /stats         counters, mode, version, JSON
 //! GET    /kv            every node's keys and values as this node knows
 //!                       them, JSON (see below)
+//! GET    /kv/<node>/<key>  one key of <node> (IP:PORT) as this node knows
+//!                       it: the value as the body, or 404
+//! GET    /traffic       per peer: copies sent to it, datagrams received
+//!                       from it, JSON
+//! GET    /events?since=N  the logged events from number N on, each with
+//!                       the CLOCK_MONOTONIC time it was raised, JSON (nodes
+//!                       started with --event-log; 409 otherwise)
 //! GET    /keys          the keyring: primary key id and installed ids, JSON
 //! POST   /publish       publishes the body as the cluster-wide metadata
 //! POST   /kv/<key>      sets this node's <key> to the body
@@ -229,13 +236,15 @@ fn read_request(reader: &mut impl BufRead, max_body: usize) -> io::Result<Reques
 }
 
 /// The paths of the routes without a parameter, for 405s.
-const FIXED_PATHS: [&str; 14] = [
+const FIXED_PATHS: [&str; 16] = [
     "/members",
     "/states",
     "/metadata",
     "/stats",
     "/kv",
     "/keys",
+    "/traffic",
+    "/events",
     "/publish",
     "/set",
     "/stop",
@@ -246,15 +255,29 @@ const FIXED_PATHS: [&str; 14] = [
     "/keys/remove",
 ];
 
-const ROUTES: &str = "GET /members /states /metadata /stats /kv /keys; POST /publish /set /stop \
-                      /start /leave /kv/<key> /keys/install /keys/use /keys/remove; \
-                      DELETE /kv/<key>";
+const ROUTES: &str = "GET /members /states /metadata /stats /kv /kv/<node>/<key> /keys \
+                      /traffic /events (?since=N); POST /publish /set /stop /start /leave \
+                      /kv/<key> /keys/install /keys/use /keys/remove; DELETE /kv/<key>";
 
 fn route(request: &Request, node: &Handle) -> Response {
     let method = request.method.as_str();
     let path = request.path.as_str();
     if let Some(key) = path.strip_prefix("/kv/") {
         return route_key(method, key, &request.body, node);
+    }
+    if method == "GET" && (path == "/events" || path.starts_with("/events?")) {
+        if let Some(query) = path.strip_prefix("/events") {
+            return match parse_since(query) {
+                Ok(since) => match node.events_since(since) {
+                    Some((events, next)) => Response::json(&EventsJson::of(&events, next)),
+                    None => Response::text(
+                        "409 Conflict",
+                        "the event log is off: start the node with --event-log",
+                    ),
+                },
+                Err(err) => Response::text("400 Bad Request", err.to_string()),
+            };
+        }
     }
     match (method, path) {
         ("GET", "/members") => Response::json(&MembersJson {
@@ -275,6 +298,7 @@ fn route(request: &Request, node: &Handle) -> Response {
             let (primary, ids) = node.keys();
             Response::json(&KeysJson { primary, ids })
         }
+        ("GET", "/traffic") => Response::json(&TrafficJson::of(&node.traffic())),
         ("POST", "/publish") => match node.publish(request.body.clone()) {
             Ok(version) => Response::text("200 OK", version.to_string()),
             Err(err) => value_error(&err),
@@ -333,8 +357,18 @@ fn route(request: &Request, node: &Handle) -> Response {
     }
 }
 
-/// `POST /kv/<key>` and `DELETE /kv/<key>`; `raw` is the key as in the path.
+/// `POST /kv/<key>`, `DELETE /kv/<key>` and `GET /kv/<node>/<key>`; `raw`
+/// is what follows `/kv/` in the path.
 fn route_key(method: &str, raw: &str, body: &[u8], node: &Handle) -> Response {
+    if method == "GET" {
+        return match parse_node_key(raw) {
+            Ok((owner, key)) => match node.get(crate::codec::NodeId(owner), &key) {
+                Some(value) => Response::new("200 OK", "application/octet-stream", value),
+                None => Response::text("404 Not Found", "not set, or not heard of yet"),
+            },
+            Err(err) => Response::text("400 Bad Request", err.to_string()),
+        };
+    }
     let key = match percent_decode(raw) {
         Ok(key) => key,
         Err(err) => return Response::text("400 Bad Request", err.to_string()),
@@ -349,7 +383,10 @@ fn route_key(method: &str, raw: &str, body: &[u8], node: &Handle) -> Response {
             Ok(None) => Response::text("404 Not Found", "the key is not set"),
             Err(err) => value_error(&err),
         },
-        _ => Response::text("405 Method Not Allowed", "POST or DELETE /kv/<key>"),
+        _ => Response::text(
+            "405 Method Not Allowed",
+            "POST or DELETE /kv/<key>, GET /kv/<node>/<key>",
+        ),
     }
 }
 
@@ -376,6 +413,10 @@ pub enum BadRequest {
     NoSecret,
     /// A `%` not followed by two hex digits.
     BadEscape,
+    /// `GET /kv/<node>/<key>` without a node (IP:PORT) and a key.
+    BadNodeKey(String),
+    /// `GET /events` with a query other than `?since=N`.
+    BadSince(String),
 }
 
 impl std::fmt::Display for BadRequest {
@@ -388,6 +429,14 @@ impl std::fmt::Display for BadRequest {
             BadRequest::BadEscape => {
                 write!(f, "a % in the path must be followed by two hex digits")
             }
+            BadRequest::BadSince(s) => {
+                write!(f, "{s:?}: expected /events or /events?since=N")
+            }
+            BadRequest::BadNodeKey(s) => write!(
+                f,
+                "{s:?}: expected /kv/<node>/<key>, the node as IP:PORT (a / in the key \
+                 written %2F)"
+            ),
         }
     }
 }
@@ -428,6 +477,27 @@ fn parse_install(body: &[u8]) -> Result<(KeyId, Vec<u8>), BadRequest> {
     Ok((id, secret.as_bytes().to_vec()))
 }
 
+/// What follows `/events`: nothing (from the first event kept) or
+/// `?since=N`.
+fn parse_since(query: &str) -> Result<u64, BadRequest> {
+    if query.is_empty() {
+        return Ok(0);
+    }
+    query
+        .strip_prefix("?since=")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| BadRequest::BadSince(query.to_string()))
+}
+
+/// `<node>/<key>` of `GET /kv/<node>/<key>`: the node's address, and the
+/// key percent-decoded (it may hold `/`, written as is or `%2F`).
+fn parse_node_key(raw: &str) -> Result<(SocketAddrV4, Vec<u8>), BadRequest> {
+    let bad = || BadRequest::BadNodeKey(raw.to_string());
+    let (owner, key) = raw.split_once('/').ok_or_else(bad)?;
+    let owner = owner.parse().map_err(|_| bad())?;
+    Ok((owner, percent_decode(key)?))
+}
+
 /// A path segment with its `%XX` escapes decoded (nothing else changes: a
 /// `+` stays a `+`).
 fn percent_decode(raw: &str) -> Result<Vec<u8>, BadRequest> {
@@ -452,7 +522,7 @@ fn percent_decode(raw: &str) -> Result<Vec<u8>, BadRequest> {
 }
 
 /// The body of `GET /members`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct MembersJson {
     /// Alive and suspect members, `IP:PORT`.
     pub members: Vec<String>,
@@ -574,6 +644,110 @@ impl KvJson {
     }
 }
 
+/// The body of `GET /traffic`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrafficJson {
+    /// Every peer this node sent to or received from, sorted.
+    pub peers: Vec<PeerTrafficJson>,
+}
+
+/// One peer in `GET /traffic`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTrafficJson {
+    /// `IP:PORT`.
+    pub node: String,
+    /// Copies sent to it (as the broadcaster reported them sent).
+    pub sent: u64,
+    /// Datagrams received from it.
+    pub received: u64,
+}
+
+impl TrafficJson {
+    fn of(all: &[(std::net::SocketAddr, crate::shell::PeerTraffic)]) -> TrafficJson {
+        TrafficJson {
+            peers: all
+                .iter()
+                .map(|(addr, t)| PeerTrafficJson {
+                    node: addr.to_string(),
+                    sent: t.sent,
+                    received: t.received,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The body of `GET /events`.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsJson {
+    /// The number the next event will get: ask `?since=` that next time.
+    pub next: u64,
+    /// The events, oldest first.
+    pub events: Vec<EventJson>,
+}
+
+/// One event in `GET /events`.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventJson {
+    /// Its number.
+    pub seq: u64,
+    /// When it was raised: CLOCK_MONOTONIC, nanoseconds.
+    pub at_ns: u64,
+    /// `joined`, `suspected`, `refuted`, `failed`, `left`, `restarted`,
+    /// `changed` or `published`.
+    pub kind: String,
+    /// The member concerned (`IP:PORT`); for `changed`, whose key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// For `changed`: the key, when UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For `changed`: the key in hex, when not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hex: Option<String>,
+    /// For `published`: the new version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl EventsJson {
+    fn of(events: &[crate::shell::LoggedEvent], next: u64) -> EventsJson {
+        use crate::protocol::Event;
+        EventsJson {
+            next,
+            events: events
+                .iter()
+                .map(|logged| {
+                    let mut json = EventJson {
+                        seq: logged.seq,
+                        at_ns: logged.at_ns,
+                        ..EventJson::default()
+                    };
+                    let (kind, node) = match &logged.event {
+                        Event::Joined(n) => ("joined", Some(n)),
+                        Event::Suspected(n) => ("suspected", Some(n)),
+                        Event::Refuted(n) => ("refuted", Some(n)),
+                        Event::Failed(n) => ("failed", Some(n)),
+                        Event::Left(n) => ("left", Some(n)),
+                        Event::Restarted(n) => ("restarted", Some(n)),
+                        Event::Changed { node, key } => {
+                            (json.key, json.key_hex) = text_or_hex(key);
+                            ("changed", Some(node))
+                        }
+                        Event::Published(version) => {
+                            json.version = Some(version.to_string());
+                            ("published", None)
+                        }
+                    };
+                    json.kind = kind.to_string();
+                    json.node = node.map(ToString::to_string);
+                    json
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The body of `GET /keys`.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeysJson {
@@ -625,10 +799,15 @@ pub struct StatsJson {
     pub oversize_sends: u64,
     /// Datagrams that could not be sent.
     pub send_failures: u64,
-    /// `recvmmsg` calls that returned datagrams.
+    /// `batched` (recvmmsg) or `plain` (one recvfrom per datagram).
+    pub recv: String,
+    /// Receive rounds that returned datagrams (batched: one `recvmmsg`
+    /// each).
     pub recv_batches: u64,
     /// Datagrams they returned.
     pub recv_datagrams: u64,
+    /// Receive system calls, those that returned nothing included.
+    pub recv_calls: u64,
 }
 
 impl StatsJson {
@@ -660,8 +839,10 @@ impl StatsJson {
             user_space_copies: b.user_space_copies,
             oversize_sends: s.oversize_sends,
             send_failures: s.send_failures,
+            recv: s.recv_mode.name().to_string(),
             recv_batches: s.recv_batches,
             recv_datagrams: s.recv_datagrams,
+            recv_calls: s.recv_calls,
         }
     }
 }
@@ -801,6 +982,84 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&KvJson::of(&all)).unwrap(),
             r#"{"nodes":[{"node":"10.0.0.1:7946","entries":[{"key":"role","value":"db"},{"key_hex":"ff00","value":"x"},{"key":"blob","value_hex":"c0ffee"}]}]}"#
+        );
+    }
+
+    #[test]
+    fn kv_reads_name_the_node_then_the_key() {
+        let node: SocketAddrV4 = "10.0.0.1:7946".parse().unwrap();
+        assert_eq!(
+            parse_node_key("10.0.0.1:7946/role"),
+            Ok((node, b"role".to_vec()))
+        );
+        assert_eq!(
+            parse_node_key("10.0.0.1:7946/a/b%2Fc"),
+            Ok((node, b"a/b/c".to_vec()))
+        );
+        assert_eq!(parse_node_key("10.0.0.1:7946/"), Ok((node, Vec::new())));
+        for bad in ["role", "10.0.0.1/role", "node:1/role", ""] {
+            assert_eq!(
+                parse_node_key(bad),
+                Err(BadRequest::BadNodeKey(bad.to_string()))
+            );
+        }
+        assert_eq!(
+            parse_node_key("10.0.0.1:7946/%zz"),
+            Err(BadRequest::BadEscape)
+        );
+    }
+
+    #[test]
+    fn events_json_names_kinds_and_keys() {
+        use crate::protocol::Event;
+        use crate::shell::LoggedEvent;
+        let node = crate::codec::NodeId("10.0.0.1:7946".parse().unwrap());
+        let logged = |seq, event| LoggedEvent {
+            seq,
+            at_ns: 1000 + seq,
+            event,
+        };
+        let json = EventsJson::of(
+            &[
+                logged(4, Event::Joined(node)),
+                logged(
+                    5,
+                    Event::Changed {
+                        node,
+                        key: b"role".to_vec(),
+                    },
+                ),
+                logged(
+                    6,
+                    Event::Changed {
+                        node,
+                        key: vec![0xff],
+                    },
+                ),
+            ],
+            7,
+        );
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"next":7,"events":[{"seq":4,"at_ns":1004,"kind":"joined","node":"10.0.0.1:7946"},{"seq":5,"at_ns":1005,"kind":"changed","node":"10.0.0.1:7946","key":"role"},{"seq":6,"at_ns":1006,"kind":"changed","node":"10.0.0.1:7946","key_hex":"ff"}]}"#
+        );
+        assert_eq!(parse_since(""), Ok(0));
+        assert_eq!(parse_since("?since=12"), Ok(12));
+        for bad in ["?since=", "?since=x", "?from=1", "/x"] {
+            assert_eq!(parse_since(bad), Err(BadRequest::BadSince(bad.to_string())));
+        }
+    }
+
+    #[test]
+    fn traffic_json_lists_peers() {
+        let peer = crate::shell::PeerTraffic {
+            sent: 3,
+            received: 2,
+        };
+        let json = TrafficJson::of(&[("10.0.0.2:7946".parse().unwrap(), peer)]);
+        assert_eq!(
+            serde_json::to_string(&json).unwrap(),
+            r#"{"peers":[{"node":"10.0.0.2:7946","sent":3,"received":2}]}"#
         );
     }
 

@@ -166,6 +166,35 @@ struct NodeArgs {
     /// Exit when standard input closes (for nodes started by the demo).
     #[arg(long, hide = true)]
     exit_on_stdin_eof: bool,
+    /// How datagrams are received (expert, for measurements): `batched`,
+    /// with recvmmsg, or `plain`, one recvfrom per datagram.
+    #[arg(long, hide = true, value_enum, default_value_t = RecvArg::Batched)]
+    recv: RecvArg,
+    /// Keep the last events, timed, for GET /events (expert, for
+    /// measurements: the demo turns it on).
+    #[arg(long, hide = true)]
+    event_log: bool,
+}
+
+/// Events `--event-log` keeps.
+const EVENT_LOG: usize = 16384;
+
+/// `--recv` of `gossip node`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecvArg {
+    /// recvmmsg(2): one system call for what is queued.
+    Batched,
+    /// One recvfrom(2) per datagram.
+    Plain,
+}
+
+impl RecvArg {
+    fn mode(self) -> shell::RecvMode {
+        match self {
+            RecvArg::Batched => shell::RecvMode::Batched,
+            RecvArg::Plain => shell::RecvMode::Plain,
+        }
+    }
 }
 
 /// Largest --fan-out: a broadcast's destinations are limited anyway, and a
@@ -317,6 +346,10 @@ fn run_node(args: NodeArgs) -> Result<(), BoxError> {
         interface: args.iface.clone(),
         rng_seed: None,
     })?;
+    gossip.set_recv_mode(args.recv.mode());
+    if args.event_log {
+        gossip.enable_event_log(EVENT_LOG);
+    }
     let control = match args.control_port {
         0 => None,
         port => Some(
@@ -479,6 +512,7 @@ mod tests {
         assert!(!args.encrypt);
         assert_eq!(args.mode, BroadcastMode::Auto);
         assert_eq!(args.control_port, 8946);
+        assert_eq!(args.recv, RecvArg::Batched);
         Cli::command().debug_assert();
     }
 
@@ -497,6 +531,8 @@ mod tests {
         assert!(node(&["--period", "5ms"]).is_err());
         assert!(node(&["--key-id", "256"]).is_err());
         assert!(node(&["--key", "a", "--key-file", "b"]).is_err());
+        assert!(node(&["--recv", "plain", "--event-log"]).is_ok());
+        assert!(node(&["--recv", "recvmmsg"]).is_err());
         // Gone with the TCP fetch and the heartbeat protocol.
         assert!(node(&["--cycle", "1s"]).is_err());
         assert!(node(&["--timeout", "1s"]).is_err());

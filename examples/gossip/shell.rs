@@ -16,6 +16,7 @@
 //! call [`Handle::leave`], keep the node running for a few gossip intervals
 //! ([`Handle::leave_grace`]) so that the leave spreads, then shut it down.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -42,6 +43,71 @@ const POLL: Duration = Duration::from_millis(50);
 /// one lock for many datagrams, few enough that the buffers stay small
 /// (32 x 1401 bytes by default).
 pub const RECV_BATCH: usize = 32;
+/// How the UDP loop takes datagrams off the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecvMode {
+    /// `recvmmsg(2)`: one system call for everything queued (up to
+    /// [`RECV_BATCH`] datagrams).
+    #[default]
+    Batched,
+    /// The plain socket, for comparison: one `recvfrom(2)` per datagram
+    /// (the first waits, the others are taken without waiting until the
+    /// socket is empty or [`RECV_BATCH`] are in hand, then one more call
+    /// finds it empty). Everything else (one lock per round, the timers) is
+    /// as in batched mode, so the two differ by the system calls only.
+    Plain,
+}
+
+impl RecvMode {
+    /// `batched` or `plain`.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecvMode::Batched => "batched",
+            RecvMode::Plain => "plain",
+        }
+    }
+}
+
+/// Datagrams this node exchanged with one peer (by UDP address).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerTraffic {
+    /// Copies the broadcaster (or `sendto`) reported sent to it.
+    pub sent: u64,
+    /// Datagrams received from it (whatever the core then made of them).
+    pub received: u64,
+}
+
+/// An event as the event log keeps it ([`Handle::enable_event_log`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    /// Its number: 0 for the first event logged, then one more each.
+    pub seq: u64,
+    /// When the core raised it: `CLOCK_MONOTONIC` in nanoseconds, the clock
+    /// every process on the host (in any network namespace) reads alike.
+    pub at_ns: u64,
+    /// What happened.
+    pub event: Event,
+}
+
+/// The last events, with their times (for measurements: the demo reads
+/// when each node saw a member join, fail, or a key change, to the
+/// microsecond, without polling the node's state).
+struct EventLog {
+    next: u64,
+    capacity: usize,
+    events: VecDeque<LoggedEvent>,
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: all-zero bytes are a valid timespec.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: clock_gettime writes the timespec it is given, nothing else;
+    // CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// Gossip intervals a leaving node keeps running: the core tells
 /// `2 * gossip_nodes` members at once and gossips the leave on its next
 /// rounds; three rounds give it time to spread before the node goes silent.
@@ -122,10 +188,17 @@ pub struct NodeStats {
     /// Datagrams longer than the interface MTU allows for a broadcast, sent
     /// one `sendto` per destination (IP fragments them).
     pub oversize_sends: u64,
-    /// `recvmmsg(2)` calls that returned datagrams.
+    /// Receive rounds that returned datagrams: in batched mode one
+    /// `recvmmsg(2)` call each.
     pub recv_batches: u64,
-    /// Datagrams those calls returned: over `recv_batches`, the mean batch.
+    /// Datagrams those rounds returned: over `recv_batches`, the mean batch.
     pub recv_datagrams: u64,
+    /// Receive system calls (`recvmmsg` or `recvfrom`), those that returned
+    /// nothing (a timeout, an empty socket) included: over
+    /// `recv_datagrams`, what receiving costs in calls per datagram.
+    pub recv_calls: u64,
+    /// How datagrams are received.
+    pub recv_mode: RecvMode,
     /// The cluster-wide metadata's version.
     pub version: Version,
     /// Alive and suspect members, this node included.
@@ -169,6 +242,13 @@ struct Shared {
     oversize_sends: AtomicU64,
     recv_batches: AtomicU64,
     recv_datagrams: AtomicU64,
+    recv_calls: AtomicU64,
+    /// [`RecvMode::Plain`] when set.
+    plain_recv: AtomicBool,
+    /// Per peer: copies sent to it, datagrams received from it.
+    traffic: Mutex<HashMap<SocketAddr, PeerTraffic>>,
+    /// The event log, once enabled.
+    log: Mutex<Option<EventLog>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -258,6 +338,10 @@ impl Gossip {
             oversize_sends: AtomicU64::new(0),
             recv_batches: AtomicU64::new(0),
             recv_datagrams: AtomicU64::new(0),
+            recv_calls: AtomicU64::new(0),
+            plain_recv: AtomicBool::new(false),
+            traffic: Mutex::new(HashMap::new()),
+            log: Mutex::new(None),
         });
         let udp = Arc::clone(&shared);
         let thread = thread::Builder::new()
@@ -432,6 +516,8 @@ impl Handle {
             oversize_sends: shared.oversize_sends.load(Ordering::Relaxed),
             recv_batches: shared.recv_batches.load(Ordering::Relaxed),
             recv_datagrams: shared.recv_datagrams.load(Ordering::Relaxed),
+            recv_calls: shared.recv_calls.load(Ordering::Relaxed),
+            recv_mode: shared.recv_mode(),
             version: node.read().version,
             members: node.members().len(),
             queued: node.queued(),
@@ -441,6 +527,55 @@ impl Handle {
             left,
             paused: node.is_paused(),
         }
+    }
+
+    /// Switches how datagrams are received (batched by default), from the
+    /// next receive on.
+    pub fn set_recv_mode(&self, mode: RecvMode) {
+        self.shared
+            .plain_recv
+            .store(mode == RecvMode::Plain, Ordering::Relaxed);
+    }
+
+    /// Per peer (UDP address), the copies sent to it and the datagrams
+    /// received from it since the node started, sorted by address: summed
+    /// over a cluster, what one node says it sent to another against what
+    /// that one got (the demo's loss check).
+    pub fn traffic(&self) -> Vec<(SocketAddr, PeerTraffic)> {
+        let mut all: Vec<(SocketAddr, PeerTraffic)> = lock(&self.shared.traffic)
+            .iter()
+            .map(|(addr, traffic)| (*addr, *traffic))
+            .collect();
+        all.sort_by_key(|(addr, _)| *addr);
+        all
+    }
+
+    /// Keeps the last `capacity` events from now on, each with the time it
+    /// was raised ([`Handle::events_since`]); off until called (a node run
+    /// for measurements turns it on).
+    pub fn enable_event_log(&self, capacity: usize) {
+        let mut log = lock(&self.shared.log);
+        if log.is_none() {
+            *log = Some(EventLog {
+                next: 0,
+                capacity: capacity.max(1),
+                events: VecDeque::new(),
+            });
+        }
+    }
+
+    /// The logged events numbered `seq` and on that are still kept, and
+    /// the number the next event will get; None while the log is off.
+    pub fn events_since(&self, seq: u64) -> Option<(Vec<LoggedEvent>, u64)> {
+        let log = lock(&self.shared.log);
+        let log = log.as_ref()?;
+        let events = log
+            .events
+            .iter()
+            .filter(|e| e.seq >= seq)
+            .cloned()
+            .collect();
+        Some((events, log.next))
     }
 
     /// Runs `f` on the core, then carries out what it asked for.
@@ -517,20 +652,43 @@ impl Shared {
         if events.is_empty() {
             return;
         }
+        let at_ns = monotonic_ns();
         let mut subscribers = lock(&self.subscribers);
         subscribers.retain(|subscriber| {
             events
                 .iter()
                 .all(|event| subscriber.send(event.clone()).is_ok())
         });
+        // After the subscribers: an event in the log has been sent to them.
+        if let Some(log) = lock(&self.log).as_mut() {
+            for event in events {
+                if log.events.len() == log.capacity {
+                    log.events.pop_front();
+                }
+                log.events.push_back(LoggedEvent {
+                    seq: log.next,
+                    at_ns,
+                    event: event.clone(),
+                });
+                log.next += 1;
+            }
+        }
     }
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// Receives datagrams in batches and runs the timers until the node
-    /// stops.
+    fn recv_mode(&self) -> RecvMode {
+        if self.plain_recv.load(Ordering::Relaxed) {
+            RecvMode::Plain
+        } else {
+            RecvMode::Batched
+        }
+    }
+
+    /// Receives datagrams (in batches, or one call each in plain mode) and
+    /// runs the timers until the node stops.
     fn udp_loop(&self) {
         let max_packet = lock(&self.node).config().max_packet;
         let mut batch = Batch::new(max_packet);
@@ -546,12 +704,20 @@ impl Shared {
             // arrives; the socket's receive timeout bounds the wait for the
             // first one (MSG_WAITFORONE takes the rest without waiting).
             let _ = self.socket.set_read_timeout(Some(wait));
-            let received = batch.receive(fd);
+            let (received, calls) = match self.recv_mode() {
+                RecvMode::Batched => (batch.receive(fd), 1),
+                RecvMode::Plain => batch.receive_plain(fd),
+            };
+            self.recv_calls.fetch_add(calls, Ordering::Relaxed);
             if let Ok(count) = received {
                 if count > 0 {
                     self.recv_batches.fetch_add(1, Ordering::Relaxed);
                     self.recv_datagrams
                         .fetch_add(count as u64, Ordering::Relaxed);
+                    let mut traffic = lock(&self.traffic);
+                    for (from, _) in batch.datagrams() {
+                        traffic.entry(from).or_default().received += 1;
+                    }
                 }
             }
             // One lock for the whole batch and the timers.
@@ -583,14 +749,29 @@ impl Shared {
     /// One broadcast: the kernel clones the datagram for every destination
     /// (or `sendmmsg` sends them, in user-space mode).
     fn send(&self, to: &[SocketAddr], packet: &[u8]) {
+        // One destination (a probe, an ack, an anti-entropy message): a
+        // plain send costs less than arming the kernel fan-out for one copy.
+        if let [addr] = to {
+            match self.socket.send_to(packet, addr) {
+                Ok(_) => self.count_sent(to, &[]),
+                Err(err) => {
+                    self.send_failures.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("sending {} bytes to {addr}: {err}", packet.len());
+                }
+            }
+            return;
+        }
         if packet.len() > self.broadcaster.max_payload() {
             // Larger than one frame: the kernel fan-out cannot clone IP
             // fragments, so send each copy on its own.
             for addr in to {
                 self.oversize_sends.fetch_add(1, Ordering::Relaxed);
-                if let Err(err) = self.socket.send_to(packet, addr) {
-                    self.send_failures.fetch_add(1, Ordering::Relaxed);
-                    log::debug!("sending {} bytes to {addr}: {err}", packet.len());
+                match self.socket.send_to(packet, addr) {
+                    Ok(_) => self.count_sent(std::slice::from_ref(addr), &[]),
+                    Err(err) => {
+                        self.send_failures.fetch_add(1, Ordering::Relaxed);
+                        log::debug!("sending {} bytes to {addr}: {err}", packet.len());
+                    }
                 }
             }
             return;
@@ -602,12 +783,28 @@ impl Shared {
                         .fetch_add(report.failed.len() as u64, Ordering::Relaxed);
                     log::debug!("no copy reached {:?}", report.failed);
                 }
+                let failed: Vec<SocketAddr> = report.failed.iter().map(|f| f.destination).collect();
+                self.count_sent(to, &failed);
             }
             Err(err) => {
                 self.send_failures
                     .fetch_add(to.len() as u64, Ordering::Relaxed);
                 log::debug!("broadcast to {to:?}: {err}");
             }
+        }
+    }
+
+    /// Counts a copy sent to every destination of `to`, but one per entry
+    /// of `failed` (a destination listed twice fails twice).
+    fn count_sent(&self, to: &[SocketAddr], failed: &[SocketAddr]) {
+        let mut failed = failed.to_vec();
+        let mut traffic = lock(&self.traffic);
+        for addr in to {
+            if let Some(i) = failed.iter().position(|f| f == addr) {
+                failed.swap_remove(i);
+                continue;
+            }
+            traffic.entry(*addr).or_default().sent += 1;
         }
     }
 }
@@ -663,6 +860,27 @@ impl Batch {
         Ok(self.received.len())
     }
 
+    /// The plain socket: waits (up to the socket's receive timeout) for a
+    /// datagram with one `recvfrom(2)`, then takes what else is queued, one
+    /// `recvfrom(2)` with `MSG_DONTWAIT` each, until the socket is empty or
+    /// [`RECV_BATCH`] are in hand. Returns how many, and the system calls
+    /// made. After an error on the first call, the batch is empty.
+    fn receive_plain(&mut self, fd: RawFd) -> (Result<usize, Errno>, u64) {
+        self.received.clear();
+        let mut calls = 0;
+        for index in 0..RECV_BATCH {
+            let flags = if index == 0 { 0 } else { libc::MSG_DONTWAIT };
+            calls += 1;
+            match recv_from(fd, &mut self.buffers[index], flags) {
+                Ok((from, len)) => self.received.push((from, index, len)),
+                Err(err) if index == 0 => return (Err(err), calls),
+                // Empty (EAGAIN) or failing: what was taken is handled.
+                Err(_) => break,
+            }
+        }
+        (Ok(self.received.len()), calls)
+    }
+
     /// The datagrams of the last call: source and bytes.
     fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.received.iter().map(|&(from, index, len)| {
@@ -670,6 +888,39 @@ impl Batch {
             (from, &buffer[..len.min(buffer.len())])
         })
     }
+}
+
+/// One `recvfrom(2)` into `buffer`: the source and the datagram's length
+/// (as the kernel gives it: a datagram longer than the buffer is cut, and
+/// its length is the buffer's).
+fn recv_from(
+    fd: RawFd,
+    buffer: &mut [u8],
+    flags: libc::c_int,
+) -> Result<(SocketAddr, usize), Errno> {
+    // SAFETY: all-zero bytes are a valid sockaddr_in.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut addr_len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `buffer` is valid for writes of its length, `addr` for
+    // `addr_len` bytes; both outlive the call, which writes no further.
+    let len = unsafe {
+        libc::recvfrom(
+            fd,
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            flags,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut addr_len,
+        )
+    };
+    if len < 0 {
+        return Err(Errno::last());
+    }
+    let from = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+        u16::from_be(addr.sin_port),
+    );
+    Ok((SocketAddr::V4(from), (len as usize).min(buffer.len())))
 }
 
 fn log_events(events: &[Event]) {
@@ -746,6 +997,50 @@ mod tests {
         assert_eq!(got[5].1.len(), 33);
     }
 
+    /// The plain receive takes the same datagrams, one system call each
+    /// and one more that finds the socket empty.
+    #[test]
+    fn plain_receive_takes_one_call_per_datagram() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        for i in 0..5u8 {
+            sender.send_to(&[i; 10], to).unwrap();
+        }
+        sender.send_to(&[9; 40], to).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut batch = Batch::new(32);
+        let (mut got, mut calls) = (Vec::new(), 0);
+        while got.len() < 6 {
+            let (count, made) = batch.receive_plain(receiver.as_raw_fd());
+            assert!(count.unwrap() > 0);
+            calls += made;
+            got.extend(
+                batch
+                    .datagrams()
+                    .map(|(from, bytes)| (from, bytes.to_vec())),
+            );
+        }
+        let from = sender.local_addr().unwrap();
+        for (i, (source, bytes)) in got.iter().take(5).enumerate() {
+            assert_eq!(*source, from);
+            assert_eq!(bytes, &vec![i as u8; 10]);
+        }
+        assert_eq!(got[5].1.len(), 33);
+        // Six datagrams, and at least one call that found nothing more.
+        assert!(calls >= 7, "{calls} calls");
+        // Nothing queued: the first call waits out the timeout.
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(10)))
+            .unwrap();
+        let (empty, made) = batch.receive_plain(receiver.as_raw_fd());
+        assert!(matches!(empty, Err(Errno::EAGAIN)), "{empty:?}");
+        assert_eq!(made, 1);
+        assert_eq!(batch.datagrams().count(), 0);
+    }
+
     /// A free port on 127.0.0.1 (free when asked: good enough for a test).
     fn free_port() -> SocketAddrV4 {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -785,6 +1080,8 @@ mod tests {
         let a = loopback_node(a_addr, Vec::new());
         let b = loopback_node(b_addr, vec![a_addr]);
         let events = a.subscribe();
+        a.enable_event_log(2);
+        assert_eq!(b.events_since(0), None);
         let dropped = a.subscribe();
         drop(dropped);
         a.join();
@@ -809,6 +1106,14 @@ mod tests {
         assert!(got.contains(&Event::Joined(NodeId(b_addr))), "{got:?}");
         assert!(got.contains(&Event::Published(version)), "{got:?}");
         assert_eq!(lock(&a.shared.subscribers).len(), 1);
+        // The log keeps the last two events, timed and numbered.
+        let (logged, next) = a.events_since(0).unwrap();
+        assert_eq!(logged.len(), 2);
+        assert_eq!(logged[1].seq + 1, next);
+        let later: Vec<Event> = events.try_iter().collect();
+        assert!(got.iter().chain(&later).any(|e| *e == logged[1].event));
+        assert!(logged[0].at_ns <= logged[1].at_ns && logged[1].at_ns <= monotonic_ns());
+        assert_eq!(a.events_since(next).unwrap().0, []);
 
         // Rotation: the new key on both, then primary on both, then the
         // old one removed; the nodes go on talking throughout.
@@ -829,6 +1134,21 @@ mod tests {
         });
         let stats = a.stats();
         assert!(stats.recv_batches > 0 && stats.recv_datagrams >= stats.recv_batches);
+        assert!(stats.recv_calls >= stats.recv_batches);
+        assert_eq!(stats.recv_mode, RecvMode::Batched);
+        // Per peer: a sent to b and got from b, and only b.
+        let traffic = a.traffic();
+        assert_eq!(traffic.len(), 1, "{traffic:?}");
+        let (peer, counts) = traffic[0];
+        assert_eq!(peer, SocketAddr::V4(b_addr));
+        assert!(counts.sent > 0 && counts.received > 0, "{counts:?}");
+        // Plain receive from here on: the nodes go on talking.
+        a.set_recv_mode(RecvMode::Plain);
+        b.set_key(b"role", b"plain".to_vec()).unwrap();
+        wait("key with plain receive", || {
+            a.get(NodeId(b_addr), b"role").as_deref() == Some(&b"plain"[..])
+        });
+        assert_eq!(a.stats().recv_mode, RecvMode::Plain);
 
         b.leave_and_shutdown();
         wait("leave", || {
