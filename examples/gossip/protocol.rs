@@ -257,6 +257,11 @@ pub struct Stats {
     pub bytes_out: u64,
     /// [`Action::Send`]s (broadcasts) asked for.
     pub sends: u64,
+    /// Of those, sends to two or more members (what the kernel fan-out
+    /// clones; the shell sends the others with a plain send).
+    pub fan_outs: u64,
+    /// Datagrams those fan-outs asked for.
+    pub fan_out_copies: u64,
     /// Direct probes started.
     pub probes: u64,
     /// Probes that went indirect.
@@ -2035,6 +2040,10 @@ impl Node {
         match self.codec.encode(self.me, seq, &message) {
             Ok(packet) => {
                 self.stats.sends += 1;
+                if to.len() > 1 {
+                    self.stats.fan_outs += 1;
+                    self.stats.fan_out_copies += to.len() as u64;
+                }
                 self.stats.datagrams_out += to.len() as u64;
                 self.stats.bytes_out += (packet.len() * to.len()) as u64;
                 let to = to.iter().map(|node| node.addr()).collect();

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{Config, Event};
 use crate::sim::{config, Network, Sim};
@@ -96,10 +96,13 @@ pub struct SimArgs {
     /// Write the cost and fan-out plots here (SVG).
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Run nothing: draw --svg from these earlier --json files, merged.
+    #[arg(long, value_delimiter = ',')]
+    plot_from: Vec<PathBuf>,
 }
 
 /// Median and range of repeated trials.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Spread {
     /// Trials.
     pub n: usize,
@@ -148,7 +151,7 @@ impl Spread {
 }
 
 /// Steady-state cost per node and period at one size.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Cost {
     /// Nodes.
     pub nodes: usize,
@@ -167,7 +170,7 @@ pub struct Cost {
 }
 
 /// Times (in periods) until a share of views agree.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Timing {
     /// Nodes.
     pub nodes: usize,
@@ -180,7 +183,7 @@ pub struct Timing {
 }
 
 /// The soak's outcome.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Soak {
     /// Nodes.
     pub nodes: usize,
@@ -199,7 +202,7 @@ pub struct Soak {
 }
 
 /// The replay campaign's outcome.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Replay {
     /// Nodes.
     pub nodes: usize,
@@ -217,7 +220,7 @@ pub struct Replay {
 }
 
 /// One fan-out's figures.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct FanOut {
     /// Members per gossip round.
     pub fan_out: usize,
@@ -229,7 +232,7 @@ pub struct FanOut {
     pub crash: Spread,
     /// Datagrams per node and period while updates flow (one per second).
     pub datagrams: Spread,
-    /// Broadcasts per node and period.
+    /// Sends to two or more members per node and period.
     pub broadcasts: Spread,
     /// Modelled sender CPU per node and period with the kernel fan-out, µs.
     pub kernel_us: Spread,
@@ -238,7 +241,7 @@ pub struct FanOut {
 }
 
 /// Everything measured.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     /// Cost by size and loss.
     pub cost: Vec<Cost>,
@@ -285,6 +288,27 @@ fn cluster(n: usize, config: Config, loss: f64, seed: u64) -> Sim {
 /// Runs `gossip sim`.
 pub fn run(args: SimArgs) -> Result<(), BoxError> {
     let mut results = Results::default();
+    if !args.plot_from.is_empty() {
+        for path in &args.plot_from {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let more: Results =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            results.cost.extend(more.cost);
+            results.timings.extend(more.timings);
+            results.partitions.extend(more.partitions);
+            if !more.fan_out.is_empty() {
+                // A later run of the fan-out scenario replaces an earlier one.
+                results.fan_out = more.fan_out;
+            }
+            results.soak = results.soak.or(more.soak);
+            results.replay = results.replay.or(more.replay);
+        }
+        let path = args.svg.as_ref().ok_or("--plot-from needs --svg")?;
+        std::fs::write(path, plot(&results))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        return Ok(());
+    }
     let started = Instant::now();
     for scenario in &args.scenarios {
         match scenario {
@@ -630,8 +654,8 @@ fn fan_out(args: &SimArgs, results: &mut Results) {
         "\n## Fan-out at {n} nodes, {:.0}% loss, one 1 KiB update per second cluster-wide (median, range)\n",
         args.loss * 100.0
     );
-    println!("Sender CPU modelled from the benchmark matrix: kernel {KERNEL_SEND_US} µs per broadcast + {KERNEL_COPY_US} µs per further copy; user space {USER_SEND_US} µs per copy.\n");
-    println!("| fan-out | update, periods to 99.9% | seen after 1 period | crash, periods to 99.9% | datagrams | broadcasts | kernel µs | user-space µs |");
+    println!("Sender CPU modelled from the benchmark matrix: a send to several members {KERNEL_SEND_US} µs plus {KERNEL_COPY_US} µs per further copy with the kernel fan-out; {USER_SEND_US} µs per datagram in user space and for every send to one member.\n");
+    println!("| fan-out | update, periods to 99.9% | seen after 1 period | crash, periods to 99.9% | datagrams | fan-outs | kernel µs | user-space µs |");
     println!("|---:|---|---|---|---|---|---|---|");
     for &k in &args.fan_outs {
         let mut samples: [Vec<Option<f64>>; 7] = Default::default();
@@ -654,17 +678,22 @@ fn fan_out(args: &SimArgs, results: &mut Results) {
                 sim.run_for(PERIOD);
             }
             let per = n as f64 * f64::from(window);
-            let (mut datagrams, mut broadcasts) = (0.0, 0.0);
+            let (mut datagrams, mut fan_outs, mut copies) = (0.0, 0.0, 0.0);
             for (host, stats) in sim.hosts.iter().zip(&before) {
                 let now = host.node.stats();
                 datagrams += (now.datagrams_out - stats.datagrams_out) as f64;
-                broadcasts += (now.sends - stats.sends) as f64;
+                fan_outs += (now.fan_outs - stats.fan_outs) as f64;
+                copies += (now.fan_out_copies - stats.fan_out_copies) as f64;
             }
-            let (datagrams, broadcasts) = (datagrams / per, broadcasts / per);
+            let (datagrams, fan_outs, copies) = (datagrams / per, fan_outs / per, copies / per);
+            // Single-destination sends are plain sends in both modes.
+            let single = datagrams - copies;
             samples[3].push(Some(datagrams));
-            samples[4].push(Some(broadcasts));
+            samples[4].push(Some(fan_outs));
             samples[5].push(Some(
-                broadcasts * KERNEL_SEND_US + (datagrams - broadcasts) * KERNEL_COPY_US,
+                single * USER_SEND_US
+                    + fan_outs * KERNEL_SEND_US
+                    + (copies - fan_outs) * KERNEL_COPY_US,
             ));
             samples[6].push(Some(datagrams * USER_SEND_US));
             let (most, _) = time_crash(&mut sim, (trial as usize * 131 + 2) % n, 60);
@@ -709,12 +738,29 @@ fn plot(results: &Results) -> String {
     panel(
         &mut svg,
         (60.0, 40.0, 360.0, 260.0),
-        "Per node and period, by cluster size",
+        "Per node and period, by cluster size (sim)",
         "nodes (log)",
         true,
         &[
             (
-                "datagrams out",
+                "datagrams out, no loss",
+                "#17becf",
+                results
+                    .cost
+                    .iter()
+                    .filter(|c| c.loss == 0.0)
+                    .map(|c| {
+                        (
+                            c.nodes as f64,
+                            c.datagrams.median,
+                            c.datagrams.min,
+                            c.datagrams.max,
+                        )
+                    })
+                    .collect(),
+            ),
+            (
+                "datagrams out, 10% loss",
                 "#1f77b4",
                 results
                     .cost
@@ -731,7 +777,7 @@ fn plot(results: &Results) -> String {
                     .collect(),
             ),
             (
-                "core CPU / 10 µs",
+                "core CPU / 10 µs, 10% loss",
                 "#d62728",
                 results
                     .cost
@@ -748,7 +794,7 @@ fn plot(results: &Results) -> String {
                     .collect(),
             ),
             (
-                "KB out",
+                "KB out, 10% loss",
                 "#2ca02c",
                 results
                     .cost
