@@ -12,13 +12,15 @@
 //!   it asks `indirect_checks` other members to ping it (one broadcast: the
 //!   same datagram to each) and pings it once more itself. Without an ack
 //!   by the end of the period the
-//!   member is *suspect*. A suspect that hears of it refutes by raising its
-//!   incarnation number; one that does not is declared dead when the
-//!   suspicion times out. The suspecting node tells the suspect directly,
-//!   besides gossiping it, so a live one refutes within a round trip.
-//!   Lifeguard's local health: a node whose own probes keep failing, so
-//!   probably is slow itself, stretches its probe period, probe timeout and
-//!   suspicion timeouts.
+//!   member is *suspect*. The suspecting node tells the suspect first and
+//!   gossips the suspicion only if no refutation (a higher incarnation
+//!   number) came back within two gossip intervals; it declares the member
+//!   dead when its suspicion times out (`log10(N)` periods), and that
+//!   spreads. Nodes that heard of the suspicion wait three times as long
+//!   (Lifeguard's point: the node with the evidence decides, a refutation
+//!   has until then to reach everyone). Lifeguard's local health: a node
+//!   whose own probes keep failing, so probably is slow itself, stretches
+//!   its probe period and probe timeout.
 //! - **Dissemination.** Membership updates and key/value changes queue up
 //!   ([`crate::queue`]) and ride on every message the node sends; each is
 //!   sent about `retransmit_mult * log10(N)` times. Every gossip interval a
@@ -65,6 +67,11 @@ use crate::queue::{Item, Queue};
 /// Queued items beyond what one datagram carries (1400 bytes hold about
 /// 85 membership updates): a gossip round then sends more than one.
 const BACKLOG: usize = 85;
+
+/// How much longer a node waits on a suspicion it heard of than its author
+/// (Lifeguard's point: the node with the evidence decides; a refutation has
+/// until then to reach everyone else).
+const RELAYED_SUSPICION: f64 = 3.0;
 
 /// The key under which [`Node::publish`] stores cluster-wide metadata in the
 /// publishing node's state (refused by [`Node::set`]).
@@ -1213,7 +1220,7 @@ impl Node {
         self.probe_order.insert(at, update.node);
         self.events.push(Event::Joined(update.node));
         if update.state == State::Suspect {
-            self.start_suspicion(update.node, now);
+            self.start_suspicion(update.node, now, RELAYED_SUSPICION);
         }
     }
 
@@ -1247,7 +1254,7 @@ impl Node {
                     self.events.push(Event::Joined(node));
                 }
                 self.events.push(Event::Suspected(node));
-                self.start_suspicion(node, now);
+                self.start_suspicion(node, now, RELAYED_SUSPICION);
             }
             State::Dead | State::Left => {
                 member.suspicion = None;
@@ -1297,14 +1304,15 @@ impl Node {
     }
 
     /// Starts the suspicion timer: `suspicion_mult * log10(max(N, 10))`
-    /// periods, stretched by this node's own local health (Lifeguard: a
-    /// node that is itself slow gives the suspect longer to refute).
-    fn start_suspicion(&mut self, node: NodeId, now: Instant) {
+    /// periods times `factor`: 1 for a suspicion of our own (our probe failed: we
+    /// declare the death, and that spreads) and [`RELAYED_SUSPICION`] for
+    /// one heard of, whose timer is only there in case its author fails too.
+    fn start_suspicion(&mut self, node: NodeId, now: Instant, factor: f64) {
         let n = self.cluster_size().max(10) as f64;
         let timeout = self
             .config
             .probe_interval
-            .mul_f64(self.config.suspicion_mult * n.log10() * f64::from(self.awareness + 1));
+            .mul_f64(self.config.suspicion_mult * n.log10() * factor);
         let deadline = now + timeout;
         if let Some(member) = self.members.get_mut(&node) {
             member.suspicion = Some(Suspicion { deadline });
@@ -1517,6 +1525,7 @@ impl Node {
         };
         self.stats.suspicions += 1;
         self.transition(update, now);
+        self.start_suspicion(node, now, 1.0);
         // Told privately first: a live member refutes within a round trip
         // and the suspicion never goes round the cluster. Gossiped only if
         // no refutation came back within two gossip intervals. (The
