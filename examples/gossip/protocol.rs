@@ -20,7 +20,7 @@
 //!   (Lifeguard's point: the node with the evidence decides, a refutation
 //!   has until then to reach everyone). Lifeguard's local health: a node
 //!   whose own probes keep failing, so probably is slow itself, stretches
-//!   its probe period and probe timeout.
+//!   its probe period, probe timeout and suspicion timeouts.
 //! - **Dissemination.** Membership updates and key/value changes queue up
 //!   ([`crate::queue`]) and ride on every message the node sends; each is
 //!   sent about `retransmit_mult * log10(N)` times. Every gossip interval a
@@ -1304,15 +1304,16 @@ impl Node {
     }
 
     /// Starts the suspicion timer: `suspicion_mult * log10(max(N, 10))`
-    /// periods times `factor`: 1 for a suspicion of our own (our probe failed: we
+    /// periods, times this node's local-health multiplier (Lifeguard: a
+    /// node that is itself slow, so whose probes fail for its own reasons,
+    /// gives the suspect longer to refute), times `factor`: 1 for a suspicion of our own (our probe failed: we
     /// declare the death, and that spreads) and [`RELAYED_SUSPICION`] for
     /// one heard of, whose timer is only there in case its author fails too.
     fn start_suspicion(&mut self, node: NodeId, now: Instant, factor: f64) {
         let n = self.cluster_size().max(10) as f64;
-        let timeout = self
-            .config
-            .probe_interval
-            .mul_f64(self.config.suspicion_mult * n.log10() * factor);
+        let timeout = self.config.probe_interval.mul_f64(
+            self.config.suspicion_mult * n.log10() * f64::from(self.awareness + 1) * factor,
+        );
         let deadline = now + timeout;
         if let Some(member) = self.members.get_mut(&node) {
             member.suspicion = Some(Suspicion { deadline });
@@ -1452,8 +1453,11 @@ impl Node {
             if probe.acked {
                 self.awareness = self.awareness.saturating_sub(1);
             } else {
-                self.awareness = (self.awareness + 1).min(self.config.max_awareness);
+                // The suspicion's timer takes our local health as it was
+                // before this failure: one failed probe of a healthy node
+                // does not stretch it, a history of them does.
                 self.suspect(probe.target, now);
+                self.awareness = (self.awareness + 1).min(self.config.max_awareness);
             }
         }
         let scale = f64::from(self.awareness + 1);
