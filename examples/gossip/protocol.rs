@@ -15,7 +15,7 @@
 //!   member is *suspect*. The suspecting node tells the suspect first and
 //!   gossips the suspicion only if no refutation (a higher incarnation
 //!   number) came back within two gossip intervals; it declares the member
-//!   dead when its suspicion times out (`log10(N)` periods), and that
+//!   dead when its suspicion times out (`1.5 * log10(N)` periods), and that
 //!   spreads. Nodes that heard of the suspicion wait three times as long
 //!   (Lifeguard's point: the node with the evidence decides, a refutation
 //!   has until then to reach everyone). Lifeguard's local health: a node
@@ -99,7 +99,8 @@ pub struct Config {
     /// Each update is sent `retransmit_mult * ceil(log10(N + 1))` times.
     pub retransmit_mult: u32,
     /// A suspect has `suspicion_mult * log10(max(N, 10))` periods to
-    /// refute (times this node's local-health multiplier).
+    /// refute (times this node's local-health multiplier; three times that
+    /// on nodes that only heard of the suspicion).
     pub suspicion_mult: f64,
     /// Highest local-health multiplier (Lifeguard): a node whose probes
     /// keep failing stretches its probe period and timeout up to this many
@@ -134,7 +135,7 @@ impl Config {
             gossip_nodes: 3,
             max_burst: 4,
             retransmit_mult: 4,
-            suspicion_mult: 1.0,
+            suspicion_mult: 1.5,
             max_awareness: 8,
             sync_interval: Duration::from_secs(1),
             announce_interval: Duration::from_secs(1),
@@ -553,8 +554,9 @@ struct Relay {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Suspicion(NodeId),
-    /// Gossip our own suspicion of a member at an incarnation, if it stands.
-    Publish(NodeId, u64),
+    /// Our own suspicion of a member at an incarnation, if it stands: tell
+    /// the member again (each round), and gossip it (at round 2).
+    Publish(NodeId, u64, u32),
     Forget(NodeId),
 }
 
@@ -1341,19 +1343,31 @@ impl Node {
                     self.queue.push(Item::Update(update));
                 }
             }
-            Timer::Publish(node, incarnation) => {
+            Timer::Publish(node, incarnation, round) => {
                 let stands = self
                     .members
                     .get(&node)
                     .is_some_and(|m| m.state == State::Suspect && m.incarnation == incarnation);
-                if stands {
+                if !stands {
+                    return;
+                }
+                if round == 2 {
                     self.queue.push(Item::Update(Update {
                         node,
                         incarnation,
                         state: State::Suspect,
                     }));
-                    self.certify(node);
                 }
+                // Tell the suspect again every gossip round while the
+                // suspicion stands: its refutation gets a fresh chance each
+                // time (one lost notice or reply must not remove a live
+                // member; a dead one costs a datagram per round).
+                self.certify(node);
+                let next = now + self.config.gossip_interval;
+                self.timers.push(Reverse((
+                    next,
+                    Timer::Publish(node, incarnation, round + 1),
+                )));
             }
             Timer::Forget(node) => {
                 let Some(member) = self.members.get(&node) else {
@@ -1536,10 +1550,10 @@ impl Node {
         // suspicion timer runs from now either way, so a crash is removed
         // no later.)
         self.certify(node);
-        let publish_at = now + self.config.gossip_interval * 2;
+        let again_at = now + self.config.gossip_interval;
         self.timers.push(Reverse((
-            publish_at,
-            Timer::Publish(node, update.incarnation),
+            again_at,
+            Timer::Publish(node, update.incarnation, 1),
         )));
     }
 

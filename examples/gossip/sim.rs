@@ -680,7 +680,7 @@ mod tests {
 
     #[test]
     fn partitions_of_any_length_heal_within_two_periods() {
-        for (seed, periods) in [(5, 3), (6, 30), (7, 600)] {
+        for (seed, periods) in [(5, 10), (6, 30), (7, 600)] {
             let mut sim = converged_cluster(12, config(), 0.1, seed);
             sim.partition(|i| (i % 2) as u8);
             sim.run_for(periods * PERIOD);
