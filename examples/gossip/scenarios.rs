@@ -440,53 +440,49 @@ fn time_crash(sim: &mut Sim, victim: usize, limit: u32) -> (Option<f64>, Option<
 }
 
 fn update(args: &SimArgs, results: &mut Results) {
-    println!(
-        "\n## A 1 KiB update at {:.0}% loss: periods until seen (median, range)\n",
+    let title = format!(
+        "A 1 KiB update at {:.0}% loss: periods until seen",
         args.loss * 100.0
     );
-    println!("| nodes | by 99.9% | by all |");
-    println!("|---:|---|---|");
-    for &n in &args.nodes {
-        let (mut most, mut all) = (Vec::new(), Vec::new());
-        for trial in 0..args.trials {
-            let mut sim = cluster(n, config(), args.loss, args.seed + trial);
-            let (m, a, _) = time_update(&mut sim, (trial as usize * 7919) % n, 30);
-            most.push(m);
-            all.push(a);
-        }
-        let timing = Timing {
-            nodes: n,
-            what: "update".into(),
-            most: Spread::of(&most),
-            all: Spread::of(&all),
-        };
-        println!(
-            "| {n} | {} | {} |",
-            timing.most.show(""),
-            timing.all.show("")
-        );
-        results.timings.push(timing);
-    }
+    timings(args, results, "update", &title, |sim, trial, n| {
+        let (most, all, _) = time_update(sim, (trial as usize * 7919) % n, 30);
+        (most, all)
+    });
 }
 
 fn crash(args: &SimArgs, results: &mut Results) {
-    println!(
-        "\n## A crash at {:.0}% loss: periods until out of the views (median, range)\n",
+    let title = format!(
+        "A crash at {:.0}% loss: periods until out of the views",
         args.loss * 100.0
     );
+    timings(args, results, "crash", &title, |sim, trial, n| {
+        time_crash(sim, (trial as usize * 104_729) % n, 60)
+    });
+}
+
+/// Runs `measure` (times to 99.9% and to all) on a fresh cluster per trial
+/// and size, and prints the table.
+fn timings(
+    args: &SimArgs,
+    results: &mut Results,
+    what: &str,
+    title: &str,
+    measure: impl Fn(&mut Sim, u64, usize) -> (Option<f64>, Option<f64>),
+) {
+    println!("\n## {title} (median, range)\n");
     println!("| nodes | by 99.9% | by all |");
     println!("|---:|---|---|");
     for &n in &args.nodes {
         let (mut most, mut all) = (Vec::new(), Vec::new());
         for trial in 0..args.trials {
             let mut sim = cluster(n, config(), args.loss, args.seed + trial);
-            let (m, a) = time_crash(&mut sim, (trial as usize * 104_729) % n, 60);
+            let (m, a) = measure(&mut sim, trial, n);
             most.push(m);
             all.push(a);
         }
         let timing = Timing {
             nodes: n,
-            what: "crash".into(),
+            what: what.into(),
             most: Spread::of(&most),
             all: Spread::of(&all),
         };
