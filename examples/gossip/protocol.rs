@@ -1293,8 +1293,8 @@ impl Node {
             return;
         }
         if refute && update.state == State::Alive {
-            // Someone revived us on our behalf, or remembers an earlier run:
-            // take that incarnation, nothing to refute.
+            // Someone remembers an earlier run of ours with a higher
+            // incarnation (our clock went back): take it, nothing to refute.
             self.incarnation = update.incarnation;
         } else if refute {
             self.incarnation = update.incarnation + 1;
