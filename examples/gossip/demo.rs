@@ -830,72 +830,56 @@ impl NodeView {
 fn wait_events(
     clients: &Clients,
     views: &mut [NodeView],
-    mut pending: Vec<usize>,
+    pending: Vec<usize>,
     start_ns: u64,
     limit: Duration,
     what: &str,
     done: impl Fn(&NodeView, &EventJson) -> bool,
 ) -> Result<(Vec<f64>, PollCost), BoxError> {
-    let started = Instant::now();
-    let mut times = Vec::with_capacity(pending.len());
-    let mut cost = PollCost::default();
-    let cpu = own_cpu_ms();
-    loop {
-        let round = Instant::now();
-        let mut still = Vec::new();
-        cost.rounds += 1;
-        cost.requests += pending.len() as u64;
-        let path = |i: usize| format!("/events?since={}", views[i].since);
-        for (i, reply, _) in clients.each(&pending, "GET", path, b"") {
-            let body = match reply {
-                Ok((200, body)) => body,
-                Ok((status, body)) => {
-                    return Err(format!(
-                        "node {i}: GET /events: {status} {}",
-                        String::from_utf8_lossy(&body).trim()
-                    )
-                    .into())
+    poll_rounds(
+        pending,
+        Instant::now(),
+        limit,
+        EVENT_POLL,
+        what,
+        |pending, times, still| {
+            let path = |i: usize| format!("/events?since={}", views[i].since);
+            for (i, reply, _) in clients.each(pending, "GET", path, b"") {
+                let body = match reply {
+                    Ok((200, body)) => body,
+                    Ok((status, body)) => {
+                        return Err(format!(
+                            "node {i}: GET /events: {status} {}",
+                            String::from_utf8_lossy(&body).trim()
+                        )
+                        .into())
+                    }
+                    Err(_) => {
+                        still.push(i);
+                        continue;
+                    }
+                };
+                let events: EventsJson = serde_json::from_slice(&body)?;
+                let view = &mut views[i];
+                if events.events.first().is_some_and(|e| e.seq > view.since) {
+                    return Err(format!("node {i}: events lost from its log (too many)").into());
                 }
-                Err(_) => {
-                    still.push(i);
-                    continue;
+                let mut at = None;
+                for event in &events.events {
+                    view.apply(event);
+                    if at.is_none() && done(view, event) {
+                        at = Some(event.at_ns);
+                    }
                 }
-            };
-            let events: EventsJson = serde_json::from_slice(&body)?;
-            let view = &mut views[i];
-            if events.events.first().is_some_and(|e| e.seq > view.since) {
-                return Err(format!("node {i}: events lost from its log (too many)").into());
-            }
-            let mut at = None;
-            for event in &events.events {
-                view.apply(event);
-                if at.is_none() && done(view, event) {
-                    at = Some(event.at_ns);
+                view.since = events.next;
+                match at {
+                    Some(at) => times.push(at.saturating_sub(start_ns) as f64 / 1e6),
+                    None => still.push(i),
                 }
             }
-            view.since = events.next;
-            match at {
-                Some(at) => times.push(at.saturating_sub(start_ns) as f64 / 1e6),
-                None => still.push(i),
-            }
-        }
-        cost.round_ms += ms(round.elapsed());
-        if still.is_empty() {
-            cost.demo_cpu_ms = own_cpu_ms() - cpu;
-            return Ok((times, cost));
-        }
-        if started.elapsed() > limit {
-            still.sort_unstable();
-            return Err(format!(
-                "{what}: not within {limit:?} on {} nodes ({:?}...)",
-                still.len(),
-                &still[..still.len().min(8)]
-            )
-            .into());
-        }
-        pending = still;
-        std::thread::sleep(EVENT_POLL.saturating_sub(round.elapsed()));
-    }
+            Ok(())
+        },
+    )
 }
 
 /// Asks the nodes of `pending` every [`POLL`] until `done` holds for each
@@ -904,30 +888,55 @@ fn wait_events(
 /// cost.
 fn wait_all(
     clients: &Clients,
-    mut pending: Vec<usize>,
+    pending: Vec<usize>,
     start: Instant,
     limit: Duration,
     what: &str,
     path: impl Fn(usize) -> String,
     done: impl Fn(usize, u16, &[u8]) -> bool,
 ) -> Result<(Vec<f64>, PollCost), BoxError> {
+    poll_rounds(
+        pending,
+        start,
+        limit,
+        POLL,
+        what,
+        |pending, times, still| {
+            for (i, reply, at) in clients.each(pending, "GET", &path, b"") {
+                match reply {
+                    Ok((status, body)) if done(i, status, &body) => {
+                        times.push(ms(at.saturating_duration_since(start)));
+                    }
+                    _ => still.push(i),
+                }
+            }
+            Ok(())
+        },
+    )
+}
+
+/// The polling both waits share: a `round` every `interval` over the nodes
+/// not done yet (it adds a time per node done and lists the others), until
+/// none is left, or an error once `limit` has passed since `start`; with
+/// what the rounds cost.
+fn poll_rounds(
+    mut pending: Vec<usize>,
+    start: Instant,
+    limit: Duration,
+    interval: Duration,
+    what: &str,
+    mut round: impl FnMut(&[usize], &mut Vec<f64>, &mut Vec<usize>) -> Result<(), BoxError>,
+) -> Result<(Vec<f64>, PollCost), BoxError> {
     let mut times = Vec::with_capacity(pending.len());
     let mut cost = PollCost::default();
     let cpu = own_cpu_ms();
     loop {
-        let round = Instant::now();
+        let began = Instant::now();
         let mut still = Vec::new();
         cost.rounds += 1;
         cost.requests += pending.len() as u64;
-        for (i, reply, at) in clients.each(&pending, "GET", &path, b"") {
-            match reply {
-                Ok((status, body)) if done(i, status, &body) => {
-                    times.push(ms(at.saturating_duration_since(start)));
-                }
-                _ => still.push(i),
-            }
-        }
-        cost.round_ms += ms(round.elapsed());
+        round(&pending, &mut times, &mut still)?;
+        cost.round_ms += ms(began.elapsed());
         if still.is_empty() {
             cost.demo_cpu_ms = own_cpu_ms() - cpu;
             return Ok((times, cost));
@@ -942,7 +951,7 @@ fn wait_all(
             .into());
         }
         pending = still;
-        std::thread::sleep(POLL.saturating_sub(round.elapsed()));
+        std::thread::sleep(interval.saturating_sub(began.elapsed()));
     }
 }
 

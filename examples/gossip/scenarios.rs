@@ -720,6 +720,17 @@ fn fan_out(args: &SimArgs, results: &mut Results) {
     }
 }
 
+/// A point of a plot series: `x`, and the median, smallest and largest of
+/// `spread` divided by `scale`.
+fn point(x: f64, spread: &Spread, scale: f64) -> (f64, f64, f64, f64) {
+    (
+        x,
+        spread.median / scale,
+        spread.min / scale,
+        spread.max / scale,
+    )
+}
+
 /// Two panels: per-node datagrams and core CPU by cluster size (log
 /// scale), and update time and modelled CPU by fan-out.
 fn plot(results: &Results) -> String {
@@ -730,7 +741,21 @@ fn plot(results: &Results) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    // Left panel: cost by size.
+    let by_size = |lossy: bool, spread: fn(&Cost) -> &Spread, scale: f64| -> Vec<_> {
+        results
+            .cost
+            .iter()
+            .filter(|c| (c.loss > 0.0) == lossy)
+            .map(|c| point(c.nodes as f64, spread(c), scale))
+            .collect()
+    };
+    let by_fan_out = |spread: fn(&FanOut) -> &Spread, scale: f64| -> Vec<_> {
+        results
+            .fan_out
+            .iter()
+            .map(|f| point(f.fan_out as f64, spread(f), scale))
+            .collect()
+    };
     panel(
         &mut svg,
         (60.0, 40.0, 360.0, 260.0),
@@ -741,70 +766,22 @@ fn plot(results: &Results) -> String {
             (
                 "datagrams out, no loss",
                 "#17becf",
-                results
-                    .cost
-                    .iter()
-                    .filter(|c| c.loss == 0.0)
-                    .map(|c| {
-                        (
-                            c.nodes as f64,
-                            c.datagrams.median,
-                            c.datagrams.min,
-                            c.datagrams.max,
-                        )
-                    })
-                    .collect(),
+                by_size(false, |c| &c.datagrams, 1.0),
             ),
             (
                 "datagrams out, 10% loss",
                 "#1f77b4",
-                results
-                    .cost
-                    .iter()
-                    .filter(|c| c.loss > 0.0)
-                    .map(|c| {
-                        (
-                            c.nodes as f64,
-                            c.datagrams.median,
-                            c.datagrams.min,
-                            c.datagrams.max,
-                        )
-                    })
-                    .collect(),
+                by_size(true, |c| &c.datagrams, 1.0),
             ),
             (
                 "core CPU / 10 µs, 10% loss",
                 "#d62728",
-                results
-                    .cost
-                    .iter()
-                    .filter(|c| c.loss > 0.0)
-                    .map(|c| {
-                        (
-                            c.nodes as f64,
-                            c.cpu_us.median / 10.0,
-                            c.cpu_us.min / 10.0,
-                            c.cpu_us.max / 10.0,
-                        )
-                    })
-                    .collect(),
+                by_size(true, |c| &c.cpu_us, 10.0),
             ),
             (
                 "KB out, 10% loss",
                 "#2ca02c",
-                results
-                    .cost
-                    .iter()
-                    .filter(|c| c.loss > 0.0)
-                    .map(|c| {
-                        (
-                            c.nodes as f64,
-                            c.bytes.median / 1000.0,
-                            c.bytes.min / 1000.0,
-                            c.bytes.max / 1000.0,
-                        )
-                    })
-                    .collect(),
+                by_size(true, |c| &c.bytes, 1000.0),
             ),
         ],
     );
@@ -818,50 +795,17 @@ fn plot(results: &Results) -> String {
             (
                 "update, periods to 99.9%",
                 "#9467bd",
-                results
-                    .fan_out
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.fan_out as f64,
-                            f.update.median,
-                            f.update.min,
-                            f.update.max,
-                        )
-                    })
-                    .collect(),
+                by_fan_out(|f| &f.update, 1.0),
             ),
             (
                 "kernel CPU / 10 µs",
                 "#1f77b4",
-                results
-                    .fan_out
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.fan_out as f64,
-                            f.kernel_us.median / 10.0,
-                            f.kernel_us.min / 10.0,
-                            f.kernel_us.max / 10.0,
-                        )
-                    })
-                    .collect(),
+                by_fan_out(|f| &f.kernel_us, 10.0),
             ),
             (
                 "user-space CPU / 10 µs",
                 "#ff7f0e",
-                results
-                    .fan_out
-                    .iter()
-                    .map(|f| {
-                        (
-                            f.fan_out as f64,
-                            f.user_us.median / 10.0,
-                            f.user_us.min / 10.0,
-                            f.user_us.max / 10.0,
-                        )
-                    })
-                    .collect(),
+                by_fan_out(|f| &f.user_us, 10.0),
             ),
         ],
     );

@@ -965,8 +965,9 @@ mod tests {
     /// The batch receive on a plain loopback socket pair: several queued
     /// datagrams come back from one call, each with its source, and an
     /// oversized one shows its excess byte.
-    #[test]
-    fn receives_queued_datagrams_in_one_batch() {
+    /// A receiving socket with six datagrams queued from one sender: five
+    /// of 10 bytes (0s, 1s, ... 4s), then one of 40 bytes.
+    fn six_queued() -> (UdpSocket, SocketAddr) {
         let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = receiver.local_addr().unwrap();
@@ -977,6 +978,22 @@ mod tests {
         receiver
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
+        (receiver, sender.local_addr().unwrap())
+    }
+
+    /// The six of [`six_queued`], each from `from`, the last cut to a
+    /// 33-byte buffer (one over a `max_packet` of 32).
+    fn assert_six(got: &[(SocketAddr, Vec<u8>)], from: SocketAddr) {
+        for (i, (source, bytes)) in got.iter().take(5).enumerate() {
+            assert_eq!(*source, from);
+            assert_eq!(bytes, &vec![i as u8; 10]);
+        }
+        assert_eq!(got[5].1.len(), 33);
+    }
+
+    #[test]
+    fn receives_queued_datagrams_in_one_batch() {
+        let (receiver, from) = six_queued();
         let mut batch = Batch::new(32);
         let mut got = Vec::new();
         while got.len() < 6 {
@@ -988,29 +1005,14 @@ mod tests {
                     .map(|(from, bytes)| (from, bytes.to_vec())),
             );
         }
-        let from = sender.local_addr().unwrap();
-        for (i, (source, bytes)) in got.iter().take(5).enumerate() {
-            assert_eq!(*source, from);
-            assert_eq!(bytes, &vec![i as u8; 10]);
-        }
-        // 40 bytes into a 33-byte buffer: cut to 33, one over max_packet.
-        assert_eq!(got[5].1.len(), 33);
+        assert_six(&got, from);
     }
 
     /// The plain receive takes the same datagrams, one system call each
     /// and one more that finds the socket empty.
     #[test]
     fn plain_receive_takes_one_call_per_datagram() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let to = receiver.local_addr().unwrap();
-        for i in 0..5u8 {
-            sender.send_to(&[i; 10], to).unwrap();
-        }
-        sender.send_to(&[9; 40], to).unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        let (receiver, from) = six_queued();
         let mut batch = Batch::new(32);
         let (mut got, mut calls) = (Vec::new(), 0);
         while got.len() < 6 {
@@ -1023,12 +1025,7 @@ mod tests {
                     .map(|(from, bytes)| (from, bytes.to_vec())),
             );
         }
-        let from = sender.local_addr().unwrap();
-        for (i, (source, bytes)) in got.iter().take(5).enumerate() {
-            assert_eq!(*source, from);
-            assert_eq!(bytes, &vec![i as u8; 10]);
-        }
-        assert_eq!(got[5].1.len(), 33);
+        assert_six(&got, from);
         // Six datagrams, and at least one call that found nothing more.
         assert!(calls >= 7, "{calls} calls");
         // Nothing queued: the first call waits out the timeout.
