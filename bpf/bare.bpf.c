@@ -114,6 +114,10 @@ int bare_fan_out(struct __sk_buff *skb)
 	    b.orig.ip.protocol != IPPROTO_UDP || b.orig.udp.source != b.cfg->sport)
 		return PASS;
 	b.skb = skb;
+	/* A send with a transmit time (`bench_matrix interleaved
+	 * --bare-txtime`): cleared as fan_out.bpf.c clears its tag. */
+	if (skb->tstamp)
+		bpf_skb_set_tstamp(skb, 0, BPF_SKB_TSTAMP_UNSPEC);
 	/* As fan_out.bpf.c: the clones inherit the flow hash instead of each
 	 * being dissected again on its way (RPS). */
 	bpf_get_hash_recalc(skb);

@@ -31,14 +31,26 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// One send for the bare program, as the `broadcast` example's bare mode.
-fn bare_send(socket: &UdpSocket, payload: &[u8], to: SocketAddrV4) -> Result<(), String> {
+/// With `txtime`, the send carries a transmit time as well (one in the
+/// past, as the crate's tags).
+fn bare_send(
+    socket: &UdpSocket,
+    payload: &[u8],
+    to: SocketAddrV4,
+    txtime: bool,
+) -> Result<(), String> {
     let segment = payload.len() as u16;
-    let whole = [ControlMessage::UdpGsoSegments(&segment)];
+    let time = 1u64;
+    let both = [
+        ControlMessage::UdpGsoSegments(&segment),
+        ControlMessage::TxTime(&time),
+    ];
+    let cmsgs = if txtime { &both[..] } else { &both[..1] };
     let iov = [std::io::IoSlice::new(payload)];
     sendmsg(
         socket.as_raw_fd(),
         &iov,
-        &whole,
+        cmsgs,
         MsgFlags::empty(),
         Some(&SockaddrIn::from(to)),
     )
@@ -54,6 +66,7 @@ fn one_run(
     size: usize,
     count: u64,
     against_itself: bool,
+    bare_txtime: bool,
 ) -> Result<(f64, f64), String> {
     let dests = bench.destinations(n);
     let targets: Vec<SocketAddr> = dests.iter().copied().map(SocketAddr::V4).collect();
@@ -71,6 +84,14 @@ fn one_run(
         let bind = |port| UdpSocket::bind(SocketAddrV4::new(tb.sender_addr(), port));
         let kernel_socket = bind(KERNEL_PORT).map_err(|e| e.to_string())?;
         let bare_socket = bind(BARE_PORT).map_err(|e| e.to_string())?;
+        if bare_txtime {
+            let config = libc::sock_txtime {
+                clockid: libc::CLOCK_MONOTONIC,
+                flags: 0,
+            };
+            nix::sys::socket::setsockopt(&bare_socket, nix::sys::socket::sockopt::TxTime, &config)
+                .map_err(|e| format!("SO_TXTIME on the bare socket: {e}"))?;
+        }
         // (With `against_itself`, attached all the same, on a port the
         // second socket does not use.)
         let bare_port = if against_itself {
@@ -109,7 +130,7 @@ fn one_run(
                         return Err(format!("an incomplete broadcast: {report:?}"));
                     }
                 } else {
-                    bare_send(&bare_socket, payload, dests[0])?;
+                    bare_send(&bare_socket, payload, dests[0], bare_txtime)?;
                 }
                 Ok(thread_cpu_ns() - t0)
             };
@@ -169,7 +190,14 @@ pub fn run(args: &InterleavedArgs) -> Result<(), String> {
         for &size in &args.sizes {
             let (mut kernel, mut bare, mut diff) = (vec![], vec![], vec![]);
             for repeat in 0..args.repeats {
-                let (k, b) = one_run(&bench, n, size, args.count, args.against_itself)?;
+                let (k, b) = one_run(
+                    &bench,
+                    n,
+                    size,
+                    args.count,
+                    args.against_itself,
+                    args.bare_txtime,
+                )?;
                 let (k, b) = (k / 1000.0, b / 1000.0);
                 eprintln!(
                     "[{}/{}] N={n:<3} {size:>4} B: kernel {k:6.2}, bare {b:6.2} µs/call",

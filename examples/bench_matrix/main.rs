@@ -312,6 +312,11 @@ struct InterleavedArgs {
     /// nil.
     #[arg(long)]
     against_itself: bool,
+    /// The bare program's sends carry a transmit time too (`SO_TXTIME` on
+    /// its socket, an `SCM_TXTIME` control message per send), as the
+    /// crate's carriers do: isolates what the tag costs outside the programs.
+    #[arg(long)]
+    bare_txtime: bool,
 }
 
 #[derive(clap::Args)]
