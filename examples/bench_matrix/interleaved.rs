@@ -67,6 +67,7 @@ fn one_run(
     count: u64,
     against_itself: bool,
     bare_txtime: bool,
+    spin: bool,
 ) -> Result<(f64, f64), String> {
     let dests = bench.destinations(n);
     let targets: Vec<SocketAddr> = dests.iter().copied().map(SocketAddr::V4).collect();
@@ -148,7 +149,15 @@ fn one_run(
             }
             // Two broadcasts' worth of copies per pair: pause twice as long.
             if (seq + 1) % pacing.every == 0 {
-                thread::sleep(Duration::from_micros(2 * pacing.pace_us * pacing.every));
+                let pause = Duration::from_micros(2 * pacing.pace_us * pacing.every);
+                if spin {
+                    let until = std::time::Instant::now() + pause;
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    thread::sleep(pause);
+                }
             }
         }
         Ok((kernel, bare))
@@ -197,6 +206,7 @@ pub fn run(args: &InterleavedArgs) -> Result<(), String> {
                     args.count,
                     args.against_itself,
                     args.bare_txtime,
+                    args.spin,
                 )?;
                 let (k, b) = (k / 1000.0, b / 1000.0);
                 eprintln!(

@@ -317,6 +317,12 @@ struct InterleavedArgs {
     /// crate's carriers do: isolates what the tag costs outside the programs.
     #[arg(long)]
     bare_txtime: bool,
+    /// Pause by spinning on the clock instead of sleeping: the sender
+    /// thread never idles, as a busy sender's would not, so its caches are
+    /// not cooled by an idle CPU between calls (the receivers still keep
+    /// up). Each call is timed alone, so the spinning is not counted.
+    #[arg(long)]
+    spin: bool,
 }
 
 #[derive(clap::Args)]
