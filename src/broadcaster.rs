@@ -103,6 +103,26 @@ struct Part {
     stopped: Option<Resume>,
 }
 
+/// Where the parts of one call's payloads are collected: a `Vec` for a
+/// batch, [`One`] for a single payload (so that a broadcast allocates
+/// nothing for them).
+trait Parts: Default + Extend<Part> {}
+
+impl<T: Default + Extend<Part>> Parts for T {}
+
+/// The part of a call of one payload.
+#[derive(Default)]
+struct One(Option<Part>);
+
+impl Extend<Part> for One {
+    fn extend<I: IntoIterator<Item = Part>>(&mut self, parts: I) {
+        for part in parts {
+            debug_assert!(self.0.is_none(), "one payload, one part");
+            self.0 = Some(part);
+        }
+    }
+}
+
 /// Which backend sends the copies.
 ///
 /// # Example
@@ -178,6 +198,10 @@ pub struct Broadcaster {
     /// The other interfaces, given or attached since (see
     /// [`Broadcaster::attach_on_demand`]).
     others: RwLock<Vec<Arc<Link>>>,
+    /// Whether `others` was empty when built: it grows only on demand, so
+    /// without `on_demand` every call goes through `primary` alone, known
+    /// without taking the lock.
+    primary_only: bool,
     /// The mode interfaces attached on demand are opened in; None: a
     /// destination routed through an interface not attached is refused.
     on_demand: Option<Mode>,
@@ -321,6 +345,7 @@ impl Broadcaster {
         }
         Ok(Broadcaster {
             primary,
+            primary_only: others.is_empty(),
             others: RwLock::new(others),
             on_demand: None,
             requested_mode: mode,
@@ -680,7 +705,7 @@ impl Broadcaster {
         }
         let mut reports = Vec::with_capacity(payloads.len());
         for batch in payloads.chunks(MAX_BATCH) {
-            let parts = self
+            let parts: Vec<Part> = self
                 .send_each(socket.as_fd(), batch, destinations, None, true)?
                 .expect("a call from the start always sends");
             for part in parts {
@@ -703,8 +728,8 @@ impl Broadcaster {
         destinations: &[SocketAddr],
         from: Option<Resume>,
     ) -> Result<Option<Part>, Error> {
-        let parts = self.send_each(socket, &[payload], destinations, from, false)?;
-        Ok(parts.map(|mut parts| parts.remove(0)))
+        let parts: Option<One> = self.send_each(socket, &[payload], destinations, from, false)?;
+        Ok(parts.and_then(|one| one.0))
     }
 
     /// The sends of `payloads` (at most `MAX_BATCH`), each to every
@@ -712,14 +737,14 @@ impl Broadcaster {
     /// through; `from` as for [`Broadcaster::send`] (one payload, one
     /// interface only: `None` otherwise). With `always_report`, a payload
     /// that got nothing sent has a report like the others.
-    fn send_each(
+    fn send_each<P: Parts>(
         &self,
         socket: BorrowedFd<'_>,
         payloads: &[&[u8]],
         destinations: &[SocketAddr],
         from: Option<Resume>,
         always_report: bool,
-    ) -> Result<Option<Vec<Part>>, Error> {
+    ) -> Result<Option<P>, Error> {
         // The list is checked where it is planned (or split) afresh: a plan
         // kept for the same list was made for a list that passed.
         if destinations.is_empty() {
@@ -728,7 +753,7 @@ impl Broadcaster {
         // On one interface: all through it (its plan refuses a destination
         // routed elsewhere). On several: split by interface, unless all go
         // through one.
-        let split = match self.on_demand.is_none() && read(&self.others).is_empty() {
+        let split = match self.on_demand.is_none() && self.primary_only {
             true => None,
             false => Some(self.split(destinations)?),
         };
@@ -745,12 +770,26 @@ impl Broadcaster {
         if from.is_some() {
             return Ok(None);
         }
+        self.send_split(socket, payloads, destinations, &split, always_report)
+    }
+
+    /// `send_each` over several interfaces: the destinations of each
+    /// through it (`split`), one report per payload over all of them.
+    #[inline(never)]
+    fn send_split<P: Parts>(
+        &self,
+        socket: BorrowedFd<'_>,
+        payloads: &[&[u8]],
+        destinations: &[SocketAddr],
+        split: &[LinkPart],
+        always_report: bool,
+    ) -> Result<Option<P>, Error> {
         // The socket reaches every destination, and every payload fits
         // every interface concerned, before anything is sent.
         if let Some((link, _)) = split.first() {
             check_family(link.socket_family(socket)?, destinations)?;
         }
-        for (link, indices) in &split {
+        for (link, indices) in split {
             let some: Vec<SocketAddr> = indices.iter().map(|&i| destinations[i]).collect();
             for payload in payloads {
                 link.check_payload(payload, &some)?;
@@ -760,9 +799,9 @@ impl Broadcaster {
         let mut failures: Vec<Vec<(usize, Failure)>> = vec![Vec::new(); payloads.len()];
         let mut fan_outs = vec![0; payloads.len()];
         let mut first_error = None;
-        for (link, indices) in &split {
+        for (link, indices) in split {
             let some: Vec<SocketAddr> = indices.iter().map(|&i| destinations[i]).collect();
-            match link.send_each(&self.tags, socket, payloads, &some, None, true) {
+            match link.send_each::<Vec<Part>>(&self.tags, socket, payloads, &some, None, true) {
                 Ok(parts) => {
                     for (k, part) in parts.into_iter().flatten().enumerate() {
                         let report = &mut reports[k];
@@ -801,7 +840,7 @@ impl Broadcaster {
                 }
             }
         }
-        let mut parts = Vec::with_capacity(payloads.len());
+        let mut parts = P::default();
         for ((mut report, mut failed), fan_outs) in reports.into_iter().zip(failures).zip(fan_outs)
         {
             // In the order the destinations were given.
@@ -812,12 +851,12 @@ impl Broadcaster {
                     return Err(err);
                 }
             }
-            parts.push(Part {
+            parts.extend([Part {
                 report,
                 failed_at: Vec::new(),
                 fan_outs,
                 stopped: None,
-            });
+            }]);
         }
         Ok(Some(parts))
     }

@@ -200,22 +200,14 @@ pub(crate) fn send_carriers(
     whole: bool,
 ) -> [io::Result<()>; MAX_BATCH] {
     assert!(payloads.len() <= MAX_BATCH, "at most MAX_BATCH carriers");
-    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
-    let (tag_space, tag_len, segment_space, segment_len, data) = unsafe {
-        (
-            libc::CMSG_SPACE(8) as usize,
-            libc::CMSG_LEN(8) as usize,
-            libc::CMSG_SPACE(2) as usize,
-            libc::CMSG_LEN(2) as usize,
-            libc::CMSG_LEN(0) as usize,
-        )
-    };
+    let mut results: [io::Result<()>; MAX_BATCH] = std::array::from_fn(|_| Ok(()));
+    if let [payload] = payloads {
+        results[0] = send_carrier(socket, payload, dest, first_tag, whole);
+        return results;
+    }
     // Everything on the stack (a broadcast's hot path allocates nothing
     // here): one control buffer per datagram, its tag and its segment size.
-    const WORDS: usize = 8;
-    assert!(tag_space + segment_space <= WORDS * 8);
-    let mut results: [io::Result<()>; MAX_BATCH] = std::array::from_fn(|_| Ok(()));
-    let mut controls = [[0u64; WORDS]; MAX_BATCH];
+    let mut controls = [[0u64; CONTROL_WORDS]; MAX_BATCH];
     let name = SockAddr::from(*dest);
     // SAFETY: all-zero bytes are valid (empty) iovecs and mmsghdrs.
     let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { std::mem::zeroed() };
@@ -233,33 +225,7 @@ pub(crate) fn send_carriers(
             Some(Ok(segment)) => Some(segment),
             None => None,
         };
-        let base = controls[i].as_mut_ptr().cast::<u8>();
-        // SAFETY: `controls[i]` is 8-aligned and holds WORDS * 8 bytes, room
-        // for both headers (at 0 and at `tag_space`) and their data (at
-        // `data` past each header), as asserted above; the data are written
-        // unaligned-safe.
-        unsafe {
-            base.cast::<libc::cmsghdr>().write(libc::cmsghdr {
-                cmsg_len: tag_len as _,
-                cmsg_level: libc::SOL_SOCKET,
-                cmsg_type: libc::SCM_TXTIME,
-            });
-            base.add(data)
-                .cast::<u64>()
-                .write_unaligned(first_tag + i as u64);
-            if let Some(segment) = segment {
-                base.add(tag_space)
-                    .cast::<libc::cmsghdr>()
-                    .write(libc::cmsghdr {
-                        cmsg_len: segment_len as _,
-                        cmsg_level: libc::SOL_UDP,
-                        cmsg_type: libc::UDP_SEGMENT,
-                    });
-                base.add(tag_space + data)
-                    .cast::<u16>()
-                    .write_unaligned(segment);
-            }
-        }
+        let control_len = carrier_control(&mut controls[i], first_tag + i as u64, segment);
         iovs[i] = libc::iovec {
             iov_base: payload.as_ptr() as *mut libc::c_void,
             iov_len: payload.len(),
@@ -271,20 +237,9 @@ pub(crate) fn send_carriers(
         header.msg_iov = &mut iovs[i];
         header.msg_iovlen = 1;
         header.msg_control = controls[i].as_mut_ptr().cast();
-        header.msg_controllen = (tag_space + segment.map_or(0, |_| segment_space)) as _;
+        header.msg_controllen = control_len as _;
         todo[count] = i;
         count += 1;
-    }
-    if count == 1 {
-        // One datagram: sendmsg(2), which costs less than a sendmmsg of one.
-        // SAFETY: `headers[0].msg_hdr` is an initialised msghdr whose
-        // pointers point into `name`, `iovs` and `controls`, which outlive
-        // the call; the kernel only reads through them.
-        let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &headers[0].msg_hdr, 0) };
-        if sent < 0 {
-            results[todo[0]] = Err(io::Error::last_os_error());
-        }
-        return results;
     }
     // SAFETY: `headers[..count]` are initialised mmsghdr whose name, iovec
     // and control pointers point into `name`, `iovs` (the payloads) and
@@ -295,6 +250,136 @@ pub(crate) fn send_carriers(
         })
     };
     results
+}
+
+/// 8-byte words of a carrier's control buffer: room for both of its
+/// control messages.
+const CONTROL_WORDS: usize = 8;
+
+/// Writes a carrier's control messages into `control`: its tag as its
+/// transmit time (`SCM_TXTIME`) and, with `segment`, its `UDP_SEGMENT`
+/// size. Returns their length.
+fn carrier_control(control: &mut [u64; CONTROL_WORDS], tag: u64, segment: Option<u16>) -> usize {
+    // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
+    let (tag_space, tag_len, segment_space, segment_len, data) = unsafe {
+        (
+            libc::CMSG_SPACE(8) as usize,
+            libc::CMSG_LEN(8) as usize,
+            libc::CMSG_SPACE(2) as usize,
+            libc::CMSG_LEN(2) as usize,
+            libc::CMSG_LEN(0) as usize,
+        )
+    };
+    assert!(tag_space + segment_space <= CONTROL_WORDS * 8);
+    let base = control.as_mut_ptr().cast::<u8>();
+    // SAFETY: `control` is 8-aligned and holds CONTROL_WORDS * 8 bytes,
+    // room for both headers (at 0 and at `tag_space`) and their data (at
+    // `data` past each header), as asserted above; the data are written
+    // unaligned-safe.
+    unsafe {
+        base.cast::<libc::cmsghdr>().write(libc::cmsghdr {
+            cmsg_len: tag_len as _,
+            cmsg_level: libc::SOL_SOCKET,
+            cmsg_type: libc::SCM_TXTIME,
+        });
+        base.add(data).cast::<u64>().write_unaligned(tag);
+        if let Some(segment) = segment {
+            base.add(tag_space)
+                .cast::<libc::cmsghdr>()
+                .write(libc::cmsghdr {
+                    cmsg_len: segment_len as _,
+                    cmsg_level: libc::SOL_UDP,
+                    cmsg_type: libc::UDP_SEGMENT,
+                });
+            base.add(tag_space + data)
+                .cast::<u16>()
+                .write_unaligned(segment);
+        }
+    }
+    tag_space + segment.map_or(0, |_| segment_space)
+}
+
+/// One carrier (as `send_carriers`) with `sendmsg(2)`, which costs less
+/// than a `sendmmsg` of one, everything on the stack and the address no
+/// larger than its family's.
+fn send_carrier(
+    socket: BorrowedFd<'_>,
+    payload: &[u8],
+    dest: &SocketAddr,
+    tag: u64,
+    whole: bool,
+) -> io::Result<()> {
+    let segment = match whole && !payload.is_empty() {
+        true => Some(whole_datagram(payload)?),
+        false => None,
+    };
+    let mut control = [0u64; CONTROL_WORDS];
+    let control_len = carrier_control(&mut control, tag, segment);
+    let (name, name_len) = RawAddr::of(dest);
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut libc::c_void,
+        iov_len: payload.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no data, no control).
+    let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+    // The kernel only reads the name, the payload and the control of a send.
+    header.msg_name = (&name as *const RawAddr).cast_mut().cast();
+    header.msg_namelen = name_len;
+    header.msg_iov = &mut iov;
+    header.msg_iovlen = 1;
+    header.msg_control = control.as_mut_ptr().cast();
+    header.msg_controllen = control_len as _;
+    // SAFETY: `header` is an initialised msghdr whose pointers point into
+    // `name` (its first `name_len` bytes initialised), `iov` (the payload)
+    // and `control`, which outlive the call; the kernel only reads them.
+    let sent = unsafe { libc::sendmsg(socket.as_raw_fd(), &header, 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A socket address as the kernel reads it, no larger than its family's
+/// (a `sockaddr_storage` is 128 bytes to fill).
+#[repr(C)]
+union RawAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl RawAddr {
+    /// `to` as a `sockaddr_in` or `sockaddr_in6`, and its length.
+    fn of(to: &SocketAddr) -> (RawAddr, libc::socklen_t) {
+        match to {
+            SocketAddr::V4(to) => (
+                RawAddr {
+                    v4: libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: to.port().to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(to.ip().octets()),
+                        },
+                        sin_zero: [0; 8],
+                    },
+                },
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            SocketAddr::V6(to) => (
+                RawAddr {
+                    v6: libc::sockaddr_in6 {
+                        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                        sin6_port: to.port().to_be(),
+                        sin6_flowinfo: to.flowinfo(),
+                        sin6_addr: libc::in6_addr {
+                            s6_addr: to.ip().octets(),
+                        },
+                        sin6_scope_id: to.scope_id(),
+                    },
+                },
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
 }
 
 /// The most segments one UDP GSO send may carry (the kernel's

@@ -8,15 +8,23 @@ use std::net::SocketAddr;
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
-use super::{check_destinations, check_family, max_payload, Mode, Part};
+use super::{check_destinations, check_family, max_payload, Mode, Part, Parts};
 use crate::kernel::{Program, Tags};
 use crate::send::call::{Call, Resume};
 use crate::send::plan::Plan;
-use crate::send::sockets::{lock, Sockets};
+use crate::send::sockets::{lock, SocketState, Sockets};
 use crate::send::{fan_out, headers, user_space, HEADERS, HEADERS6};
 use crate::tables::Target;
 use crate::tables::{ChangeSocket, Resolver, RouteSocket, Watcher};
 use crate::Error;
+
+/// What every call of one `send_each` shares.
+struct Going<'t, 'c> {
+    tags: &'t Tags,
+    socket: BorrowedFd<'c>,
+    destinations: &'c [SocketAddr],
+    always_report: bool,
+}
 
 /// One interface a broadcaster sends through.
 pub(super) struct Link {
@@ -112,15 +120,15 @@ impl Link {
     /// their carriers; `from` as for `Broadcaster::send` (one payload
     /// only). With `always_report`, a payload that got nothing sent has a
     /// report like the others (else the call's error is returned).
-    pub(super) fn send_each(
+    pub(super) fn send_each<'p, P: Parts>(
         &self,
         tags: &Tags,
-        socket: BorrowedFd<'_>,
-        payloads: &[&[u8]],
-        destinations: &[SocketAddr],
+        socket: BorrowedFd<'p>,
+        payloads: &[&'p [u8]],
+        destinations: &'p [SocketAddr],
         from: Option<Resume>,
         always_report: bool,
-    ) -> Result<Option<Vec<Part>>, Error> {
+    ) -> Result<Option<P>, Error> {
         debug_assert!(from.is_none() || payloads.len() == 1);
         if from.is_none() {
             for payload in payloads {
@@ -140,20 +148,7 @@ impl Link {
                 return Ok(None);
             }
             (Some(plan), None) if plan.is_current(&self.resolver, destinations) => plan,
-            _ => {
-                check_destinations(destinations)?;
-                check_family(state.family, destinations)?;
-                state.slot_holds = None;
-                let fan_out = state.slot.is_some();
-                let any_source = state.any_source;
-                Plan::make(
-                    &self.resolver,
-                    &self.interface,
-                    destinations,
-                    fan_out,
-                    any_source,
-                )?
-            }
+            _ => self.plan(&mut state, destinations)?,
         };
         let longest = payloads.iter().map(|p| p.len()).max().unwrap_or(0);
         if let Some(limit) = plan.limit.filter(|&(max, _)| longest > max) {
@@ -165,31 +160,83 @@ impl Link {
             let chunks = &plan.chunks[..from.chunks];
             chunks.iter().map(|c| c.indices.len()).sum::<usize>() + from.user_space
         });
-        let mut calls: Vec<Call<'_>> = payloads
-            .iter()
-            .map(|payload| Call::new(socket, state.family, payload, destinations, from, skipped))
-            .collect();
+        let family = state.family;
+        let call =
+            |payload: &&'p [u8]| Call::new(socket, family, payload, destinations, from, skipped);
+        let state = &mut *state;
+        let go = Going {
+            tags,
+            socket,
+            destinations,
+            always_report,
+        };
+        // One payload (every `broadcast`): its call on the stack.
+        match payloads {
+            [payload] => self.send_calls(go, state, plan, [call(payload)]),
+            _ => {
+                let calls: Vec<Call<'_>> = payloads.iter().map(call).collect();
+                self.send_calls(go, state, plan, calls)
+            }
+        }
+    }
+
+    /// A new plan for `destinations` on the socket of `state` (kept apart
+    /// from `send_each`, whose path with a current plan it would otherwise
+    /// spread over more cache lines).
+    #[cold]
+    #[inline(never)]
+    fn plan(&self, state: &mut SocketState, destinations: &[SocketAddr]) -> Result<Plan, Error> {
+        check_destinations(destinations)?;
+        check_family(state.family, destinations)?;
+        state.slot_holds = None;
+        Plan::make(
+            &self.resolver,
+            &self.interface,
+            destinations,
+            state.slot.is_some(),
+            state.any_source,
+        )
+    }
+
+    /// Sends `calls` (one payload each) as `plan` says, through the
+    /// kernel's fan-out where the socket has a slot, keeps the plan in
+    /// `state` for the next call unless a send showed it stale, and makes
+    /// each call's part (or the error of a call that sent nothing).
+    fn send_calls<'c, C, P>(
+        &self,
+        go: Going<'_, 'c>,
+        state: &mut SocketState,
+        plan: Plan,
+        mut calls: C,
+    ) -> Result<Option<P>, Error>
+    where
+        C: AsMut<[Call<'c>]> + IntoIterator<Item = Call<'c>>,
+        P: Parts,
+    {
+        let Going {
+            tags,
+            socket,
+            destinations,
+            always_report,
+        } = go;
         let bypassed = match (&self.kernel, state.slot) {
             (Some(program), Some(slot)) => {
-                fan_out::send(program, slot, tags, &mut state, &plan, &mut calls)
+                fan_out::send(program, slot, tags, state, &plan, calls.as_mut())
             }
             _ => false,
         };
-        user_space::send_planned(&mut state, &mut calls, &plan);
+        user_space::send_planned(state, calls.as_mut(), &plan);
 
         if bypassed {
             // Look at the socket and the tables again before the next call.
-            if let Err(err) = self
-                .sockets
-                .take_over(self.kernel.as_ref(), &mut state, socket)
-            {
+            if let Err(err) = self.sockets.take_over(self.kernel.as_ref(), state, socket) {
                 log::warn!("elec-broadcast: the socket behind the fd changed: {err}");
             }
         } else {
             state.plan = Some(plan);
         }
         let kept = state.plan.is_some();
-        let mut parts = Vec::with_capacity(calls.len());
+        let mut parts = P::default();
         let mut first_error = None;
         for mut call in calls {
             call.always_report = always_report;
@@ -211,12 +258,12 @@ impl Link {
             let failed_at = call.failed_indices();
             let limit = || too_large.unwrap_or_else(|| self.limit(destinations));
             match call.finish(|| self.payload_too_large(len, limit())) {
-                Ok(report) => parts.push(Part {
+                Ok(report) => parts.extend([Part {
                     report,
                     failed_at,
                     fan_outs,
                     stopped,
-                }),
+                }]),
                 Err(err) => {
                     first_error.get_or_insert(err);
                 }
@@ -242,6 +289,7 @@ impl Link {
 
     /// Refuses a payload this interface's MTU does not take in a datagram
     /// to each of `destinations`.
+    #[inline]
     pub(super) fn check_payload(
         &self,
         payload: &[u8],
@@ -249,9 +297,21 @@ impl Link {
     ) -> Result<(), Error> {
         // Fits with the larger headers and the smaller MTU: no need to look
         // at the list.
-        if payload.len() > max_payload(self.resolver.mtu6(), HEADERS6)
-            && payload.len() > self.limit(destinations).0
-        {
+        if payload.len() > max_payload(self.resolver.mtu6(), HEADERS6) {
+            return self.check_large_payload(payload, destinations);
+        }
+        Ok(())
+    }
+
+    /// `check_payload` for a payload that may not fit.
+    #[cold]
+    #[inline(never)]
+    fn check_large_payload(
+        &self,
+        payload: &[u8],
+        destinations: &[SocketAddr],
+    ) -> Result<(), Error> {
+        if payload.len() > self.limit(destinations).0 {
             // The MTU may have grown since its notification was applied:
             // refuse only what the MTU refuses now.
             self.resolver

@@ -144,6 +144,7 @@ struct ChunkCalls<'p> {
 /// it into its datagrams. Returns whether the carrier was not fanned out
 /// (as `send`), or None if the kernel refused such a send (then nothing was
 /// sent, and the caller sends one carrier per payload).
+#[inline(never)]
 fn send_segmented(
     tags: &Tags,
     state: &mut SocketState,
@@ -263,63 +264,9 @@ fn finish_one(
     mut attempt: Attempt,
 ) -> bool {
     let chunk = &plan.chunks[index];
-    let carrier = call.destination(chunk.indices[0]);
-    if let (false, Err(err)) = (attempt.taken, &attempt.sent) {
-        match refusal(state, call.socket, err, attempt.whole) {
-            Refusal::SocketReplaced => {
-                // The fd names a new socket now, which does not take
-                // transmit times yet: all its copies go from user space,
-                // and it is taken over after this call.
-                user_space::send(state, call, &chunk.indices);
-                return true;
-            }
-            Refusal::NotWhole => {
-                // Again, alone and as a plain datagram, on the same arm.
-                state.whole_sends = false;
-                attempt.tag = tags.next_block() + attempt.arm as u64;
-                let headers = chunk_headers(chunk.family);
-                slot.arm(
-                    attempt.arm,
-                    attempt.tag,
-                    ip_len(call.payload, headers),
-                    false,
-                );
-                let sent =
-                    sys::send_carriers(call.socket, &[call.payload], &carrier, attempt.tag, false);
-                attempt.sent = sent.into_iter().next().unwrap_or(Ok(()));
-                attempt.taken = slot.disarm(attempt.arm);
-            }
-            Refusal::TooLarge => {
-                call.too_large(carrier);
-                call.failed(&chunk.indices, too_large_error());
-                return false;
-            }
-            Refusal::Other => {}
-        }
-    }
     if !attempt.taken {
-        match attempt.sent {
-            Err(err) => {
-                if err.kind() == io::ErrorKind::WouldBlock && !call.blocked {
-                    // Nothing of this chunk was sent: resume from it.
-                    call.stopped = Some(Resume {
-                        plan: plan.id,
-                        chunks: index,
-                        user_space: 0,
-                    });
-                }
-                call.failed(&chunk.indices, err);
-                return false;
-            }
-            Ok(()) => {
-                // The program did not see the datagram (another route, a
-                // program before ours, the fd now names another socket):
-                // the carrier reached its destination as sent; the rest
-                // go from user space.
-                call.report.user_space_copies += 1;
-                user_space::send(state, call, &chunk.indices[1..]);
-                return true;
-            }
+        if let Some(bypassed) = not_taken(tags, state, slot, plan, index, call, &mut attempt) {
+            return bypassed;
         }
     }
     let Some(outcome) = slot.outcome(attempt.arm, attempt.tag) else {
@@ -345,6 +292,84 @@ fn finish_one(
     call.fan_outs += 1;
     count_outcome(call, &chunk.indices, &outcome);
     false
+}
+
+/// `finish_one` for a carrier the program did not take: the send was
+/// refused (sent again where a plain datagram may pass) or never reached
+/// the program. Returns whether the carrier was not fanned out, or None if
+/// it was taken after all (sent again), to be finished as any other.
+#[cold]
+#[inline(never)]
+fn not_taken(
+    tags: &Tags,
+    state: &mut SocketState,
+    slot: &mut SlotHandle<'_>,
+    plan: &Plan,
+    index: usize,
+    call: &mut Call<'_>,
+    attempt: &mut Attempt,
+) -> Option<bool> {
+    let chunk = &plan.chunks[index];
+    let carrier = call.destination(chunk.indices[0]);
+    if let (false, Err(err)) = (attempt.taken, &attempt.sent) {
+        match refusal(state, call.socket, err, attempt.whole) {
+            Refusal::SocketReplaced => {
+                // The fd names a new socket now, which does not take
+                // transmit times yet: all its copies go from user space,
+                // and it is taken over after this call.
+                user_space::send(state, call, &chunk.indices);
+                return Some(true);
+            }
+            Refusal::NotWhole => {
+                // Again, alone and as a plain datagram, on the same arm.
+                state.whole_sends = false;
+                attempt.tag = tags.next_block() + attempt.arm as u64;
+                let headers = chunk_headers(chunk.family);
+                slot.arm(
+                    attempt.arm,
+                    attempt.tag,
+                    ip_len(call.payload, headers),
+                    false,
+                );
+                let sent =
+                    sys::send_carriers(call.socket, &[call.payload], &carrier, attempt.tag, false);
+                attempt.sent = sent.into_iter().next().unwrap_or(Ok(()));
+                attempt.taken = slot.disarm(attempt.arm);
+            }
+            Refusal::TooLarge => {
+                call.too_large(carrier);
+                call.failed(&chunk.indices, too_large_error());
+                return Some(false);
+            }
+            Refusal::Other => {}
+        }
+    }
+    if !attempt.taken {
+        match std::mem::replace(&mut attempt.sent, Ok(())) {
+            Err(err) => {
+                if err.kind() == io::ErrorKind::WouldBlock && !call.blocked {
+                    // Nothing of this chunk was sent: resume from it.
+                    call.stopped = Some(Resume {
+                        plan: plan.id,
+                        chunks: index,
+                        user_space: 0,
+                    });
+                }
+                call.failed(&chunk.indices, err);
+                return Some(false);
+            }
+            Ok(()) => {
+                // The program did not see the datagram (another route, a
+                // program before ours, the fd now names another socket):
+                // the carrier reached its destination as sent; the rest
+                // go from user space.
+                call.report.user_space_copies += 1;
+                user_space::send(state, call, &chunk.indices[1..]);
+                return Some(true);
+            }
+        }
+    }
+    None
 }
 
 /// Counts what the program did for a chunk's destinations `indices` in
