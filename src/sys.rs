@@ -541,3 +541,40 @@ impl<T> Drop for SharedMemory<T> {
 unsafe impl<T> Send for SharedMemory<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SharedMemory<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `RawAddr` says what socket2's `SockAddr` says, byte for byte over
+    /// the length given to the kernel, for both families (port, flow
+    /// label and scope included).
+    #[test]
+    fn raw_addresses_are_the_kernels_sockaddrs() {
+        let addresses: [SocketAddr; 4] = [
+            "10.77.1.2:7000".parse().unwrap(),
+            "255.255.255.254:65535".parse().unwrap(),
+            "[fd77::1:2]:7001".parse().unwrap(),
+            SocketAddr::V6(std::net::SocketAddrV6::new(
+                "fe80::1".parse().unwrap(),
+                9,
+                0x1234_5678,
+                3,
+            )),
+        ];
+        for to in addresses {
+            let (raw, len) = RawAddr::of(&to);
+            let expected = SockAddr::from(to);
+            assert_eq!(len, expected.len(), "{to}");
+            // SAFETY: `RawAddr::of` initialises the first `len` bytes.
+            let raw = unsafe {
+                std::slice::from_raw_parts((&raw as *const RawAddr).cast::<u8>(), len as usize)
+            };
+            // SAFETY: `SockAddr` holds `len()` initialised bytes at `as_ptr()`.
+            let expected = unsafe {
+                std::slice::from_raw_parts(expected.as_ptr().cast::<u8>(), expected.len() as usize)
+            };
+            assert_eq!(raw, expected, "{to}");
+        }
+    }
+}
