@@ -19,7 +19,7 @@ use crate::tables::{ChangeSocket, Resolver, RouteSocket, Watcher};
 use crate::Error;
 
 /// What every call of one `send_each` shares.
-struct Going<'t, 'c> {
+struct Shared<'t, 'c> {
     tags: &'t Tags,
     socket: BorrowedFd<'c>,
     destinations: &'c [SocketAddr],
@@ -164,7 +164,7 @@ impl Link {
         let call =
             |payload: &&'p [u8]| Call::new(socket, family, payload, destinations, from, skipped);
         let state = &mut *state;
-        let go = Going {
+        let shared = Shared {
             tags,
             socket,
             destinations,
@@ -172,10 +172,10 @@ impl Link {
         };
         // One payload (every `broadcast`): its call on the stack.
         match payloads {
-            [payload] => self.send_calls(go, state, plan, [call(payload)]),
+            [payload] => self.send_calls(shared, state, plan, [call(payload)]),
             _ => {
                 let calls: Vec<Call<'_>> = payloads.iter().map(call).collect();
-                self.send_calls(go, state, plan, calls)
+                self.send_calls(shared, state, plan, calls)
             }
         }
     }
@@ -204,7 +204,7 @@ impl Link {
     /// each call's part (or the error of a call that sent nothing).
     fn send_calls<'c, C, P>(
         &self,
-        go: Going<'_, 'c>,
+        shared: Shared<'_, 'c>,
         state: &mut SocketState,
         plan: Plan,
         mut calls: C,
@@ -213,12 +213,12 @@ impl Link {
         C: AsMut<[Call<'c>]> + IntoIterator<Item = Call<'c>>,
         P: Parts,
     {
-        let Going {
+        let Shared {
             tags,
             socket,
             destinations,
             always_report,
-        } = go;
+        } = shared;
         let bypassed = match (&self.kernel, state.slot) {
             (Some(program), Some(slot)) => {
                 fan_out::send(program, slot, tags, state, &plan, calls.as_mut())
