@@ -75,7 +75,7 @@ struct Table {
 
 /// Hashes an fd by one multiplication (Fibonacci hashing): fds are small
 /// integers chosen by the kernel, not by an adversary, and the lookup is on
-/// every broadcast's path, where SipHash costs more than the rest of it.
+/// every broadcast's path, where SipHash would be needless work.
 #[derive(Default)]
 struct FdHasher(u64);
 
